@@ -1,0 +1,65 @@
+//! `ComputeNode`: one Docker host, registered and kept up to date by its agent.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::Resources;
+
+/// A Docker host that runs compute servers. Its agent creates it and keeps its status;
+/// select nodes for servers with its labels.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "computeserver.io",
+    version = "v1alpha1",
+    kind = "ComputeNode",
+    status = "ComputeNodeStatus",
+    shortname = "cnode",
+    category = "compute",
+    derive = "PartialEq",
+    doc = "A Docker host that runs compute servers, registered and kept up to date by its agent.",
+    printcolumn(name = "CPU", type_ = "string", json_path = ".status.capacity.cpu", description = "CPU cores on the host"),
+    printcolumn(name = "Memory", type_ = "string", json_path = ".status.capacity.memory", description = "Memory on the host"),
+    printcolumn(name = "CPU Used", type_ = "string", json_path = ".status.allocated.cpu", description = "CPU given to servers"),
+    printcolumn(name = "Memory Used", type_ = "string", json_path = ".status.allocated.memory", description = "Memory given to servers"),
+    printcolumn(name = "Servers", type_ = "integer", json_path = ".status.servers"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeNodeSpec {
+    /// When true, no new servers are placed here (servers already here keep running),
+    /// as `kubectl cordon` does for Nodes.
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+/// What the agent last reported about its host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeNodeStatus {
+    /// Everything the host offers to servers.
+    #[serde(default)]
+    pub capacity: Resources,
+
+    /// What the servers placed here have asked for.
+    #[serde(default)]
+    pub allocated: Resources,
+
+    /// Number of servers placed here.
+    #[serde(default)]
+    pub servers: i32,
+
+    /// Host name or address users' connections reach this host at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+
+    /// Version of the host's Docker engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+
+    /// Ready: the agent reports in and Docker answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,213 @@
+//! `ComputeServer`: one person's container on one of the cluster's Docker hosts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::Resources;
+
+/// A personal compute server: a container on one of the cluster's Docker hosts,
+/// reachable over SSH. Users request them through the web front; admins may also
+/// create them with kubectl.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "computeserver.io",
+    version = "v1alpha1",
+    kind = "ComputeServer",
+    namespaced,
+    status = "ComputeServerStatus",
+    shortname = "csrv",
+    category = "compute",
+    derive = "PartialEq",
+    doc = "A personal compute server: a container on one of the cluster's Docker hosts, reachable over SSH.",
+    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner", description = "Who the server belongs to"),
+    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile", description = "The ComputeProfile it was made from"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node", description = "The Docker host it runs on"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where it is in its life"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1, description = "What is happening, in plain words"),
+    selectable = ".spec.owner"
+)]
+#[x_kube(validation = Rule::new("has(self.profile) || has(self.image)").message("set spec.profile (the name of a ComputeProfile) or spec.image (a container image)"))]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeServerSpec {
+    /// The Keycloak username (preferred_username) of the person who owns this server.
+    /// Only they (and admins) can see, reach and manage it. Cannot be changed.
+    #[x_kube(
+        validation = Rule::new("self != ''").message("spec.owner must name the Keycloak user who owns this server"),
+        validation = Rule::new("self == oldSelf").message("spec.owner cannot be changed; create a new server for the new owner"),
+    )]
+    #[schemars(length(max = 253))]
+    pub owner: String,
+
+    /// The ComputeProfile this server is made from: it gives the image, default and
+    /// maximum sizes, and who may use it (`kubectl get computeprofiles`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub profile: Option<String>,
+
+    /// Container image to run, when not taken from the profile (admins, via kubectl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Command to run instead of the image's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub command: Vec<String>,
+
+    /// Environment variables for the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))").message("environment variable names must be unique"))]
+    pub env: Vec<EnvVar>,
+
+    /// CPU, memory and GPUs for the server. Unset values come from the profile.
+    #[serde(default)]
+    pub resources: Resources,
+
+    /// SSH public keys allowed to log in, one key per entry, as in an authorized_keys
+    /// file: "ssh-ed25519 AAAA... alice@laptop".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "ssh_keys_schema")]
+    pub ssh_authorized_keys: Vec<String>,
+
+    /// Ports the container listens on. Each is published on the node at a port Docker
+    /// chooses and reported in status.endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("port names must be unique"))]
+    pub ports: Vec<Port>,
+
+    /// Whether the container should run. Set to false to stop the server and keep its
+    /// container and data; set back to true to start it again.
+    #[serde(default = "default_true")]
+    pub running: bool,
+
+    /// Run only on ComputeNodes with all of these labels (`kubectl get computenodes --show-labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Each entry is checked on its own, so the API server's message names the bad one.
+fn ssh_keys_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {
+            "type": "string",
+            "maxLength": 16384,
+            "x-kubernetes-validations": [{
+                "rule": r"self.matches('^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com) AAAA[A-Za-z0-9+/]+={0,3}( [^\\r\\n]*)?$')",
+                "message": "must be one SSH public key line, such as \"ssh-ed25519 AAAAC3Nza... alice@laptop\" (the contents of ~/.ssh/id_ed25519.pub)",
+            }],
+        },
+    })
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An environment variable.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EnvVar {
+    /// The variable's name: letters, digits and underscores, not starting with a digit.
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("environment variable names must start with a letter or underscore and hold only letters, digits and underscores, such as MY_VAR"))]
+    pub name: String,
+
+    /// The variable's value.
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}
+
+/// A port the container listens on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Port {
+    /// A short name for the port, such as "ssh" or "http": lowercase letters, digits
+    /// and dashes, at most 15 characters.
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("port names must be 1 to 15 lowercase letters, digits or dashes, starting and ending with a letter or digit, such as \"ssh\""))]
+    pub name: String,
+
+    /// The port number inside the container, from 1 to 65535.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("containerPort must be a port number from 1 to 65535"))]
+    pub container_port: i32,
+}
+
+/// Where a server is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum Phase {
+    /// Waiting for the scheduler to choose a node.
+    Pending,
+    /// A node is chosen; its agent has not started work yet.
+    Scheduled,
+    /// The agent is making the container (and pulling its image if needed).
+    Creating,
+    /// The container runs.
+    Running,
+    /// Stopped on request (spec.running is false); container and data are kept.
+    Stopped,
+    /// Something went wrong; status.message says what.
+    Failed,
+    /// Being deleted: the container is being removed.
+    Terminating,
+    /// The node's agent stopped reporting; the server may still run there.
+    NodeLost,
+}
+
+/// What the system last saw of the server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeServerStatus {
+    /// Where the server is in its life: Pending, Scheduled, Creating, Running, Stopped,
+    /// Failed, Terminating or NodeLost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The ComputeNode the server is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+
+    /// The Docker container's ID on that node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "containerID")]
+    pub container_id: Option<String>,
+
+    /// Where each declared port can be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+
+    /// When the container last started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// What is happening, or what is wrong and what to do, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Scheduled: whether a node is chosen. Ready: whether the container runs as asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A reachable address of a container port.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// The port's name from spec.ports.
+    pub name: String,
+    /// Host name or address of the node.
+    pub host: String,
+    /// Port on the node.
+    pub port: i32,
+}

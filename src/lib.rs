@@ -1,0 +1,28 @@
+//! compute-server: self-service compute servers on Kubernetes and Docker.
+//!
+//! The Kubernetes API is the control plane and the database (the types in [`api`]);
+//! Docker on each labelled node is the data plane. One binary runs every role.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod crd;
+pub mod telemetry;
+
+/// Errors of the binary's roles.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not render the CRDs as YAML: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+
+    #[error("could not write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the `{0}` role is not built yet")]
+    NotBuilt(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,58 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use compute_server::{Error, crd, telemetry};
+
+/// Self-service compute servers: one binary, several roles.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, env = "COMPUTE_SERVER_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: telemetry::LogFormat,
+
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Print every CustomResourceDefinition as YAML (the files in crds/).
+    Crd {
+        /// Write one file per CRD into this folder instead of printing them.
+        #[arg(long, env = "COMPUTE_SERVER_CRD_OUT_DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Run the node agent: reconcile this node's ComputeServers into Docker containers.
+    Agent,
+    /// Place unscheduled ComputeServers on Ready ComputeNodes (leader-elected).
+    Scheduler,
+    /// Serve the web front and JSON API behind Keycloak.
+    Web,
+    /// Serve the SSH jump host to users' own servers.
+    Bastion,
+    /// Run scheduler, agent and web in one process, for the quick start.
+    AllInOne,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.role {
+        Role::Crd { out_dir: None } => crd::all_yaml().map(|yaml| print!("{yaml}")),
+        Role::Crd { out_dir: Some(dir) } => crd::write_dir(&dir),
+        Role::Agent => Err(Error::NotBuilt("agent")),
+        Role::Scheduler => Err(Error::NotBuilt("scheduler")),
+        Role::Web => Err(Error::NotBuilt("web")),
+        Role::Bastion => Err(Error::NotBuilt("bastion")),
+        Role::AllInOne => Err(Error::NotBuilt("all-in-one")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

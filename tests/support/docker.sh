@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# Docker engine and local images for the tests and `make up`.
+#
+#   docker.sh install            apt-get install what is missing (nothing when all is there)
+#   docker.sh start STATE_DIR    reuse the daemon on /var/run/docker.sock, or start one;
+#                                appends DOCKER_HOST=... to STATE_DIR/env
+#   docker.sh stop STATE_DIR     stop that daemon, only if `start` started it (idempotent)
+#   docker.sh images             build/import the two local images if missing (never pulls)
+#
+# `images` talks to $DOCKER_HOST if set, so it can load the images into each local node's daemon.
+source "$(dirname "$0")/lib.sh"
+
+SOCK=/var/run/docker.sock
+BUSYBOX_IMAGE=computeserver/busybox:local
+SSH_IMAGE=computeserver/debian-ssh:local
+# The images are labelled with a hash of this script: edit it and they are re-imported. The
+# debian rootfs tarball is keyed on its own recipe only (see cmd_images), so that costs seconds.
+RECIPE="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+RECIPE_LABEL=io.computeserver.recipe
+
+# Debian's dockerd 20.10 serves API 1.41; the machine's docker CLI is newer but negotiates down
+# by itself (checked with CLI 28.2), so DOCKER_API_VERSION is not forced here.
+
+# Temp dirs removed on exit, whatever happens. debootstrap mounts /proc and /sys inside its
+# target: unmount before deleting, and never let rm cross into another file system.
+TMP_DIRS=()
+cleanup() {
+  local d
+  for d in "${TMP_DIRS[@]}"; do
+    findmnt -rn -o TARGET | grep -F "$d/" | sort -r | xargs -r umount -l 2>/dev/null || true
+    rm -rf --one-file-system "$d"
+  done
+}
+trap cleanup EXIT
+
+docker_answers() { DOCKER_HOST="${DOCKER_HOST:-unix://$SOCK}" docker version >/dev/null 2>&1; }
+
+cmd_install() {
+  # file that proves it is installed -> package (busybox must be the static one: it goes into
+  # an image without libc). ca-certificates and the keyring are for debootstrap (https mirrors,
+  # Release signatures), as we install without recommends.
+  local -A need=(
+    [/usr/sbin/dockerd]=docker.io
+    [/usr/sbin/debootstrap]=debootstrap
+    [/usr/share/doc/busybox-static]=busybox-static
+    [/usr/sbin/ip]=iproute2
+    [/usr/share/keyrings/debian-archive-keyring.gpg]=debian-archive-keyring
+    [/etc/ssl/certs/ca-certificates.crt]=ca-certificates
+  )
+  local f missing=()
+  for f in "${!need[@]}"; do [[ -e $f ]] || missing+=("${need[$f]}"); done
+  if ((${#missing[@]} == 0)); then info "docker.io, debootstrap, busybox-static, iproute2: installed"; return; fi
+  step "Installing ${missing[*]} from the Debian archive"
+  export DEBIAN_FRONTEND=noninteractive
+  with_progress "apt-get update" apt-get update -q
+  with_progress "apt-get install" apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+cmd_start() {
+  local state="${1:?usage: docker.sh start STATE_DIR}"
+  mkdir -p "$state"
+  local pidf="$state/dockerd.pid" log="$state/dockerd.log"
+  if docker_answers_default; then
+    # A pid file that names a live dockerd means an earlier `start` of ours; else it is not ours.
+    if ! our_dockerd "$pidf" >/dev/null; then
+      rm -f "$pidf"
+      info "dockerd: reusing the daemon already answering on $SOCK (not started by us; stop leaves it)"
+    else
+      info "dockerd: already running (started by us, pid $(<"$pidf"))"
+    fi
+  else
+    step "Starting dockerd (log $log)"
+    # setsid: the daemon outlives this script and a Ctrl-C in its terminal; `stop` ends it.
+    setsid dockerd -H "unix://$SOCK" >"$log" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$pidf"
+    local start=$SECONDS
+    until docker_answers_default; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        tail -n 30 "$log" >&2; rm -f "$pidf"; die "dockerd exited while starting (log: $log)"
+      fi
+      if ((SECONDS - start >= 60)); then
+        tail -n 30 "$log" >&2; die "dockerd did not answer on $SOCK within 60 s (log: $log)"
+      fi
+      sleep 0.5
+    done
+    info "dockerd: ready in $((SECONDS - start)) s (pid $pid)"
+  fi
+  grep -qxF "DOCKER_HOST=unix://$SOCK" "$state/env" 2>/dev/null || echo "DOCKER_HOST=unix://$SOCK" >>"$state/env"
+}
+
+docker_answers_default() { DOCKER_HOST="unix://$SOCK" docker version >/dev/null 2>&1; }
+
+# Prints the pid from the pid file if it is a running dockerd (guards against a reused pid).
+our_dockerd() {
+  local pid
+  [[ -f $1 ]] || return 1
+  pid="$(<"$1")"
+  [[ $pid =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]] || return 1
+  echo "$pid"
+}
+
+cmd_stop() {
+  local state="${1:?usage: docker.sh stop STATE_DIR}" pid
+  local pidf="$state/dockerd.pid"
+  if pid="$(our_dockerd "$pidf")"; then
+    step "Stopping dockerd (pid $pid)"
+    kill -TERM "$pid"
+    # dockerd gives its containers 15 s to stop before it exits itself.
+    local start=$SECONDS
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS - start < 40)); do sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && { info "dockerd still running after 40 s: SIGKILL"; kill -KILL "$pid"; }
+  else
+    info "dockerd: no daemon of ours to stop"
+  fi
+  rm -f "$pidf"
+}
+
+# The Debian mirror this machine's apt is configured with, for bookworm. Read at run time:
+# only the configured archive is reachable, and no mirror name belongs in the repository.
+debian_mirror() {
+  local uri=""
+  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+    # deb822: blank-line separated stanzas; the first URI of a stanza whose Suites has bookworm.
+    uri="$(grep -v '^[[:space:]]*#' /etc/apt/sources.list.d/debian.sources | awk 'BEGIN { RS = "" }
+      { u = ""; s = 0; k = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i == "URIs:") { u = $(i + 1); k = "" }
+          else if ($i == "Suites:") k = "s"
+          else if ($i ~ /:$/) k = ""
+          else if (k == "s" && $i == "bookworm") s = 1
+        }
+        if (s && u != "") { print u; exit } }')"
+  fi
+  if [[ -z $uri && -f /etc/apt/sources.list ]]; then
+    # one-line format: deb [options] URI SUITE COMPONENTS...
+    uri="$(awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+      if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)"
+  fi
+  [[ -n $uri ]] || die "no bookworm entry in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+  echo "$uri"
+}
+
+image_is_current() {
+  [[ "$(docker image inspect -f "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$1" 2>/dev/null)" == "$RECIPE" ]]
+}
+
+# After a re-import the previous image of that name is left untagged: remove it, unless a
+# container still uses it (then docker refuses, which is fine).
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+drop_old_image() { [[ -z $1 || $1 == "$(image_id "$2")" ]] || docker rmi "$1" >/dev/null 2>&1 || true; }
+
+# busybox-static with a symlink per applet: a 2 MB image that starts in a fraction of a second.
+build_busybox() {
+  local tmp; tmp="$(mktemp -d)"; TMP_DIRS+=("$tmp")
+  local root="$tmp/rootfs" applet
+  mkdir -p "$root"/{bin,etc,root,tmp}
+  chmod 1777 "$root/tmp"
+  chmod 0700 "$root/root"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $("$root/bin/busybox" --list); do
+    [[ -e $root/bin/$applet ]] || ln -s busybox "$root/bin/$applet"
+  done
+  printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >"$root/etc/passwd"
+  printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' >"$root/etc/group"
+  tar -C "$root" --numeric-owner -c . |
+    docker import --change 'CMD ["/bin/sh"]' --change "LABEL $RECIPE_LABEL=$RECIPE" - "$BUSYBOX_IMAGE" >/dev/null
+}
+
+# Runs debootstrap with its chatter in a log, shown only when it fails.
+debootstrap_logged() {
+  local log="$1"; shift
+  debootstrap "$@" >"$log" 2>&1 || { tail -n 30 "$log" >&2; die "debootstrap failed (log above)"; }
+}
+
+# Debian bookworm minbase + openssh-server, hardened sshd, entrypoint; written as a tar.gz.
+build_debian_rootfs() {
+  local out="$1" mirror
+  mirror="$(debian_mirror)"
+  local tmp; tmp="$(mktemp -d "$(dirname "$out")/build.XXXXXX")"; TMP_DIRS+=("$tmp")
+  local root="$tmp/rootfs"
+  info "Debian mirror (from the apt configuration): $mirror"
+  with_progress "debootstrap" debootstrap_logged "$tmp/debootstrap.log" \
+    --variant=minbase --include=openssh-server,ca-certificates bookworm "$root" "$mirror"
+
+  # Host keys made at package install would be shared by every container: each container
+  # makes its own at first start instead (entrypoint).
+  rm -f "$root"/etc/ssh/ssh_host_*
+  # Debian's sshd_config includes sshd_config.d first, and the first value of a keyword wins.
+  # UsePAM no: pam_loginuid needs CAP_AUDIT_CONTROL, which the agent drops.
+  cat >"$root/etc/ssh/sshd_config.d/compute-server.conf" <<'EOF'
+# compute-server: keys only; root may log in with a key (the user owns the whole container).
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+X11Forwarding no
+EOF
+  # Without PAM, sshd refuses accounts whose password is locked with "!"; "*" = no password,
+  # not locked, so key login works.
+  sed -i 's/^root:[^:]*:/root:*:/' "$root/etc/shadow"
+
+  cat >"$root/usr/local/bin/compute-server-entrypoint" <<'EOF'
+#!/bin/sh
+# Entrypoint of computeserver/debian-ssh:local. SSH_AUTHORIZED_KEYS (newline separated)
+# becomes root's authorized_keys; then the given command runs, or sshd in the foreground.
+set -eu
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+ssh-keygen -A >/dev/null   # this container's own host keys, once
+if [ -n "${SSH_AUTHORIZED_KEYS:-}" ]; then
+  umask 077
+  mkdir -p /root/.ssh
+  printf '%s\n' "$SSH_AUTHORIZED_KEYS" >/root/.ssh/authorized_keys
+  chmod 0700 /root/.ssh
+  chmod 0600 /root/.ssh/authorized_keys
+  umask 022
+fi
+if [ "$#" -gt 0 ]; then exec "$@"; fi
+exec /usr/sbin/sshd -D -e
+EOF
+  chmod 0755 "$root/usr/local/bin/compute-server-entrypoint"
+
+  # Keep the image small: package caches and lists, docs, manuals.
+  rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+    "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log
+  findmnt -rn -o TARGET | grep -qF "$root/" && die "something is still mounted under $root"
+  with_progress "tar.gz of the rootfs" tar -C "$root" --numeric-owner -czf "$tmp/rootfs.tar.gz" .
+  mv "$tmp/rootfs.tar.gz" "$out"   # same directory tree: atomic, no half-written cache entry
+}
+
+cmd_images() {
+  docker_answers || die "no Docker daemon answers at ${DOCKER_HOST:-unix://$SOCK} (run: docker.sh start STATE_DIR)"
+  local old
+
+  if image_is_current "$BUSYBOX_IMAGE"; then
+    info "$BUSYBOX_IMAGE: present"
+  else
+    step "Building $BUSYBOX_IMAGE from busybox-static"
+    old="$(image_id "$BUSYBOX_IMAGE")"
+    build_busybox   # a second or two: no progress needed
+    drop_old_image "$old" "$BUSYBOX_IMAGE"
+  fi
+
+  if image_is_current "$SSH_IMAGE"; then
+    info "$SSH_IMAGE: present"
+    return
+  fi
+  # Key: the text of the function that builds it (heredocs included), not the whole script.
+  local cache="$CS_CACHE/images" tarball
+  tarball="$cache/debian-ssh-bookworm-$(declare -f build_debian_rootfs | sha256sum | cut -c1-16).tar.gz"
+  mkdir -p "$cache"
+  if [[ -f $tarball ]]; then
+    info "$SSH_IMAGE: rootfs cached at $tarball"
+  else
+    step "Building the $SSH_IMAGE rootfs with debootstrap (1-2 min, once)"
+    build_debian_rootfs "$tarball"
+    # Rootfs tarballs of older recipes are dead weight now.
+    find "$cache" -maxdepth 1 -name 'debian-ssh-*.tar.gz' ! -name "${tarball##*/}" -delete
+  fi
+  # A few seconds: no with_progress, whose 10 s polling would make it last 10 s.
+  step "Importing $SSH_IMAGE"
+  old="$(image_id "$SSH_IMAGE")"
+  docker import \
+    --change 'ENTRYPOINT ["/usr/local/bin/compute-server-entrypoint"]' \
+    --change 'EXPOSE 22' \
+    --change "LABEL $RECIPE_LABEL=$RECIPE" \
+    "$tarball" "$SSH_IMAGE" >/dev/null
+  drop_old_image "$old" "$SSH_IMAGE"
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  start) cmd_start "${2:-}" ;;
+  stop) cmd_stop "${2:-}" ;;
+  images) cmd_images ;;
+  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images" ;;
+esac
