@@ -70,23 +70,12 @@ cmd_start() {
     fi
   else
     step "Starting dockerd (log $log)"
-    # setsid: the daemon outlives this script and a Ctrl-C in its terminal; `stop` ends it.
-    setsid dockerd -H "unix://$SOCK" >"$log" 2>&1 </dev/null &
-    local pid=$!
-    echo "$pid" >"$pidf"
     local start=$SECONDS
-    until docker_answers_default; do
-      if ! kill -0 "$pid" 2>/dev/null; then
-        tail -n 30 "$log" >&2; rm -f "$pidf"; die "dockerd exited while starting (log: $log)"
-      fi
-      if ((SECONDS - start >= 60)); then
-        tail -n 30 "$log" >&2; die "dockerd did not answer on $SOCK within 60 s (log: $log)"
-      fi
-      sleep 0.5
-    done
-    info "dockerd: ready in $((SECONDS - start)) s (pid $pid)"
+    start_group "$pidf" "$log" dockerd -H "unix://$SOCK"
+    await_ready dockerd "$(<"$pidf")" "$log" 60 docker_answers_default
+    info "dockerd: ready in $((SECONDS - start)) s (pid $(<"$pidf"))"
   fi
-  grep -qxF "DOCKER_HOST=unix://$SOCK" "$state/env" 2>/dev/null || echo "DOCKER_HOST=unix://$SOCK" >>"$state/env"
+  set_env "$state" DOCKER_HOST "unix://$SOCK"
 }
 
 docker_answers_default() { DOCKER_HOST="unix://$SOCK" docker version >/dev/null 2>&1; }

@@ -1,0 +1,30 @@
+# The two commands: `make up` and `make test`. Everything they need is installed by
+# tests/support/ on first use and cached in ~/.cache/compute-server.
+STACK := tests/support/stack.sh
+
+.PHONY: up down test install crds lint
+
+## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server); Ctrl-C stops it
+up:
+	@bash $(STACK) local
+
+## down: stop a local stack left running
+down:
+	@bash $(STACK) down target/local
+
+## test: the whole suite against real components (what CI runs)
+test:
+	@bash $(STACK) test
+
+## install: install and build the real components only
+install:
+	@bash $(STACK) install
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	cargo run --quiet -- crd --out-dir crds
+
+## lint: rustfmt and clippy as CI would want them
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,135 @@
+//! Shared by the integration tests: where the real stack answers, and a namespace per test.
+//!
+//! `make test` (tests/support/stack.sh) starts one Docker engine, one kube-apiserver and one
+//! Keycloak for the whole run and writes their addresses to an env file named by
+//! `COMPUTE_SERVER_TEST_ENV`. These tests never start a stand-in: without the stack they fail
+//! and say how to get one.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Where the real components of this test run answer.
+pub struct Stack {
+    vars: HashMap<String, String>,
+}
+
+impl Stack {
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| {
+            let path = std::env::var("COMPUTE_SERVER_TEST_ENV").unwrap_or_else(|_| {
+                concat!(env!("CARGO_MANIFEST_DIR"), "/target/test/env").to_string()
+            });
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!(
+                    "the integration tests need the real stack, whose addresses are in {path} ({e}). \
+                     Run them with `make test`, or start it with `bash tests/support/stack.sh up target/test`."
+                )
+            });
+            let vars = text
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Stack { vars }
+        })
+    }
+
+    pub fn var(&self, key: &str) -> &str {
+        self.vars.get(key).unwrap_or_else(|| panic!("{key} is missing from the stack's env file"))
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.var("KUBECONFIG").into()
+    }
+
+    pub fn keycloak_issuer(&self) -> &str {
+        self.var("KEYCLOAK_ISSUER")
+    }
+
+    pub fn docker_host(&self) -> &str {
+        self.var("DOCKER_HOST")
+    }
+
+    /// The kubectl built for this run, pointed at the test apiserver.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.var("KUBECTL"));
+        cmd.arg("--kubeconfig").arg(self.kubeconfig());
+        cmd
+    }
+}
+
+/// A kube client for the test apiserver, as the admin.
+pub async fn kube_client() -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(Stack::get().kubeconfig()).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig is usable");
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// A Docker client for the test run's engine.
+pub fn docker() -> bollard::Docker {
+    bollard::Docker::connect_with_host(Stack::get().docker_host()).expect("docker client")
+}
+
+/// Runs kubectl with `args` and, if given, `stdin`; returns what it printed.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Stack::get().kubectl();
+    cmd.args(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run kubectl");
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(stdin.unwrap_or_default().as_bytes()).expect("write to kubectl");
+    drop(pipe);
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// Runs kubectl and returns its standard output, failing the test with its error otherwise.
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A namespace of this test's own, deleted when dropped (also when the test fails).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub fn new(prefix: &str) -> TestNamespace {
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos();
+        let name = format!("{prefix}-{}-{suffix:x}", std::process::id());
+        kubectl_ok(&["create", "namespace", &name], None);
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Background deletion: the next test need not wait for it.
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Installs the CRDs from crds/ (idempotent) and waits until the apiserver serves them.
+pub fn install_crds() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir], None);
+    kubectl_ok(&["wait", "--for", "condition=Established", "--timeout=60s", "-f", dir], None);
+}

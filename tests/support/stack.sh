@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The whole local stack, for `make up` and `make test`: Docker engine and the local images,
+# etcd + kube-apiserver with the CRDs, and Keycloak with the `compute` realm.
+#
+#   stack.sh install          install and build everything (cached in $CS_CACHE)
+#   stack.sh up STATE_DIR     start it all; STATE_DIR/env lists where each part answers
+#   stack.sh down STATE_DIR   stop what `up` started (idempotent)
+#   stack.sh local            `make up`: install, start in target/local, stay up until Ctrl-C
+#   stack.sh test [ARGS]      `make test`: install, start in target/test, cargo test ARGS, stop
+source "$(dirname "$0")/lib.sh"
+
+install() {
+  local t0=$SECONDS
+  bash "$SUPPORT_DIR/docker.sh" install
+  command -v openssl >/dev/null && command -v curl >/dev/null && command -v ssh >/dev/null || {
+    step "Installing openssl, curl and openssh-client from the Debian archive"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl curl openssh-client
+  }
+  bash "$SUPPORT_DIR/kube.sh" install
+  bash "$SUPPORT_DIR/keycloak.sh" install
+  info "everything installed ($((SECONDS - t0)) s)"
+}
+
+up() {
+  local state="$1" t0=$SECONDS
+  mkdir -p "$state"; state="$(cd "$state" && pwd -P)"
+  rm -f "$state/env"
+  # Leftovers of a run that was killed before it could stop them.
+  bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
+  bash "$SUPPORT_DIR/docker.sh" start "$state"
+  # Keycloak takes longest: start it alongside the rest and wait for it last.
+  bash "$SUPPORT_DIR/keycloak.sh" start "$state" >"$state/keycloak-start.log" 2>&1 &
+  local keycloak=$!
+  bash "$SUPPORT_DIR/docker.sh" images
+  bash "$SUPPORT_DIR/kube.sh" start "$state"
+
+  local kubectl=("$CS_BIN/kubectl" --kubeconfig "$state/kubeconfig")
+  step "Installing the CRDs and the local profiles"
+  "${kubectl[@]}" apply --server-side -f "$REPO_DIR/crds/" >/dev/null
+  "${kubectl[@]}" wait --for condition=Established --timeout=60s -f "$REPO_DIR/crds/" >/dev/null
+  "${kubectl[@]}" create namespace compute --dry-run=client -o yaml | "${kubectl[@]}" apply -f - >/dev/null
+  "${kubectl[@]}" apply -f "$REPO_DIR/manifests/examples/profiles.yaml" >/dev/null
+
+  if ! wait "$keycloak"; then
+    cat "$state/keycloak-start.log" >&2
+    die "Keycloak did not start"
+  fi
+  cat "$state/keycloak-start.log" >&2
+  set_env "$state" KUBECTL "$CS_BIN/kubectl"
+  set_env "$state" HELM "$CS_BIN/helm"
+  info "stack up in $((SECONDS - t0)) s; its addresses are in $state/env"
+}
+
+down() {
+  local state="$1"
+  [[ -d $state ]] || return 0
+  bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
+  bash "$SUPPORT_DIR/kube.sh" stop "$state"
+  bash "$SUPPORT_DIR/docker.sh" stop "$state"
+}
+
+# Builds the binary and the tests, with progress: a cold build takes several minutes.
+cargo_build() {
+  step "Building compute-server and its tests (cargo; several minutes the first time)"
+  (cd "$REPO_DIR" && with_progress "cargo build" cargo build --locked --all-targets --quiet)
+}
+
+local_stack() {
+  state="$REPO_DIR/target/local"  # global: the traps read it
+  install
+  cargo_build
+  trap 'trap - INT TERM EXIT; echo; down "$state"' INT TERM EXIT
+  up "$state"
+  # shellcheck disable=SC1091
+  source "$state/env"
+  cat <<BANNER
+
+  compute-server local stack is up.
+
+  Kubernetes API  kubectl --kubeconfig target/local/kubeconfig get csrv -A
+                  (kubectl $K8S_VERSION: $CS_BIN/kubectl)
+  Keycloak        $KEYCLOAK_URL/realms/compute/account   (admin console: $KEYCLOAK_URL/admin, admin/admin)
+  Demo logins     alice/alice, bob/bob (group students), carol/carol (staff), ops/ops (compute-admin)
+  Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local
+  Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
+
+  Not yet running: the agent, scheduler, web front (http://127.0.0.1:8080) and bastion;
+  each arrives with its issue. Ctrl-C stops everything.
+
+BANNER
+  while true; do sleep 3600; done
+}
+
+run_tests() {
+  state="$REPO_DIR/target/test"  # global: the trap reads it
+  local t0=$SECONDS
+  install
+  cargo_build
+  trap 'down "$state"' EXIT
+  up "$state"
+  step "Running the tests against the real stack (cargo test)"
+  (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo test --locked --no-fail-fast "$@")
+  info "tests finished in $((SECONDS - t0)) s in all"
+}
+
+case "${1:-}" in
+  local) local_stack ;;
+  test) shift; run_tests "$@" ;;
+  install) install ;;
+  up) [[ $# -eq 2 ]] || die "usage: $0 up STATE_DIR"; up "$2" ;;
+  down) [[ $# -eq 2 ]] || die "usage: $0 down STATE_DIR"; down "$2" ;;
+  *) die "usage: $0 install | up STATE_DIR | down STATE_DIR | local | test [CARGO TEST ARGS]" ;;
+esac
