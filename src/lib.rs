@@ -4,6 +4,7 @@
 //! Docker on each labelled node is the data plane. One binary runs every role.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod crd;
 pub mod telemetry;
@@ -23,6 +24,25 @@ pub enum Error {
 
     #[error("the `{0}` role is not built yet")]
     NotBuilt(&'static str),
+
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+
+    #[error("Docker: {0}")]
+    Docker(#[source] bollard::errors::Error),
+
+    #[error("could not pull image {image}: {source}")]
+    Pull {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+
+    #[error("container {0} disappeared while it was being set up")]
+    Gone(String),
+
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,14 +1,20 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use compute_server::{Error, crd, telemetry};
+use compute_server::{Error, agent, crd, telemetry};
 
 /// Self-service compute servers: one binary, several roles.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
 struct Cli {
     /// Log format on standard error.
-    #[arg(long, global = true, env = "COMPUTE_SERVER_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "COMPUTE_SERVER_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     log_format: telemetry::LogFormat,
 
     #[command(subcommand)]
@@ -24,7 +30,7 @@ enum Role {
         out_dir: Option<PathBuf>,
     },
     /// Run the node agent: reconcile this node's ComputeServers into Docker containers.
-    Agent,
+    Agent(agent::Args),
     /// Place unscheduled ComputeServers on Ready ComputeNodes (leader-elected).
     Scheduler,
     /// Serve the web front and JSON API behind Keycloak.
@@ -42,7 +48,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.role {
         Role::Crd { out_dir: None } => crd::all_yaml().map(|yaml| print!("{yaml}")),
         Role::Crd { out_dir: Some(dir) } => crd::write_dir(&dir),
-        Role::Agent => Err(Error::NotBuilt("agent")),
+        Role::Agent(args) => agent::run(args).await,
         Role::Scheduler => Err(Error::NotBuilt("scheduler")),
         Role::Web => Err(Error::NotBuilt("web")),
         Role::Bastion => Err(Error::NotBuilt("bastion")),

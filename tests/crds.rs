@@ -20,11 +20,17 @@ fn crds_folder_matches_the_rust_types() {
 
 #[test]
 fn crd_command_prints_every_crd() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_compute-server")).arg("crd").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_compute-server"))
+        .arg("crd")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let yaml = String::from_utf8(out.stdout).unwrap();
     for name in ["computeservers", "computeprofiles", "computenodes"] {
-        assert!(yaml.contains(&format!("name: {name}.computeserver.io")), "{name} missing from `crd` output");
+        assert!(
+            yaml.contains(&format!("name: {name}.computeserver.io")),
+            "{name} missing from `crd` output"
+        );
     }
     assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 3);
 }

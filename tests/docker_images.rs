@@ -21,7 +21,10 @@ impl Drop for Container {
         // Drop cannot await; remove from a thread of its own with a small runtime.
         let _ = std::thread::spawn(move || {
             tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+                let opts = RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build();
                 let _ = docker.remove_container(&id, Some(opts)).await;
             })
         })
@@ -31,7 +34,10 @@ impl Drop for Container {
 
 /// Creates and starts a container with the hardening the agent applies.
 async fn run(name: &str, mut body: ContainerCreateBody, caps: &[&str]) -> Container {
-    let docker = support::docker().negotiate_version().await.expect("Docker answers");
+    let docker = support::docker()
+        .negotiate_version()
+        .await
+        .expect("Docker answers");
     let name = format!("cs-test-{name}-{}", std::process::id());
     let host_config = body.host_config.take().unwrap_or_default();
     body.host_config = Some(HostConfig {
@@ -44,9 +50,18 @@ async fn run(name: &str, mut body: ContainerCreateBody, caps: &[&str]) -> Contai
         ..host_config
     });
     let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-    let created = docker.create_container(Some(opts), body).await.expect("create container");
-    let container = Container { docker: docker.clone(), id: created.id };
-    docker.start_container(&container.id, None).await.expect("start container");
+    let created = docker
+        .create_container(Some(opts), body)
+        .await
+        .expect("create container");
+    let container = Container {
+        docker: docker.clone(),
+        id: created.id,
+    };
+    docker
+        .start_container(&container.id, None)
+        .await
+        .expect("start container");
     container
 }
 
@@ -54,7 +69,11 @@ async fn run(name: &str, mut body: ContainerCreateBody, caps: &[&str]) -> Contai
 async fn busybox_image_runs_a_command() {
     let body = ContainerCreateBody {
         image: Some("computeserver/busybox:local".into()),
-        cmd: Some(vec!["sh".into(), "-c".into(), "echo hello from busybox; id -u".into()]),
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo hello from busybox; id -u".into(),
+        ]),
         ..Default::default()
     };
     let container = run("busybox", body, &[]).await;
@@ -64,8 +83,11 @@ async fn busybox_image_runs_a_command() {
         result.expect("exits with code 0");
     }
     let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).build();
-    let logs: Vec<String> =
-        docker.logs(&container.id, Some(opts)).map(|chunk| chunk.expect("logs").to_string()).collect().await;
+    let logs: Vec<String> = docker
+        .logs(&container.id, Some(opts))
+        .map(|chunk| chunk.expect("logs").to_string())
+        .collect()
+        .await;
     assert_eq!(logs.concat(), "hello from busybox\n0\n");
 }
 
@@ -87,8 +109,14 @@ async fn debian_ssh_image_accepts_the_given_key() {
         exposed_ports: Some(vec!["22/tcp".into()]),
         host_config: Some(HostConfig {
             port_bindings: Some(
-                [("22/tcp".to_string(), Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: None }]))]
-                    .into(),
+                [(
+                    "22/tcp".to_string(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: None,
+                    }]),
+                )]
+                .into(),
             ),
             ..Default::default()
         }),
@@ -96,23 +124,49 @@ async fn debian_ssh_image_accepts_the_given_key() {
     };
     // The capabilities sshd needs to log a user in, and nothing else.
     let container = run("ssh", body, &["SETUID", "SETGID", "SYS_CHROOT", "AUDIT_WRITE"]).await;
-    let info = container.docker.inspect_container(&container.id, None::<InspectContainerOptions>).await.unwrap();
-    let port = info.network_settings.and_then(|n| n.ports).and_then(|p| p.get("22/tcp").cloned().flatten())
-        .and_then(|b| b.into_iter().next()).and_then(|b| b.host_port).expect("port 22 published");
+    let info = container
+        .docker
+        .inspect_container(&container.id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let port = info
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("22/tcp").cloned().flatten())
+        .and_then(|b| b.into_iter().next())
+        .and_then(|b| b.host_port)
+        .expect("port 22 published");
 
     // The real OpenSSH client; sshd needs a moment to make its host keys and listen.
     let mut last = String::new();
     for _ in 0..40 {
         let out = std::process::Command::new("ssh")
-            .args(["-i"]).arg(&key)
-            .args(["-p", &port, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
-                "root@127.0.0.1", "echo hello from $(hostname) as $(id -un)"])
+            .args(["-i"])
+            .arg(&key)
+            .args([
+                "-p",
+                &port,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                "root@127.0.0.1",
+                "echo hello from $(hostname) as $(id -un)",
+            ])
             .output()
             .unwrap();
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(text.starts_with("hello from ") && text.trim_end().ends_with("as root"), "{text}");
+            assert!(
+                text.starts_with("hello from ") && text.trim_end().ends_with("as root"),
+                "{text}"
+            );
             return;
         }
         last = String::from_utf8_lossy(&out.stderr).into_owned();

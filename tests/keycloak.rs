@@ -28,7 +28,9 @@ async fn token_claims(user: &str, password: &str) -> Result<Value, String> {
     }
     let token = body["access_token"].as_str().expect("an access token");
     let payload = token.split('.').nth(1).expect("a JWT");
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
     Ok(serde_json::from_slice(&json).expect("JSON claims"))
 }
 
@@ -45,7 +47,11 @@ async fn alice_gets_a_token_with_username_groups_and_audience() {
     let claims = token_claims("alice", "alice").await.expect("alice signs in");
     assert_eq!(claims["preferred_username"], "alice");
     assert_eq!(strings(&claims["groups"]), ["students"], "{claims}");
-    assert!(strings(&claims["aud"]).contains(&"compute-server"), "audience: {}", claims["aud"]);
+    assert!(
+        strings(&claims["aud"]).contains(&"compute-server"),
+        "audience: {}",
+        claims["aud"]
+    );
     assert_eq!(claims["iss"], Stack::get().keycloak_issuer());
     assert_eq!(claims["azp"], "compute-server");
     let roles = strings(&claims["realm_access"]["roles"]);
@@ -59,12 +65,17 @@ async fn the_demo_users_have_their_groups_and_roles() {
     let bob = token_claims("bob", "bob").await.expect("bob signs in");
     assert_eq!(strings(&bob["groups"]), ["students"]);
     let ops = token_claims("ops", "ops").await.expect("ops signs in");
-    assert!(strings(&ops["realm_access"]["roles"]).contains(&"compute-admin"), "{ops}");
+    assert!(
+        strings(&ops["realm_access"]["roles"]).contains(&"compute-admin"),
+        "{ops}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_password_gets_no_token() {
-    let error = token_claims("alice", "bob").await.expect_err("wrong password refused");
+    let error = token_claims("alice", "bob")
+        .await
+        .expect_err("wrong password refused");
     assert!(error.contains("invalid_grant"), "{error}");
 }
 
@@ -79,5 +90,8 @@ async fn the_login_page_asks_for_username_and_password() {
     let page = reqwest::get(url).await.unwrap();
     assert!(page.status().is_success(), "{}", page.status());
     let html = page.text().await.unwrap();
-    assert!(html.contains("kc-form-login") && html.contains("name=\"password\""), "no login form");
+    assert!(
+        html.contains("kc-form-login") && html.contains("name=\"password\""),
+        "no login form"
+    );
 }

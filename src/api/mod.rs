@@ -31,8 +31,7 @@ pub const CONDITION_READY: &str = "Ready";
 /// Schema for a list of conditions keyed by `type`, as Kubernetes' own types have them.
 pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     use schemars::JsonSchema;
-    let mut schema =
-        <Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>::json_schema(generator);
+    let mut schema = <Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>::json_schema(generator);
     schema.insert("x-kubernetes-list-type".into(), "map".into());
     schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema

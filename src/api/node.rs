@@ -18,12 +18,36 @@ use super::Resources;
     category = "compute",
     derive = "PartialEq",
     doc = "A Docker host that runs compute servers, registered and kept up to date by its agent.",
-    printcolumn(name = "CPU", type_ = "string", json_path = ".status.capacity.cpu", description = "CPU cores on the host"),
-    printcolumn(name = "Memory", type_ = "string", json_path = ".status.capacity.memory", description = "Memory on the host"),
-    printcolumn(name = "CPU Used", type_ = "string", json_path = ".status.allocated.cpu", description = "CPU given to servers"),
-    printcolumn(name = "Memory Used", type_ = "string", json_path = ".status.allocated.memory", description = "Memory given to servers"),
+    printcolumn(
+        name = "CPU",
+        type_ = "string",
+        json_path = ".status.capacity.cpu",
+        description = "CPU cores on the host"
+    ),
+    printcolumn(
+        name = "Memory",
+        type_ = "string",
+        json_path = ".status.capacity.memory",
+        description = "Memory on the host"
+    ),
+    printcolumn(
+        name = "CPU Used",
+        type_ = "string",
+        json_path = ".status.allocated.cpu",
+        description = "CPU given to servers"
+    ),
+    printcolumn(
+        name = "Memory Used",
+        type_ = "string",
+        json_path = ".status.allocated.memory",
+        description = "Memory given to servers"
+    ),
     printcolumn(name = "Servers", type_ = "integer", json_path = ".status.servers"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -18,7 +18,11 @@ use super::{Port, Resources};
     doc = "A kind of compute server users may request: image, default and maximum sizes, and who may use it.",
     printcolumn(name = "Display Name", type_ = "string", json_path = ".spec.displayName"),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
-    printcolumn(name = "Max Per User", type_ = "integer", json_path = ".spec.maxServersPerUser"),
+    printcolumn(
+        name = "Max Per User",
+        type_ = "integer",
+        json_path = ".spec.maxServersPerUser"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.image) || size(self.allowedImages) > 0").message("set spec.image, or list the images users may choose in spec.allowedImages"))]

@@ -22,12 +22,38 @@ use super::Resources;
     category = "compute",
     derive = "PartialEq",
     doc = "A personal compute server: a container on one of the cluster's Docker hosts, reachable over SSH.",
-    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner", description = "Who the server belongs to"),
-    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile", description = "The ComputeProfile it was made from"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".status.node", description = "The Docker host it runs on"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where it is in its life"),
+    printcolumn(
+        name = "Owner",
+        type_ = "string",
+        json_path = ".spec.owner",
+        description = "Who the server belongs to"
+    ),
+    printcolumn(
+        name = "Profile",
+        type_ = "string",
+        json_path = ".spec.profile",
+        description = "The ComputeProfile it was made from"
+    ),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".status.node",
+        description = "The Docker host it runs on"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where it is in its life"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1, description = "What is happening, in plain words"),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        priority = 1,
+        description = "What is happening, in plain words"
+    ),
     selectable = ".spec.owner"
 )]
 #[x_kube(validation = Rule::new("has(self.profile) || has(self.image)").message("set spec.profile (the name of a ComputeProfile) or spec.image (a container image)"))]

@@ -39,7 +39,9 @@ impl Stack {
     }
 
     pub fn var(&self, key: &str) -> &str {
-        self.vars.get(key).unwrap_or_else(|| panic!("{key} is missing from the stack's env file"))
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is missing from the stack's env file"))
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -86,7 +88,8 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("run kubectl");
     let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(stdin.unwrap_or_default().as_bytes()).expect("write to kubectl");
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("write to kubectl");
     drop(pipe);
     child.wait_with_output().expect("kubectl output")
 }
@@ -131,5 +134,15 @@ impl Drop for TestNamespace {
 pub fn install_crds() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir], None);
-    kubectl_ok(&["wait", "--for", "condition=Established", "--timeout=60s", "-f", dir], None);
+    kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout=60s",
+            "-f",
+            dir,
+        ],
+        None,
+    );
 }

@@ -1,0 +1,162 @@
+//! The `agent` role: one per Docker host. A kube-runtime controller over the ComputeServers
+//! labelled with this node turns each into a hardened Docker container and reports status.
+//!
+//! Steps: resolve the profile and plan the container ([`plan`], pure), then apply it to Docker
+//! ([`docker`]), then write status ([`status`]). Every step is idempotent: the container's
+//! deterministic name and labels let a restarted agent adopt what it made.
+
+mod docker;
+pub mod plan;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use crate::api::{CONTAINER_FINALIZER, ComputeProfile, ComputeServer, NODE_LABEL, Phase};
+use crate::{Error, Result};
+
+/// How often a healthy server is looked at again: Docker is not watched by the API server.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Flags of `compute-server agent`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// This node's name: the agent runs the ComputeServers labelled computeserver.io/node=NAME.
+    #[arg(long, env = "COMPUTE_SERVER_NODE")]
+    pub node: String,
+
+    /// The Docker engine to use.
+    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+    pub docker_host: String,
+
+    /// Host name or address users reach this node's published ports at.
+    #[arg(long, env = "COMPUTE_SERVER_NODE_ADDRESS", default_value = "127.0.0.1")]
+    pub address: String,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes API.
+    pub client: Client,
+    /// This node's Docker engine.
+    pub docker: bollard::Docker,
+    /// Publishes Kubernetes Events on the servers.
+    pub recorder: Recorder,
+    /// This node's name.
+    pub node: String,
+    /// Where users reach this node's published ports.
+    pub address: String,
+}
+
+impl Context {
+    /// Publishes an Event on `server`; a failure to publish is logged, never fatal.
+    async fn event(&self, server: &ComputeServer, type_: EventType, reason: &str, note: String) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &server.object_ref(&())).await {
+            warn!(%error, server = %server.name_any(), "could not publish an event");
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let docker = docker::connect(&args.docker_host).await?;
+    let reporter = Reporter {
+        controller: "compute-server-agent".into(),
+        instance: Some(args.node.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        docker,
+        node: args.node.clone(),
+        address: args.address,
+    });
+    let selector = format!("{NODE_LABEL}={}", args.node);
+    info!(node = %args.node, %selector, "agent starting");
+    Controller::new(
+        Api::<ComputeServer>::all(client),
+        watcher::Config::default().labels(&selector),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            warn!(%error, "reconcile failed");
+        }
+    })
+    .await;
+    Ok(())
+}
+
+#[instrument(skip_all, fields(server = %server.name_any(), namespace = server.namespace()))]
+async fn reconcile(server: Arc<ComputeServer>, ctx: Arc<Context>) -> Result<Action> {
+    let api: Api<ComputeServer> =
+        Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
+    finalizer(&api, CONTAINER_FINALIZER, server, |event| async {
+        match event {
+            Event::Apply(server) => apply(&server, &ctx).await,
+            Event::Cleanup(server) => cleanup(&server, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(_server: Arc<ComputeServer>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(%error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
+    let profile = match &server.spec.profile {
+        Some(name) => Api::<ComputeProfile>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube)?,
+        None => None,
+    };
+    let plan = match plan::plan(server, profile.as_ref()) {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            let message = refusal.to_string();
+            if status::differs(server, Phase::Failed, &message) {
+                ctx.event(server, EventType::Warning, "Refused", message.clone())
+                    .await;
+            }
+            status::write(server, ctx, status::failed(server, ctx, "Refused", message)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    match docker::ensure(server, &plan, ctx).await {
+        Ok(observed) => {
+            status::write(server, ctx, status::observed(server, ctx, &plan, &observed)).await?;
+            Ok(Action::requeue(RESYNC))
+        }
+        Err(error) => {
+            let message = docker::explain(&error, &plan, &ctx.node);
+            status::write(server, ctx, status::failed(server, ctx, "DockerError", message)).await?;
+            Err(error)
+        }
+    }
+}
+
+async fn cleanup(server: &ComputeServer, ctx: &Context) -> Result<Action> {
+    docker::remove(server, ctx).await?;
+    info!("container and data volume removed");
+    Ok(Action::await_change())
+}
