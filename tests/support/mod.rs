@@ -146,3 +146,69 @@ pub fn install_crds() {
         None,
     );
 }
+
+/// A `compute-server agent` process for a node of the test's own, stopped when dropped.
+pub struct Agent {
+    child: std::process::Child,
+    pub node: String,
+}
+
+impl Agent {
+    pub fn start(node: &str) -> Agent {
+        let stack = Stack::get();
+        let log_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs"));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = std::fs::File::create(log_dir.join(format!("agent-{node}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_compute-server"))
+            .args(["agent", "--node", node])
+            .env("KUBECONFIG", stack.kubeconfig())
+            .env("DOCKER_HOST", stack.docker_host())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            child,
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A name unique to this test process and call, usable as a node or object name.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Polls `check` every 250 ms until it returns Some, for at most `seconds`.
+pub fn eventually<T>(what: &str, seconds: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// The docker CLI, pointed at the test run's engine.
+pub fn docker_cli(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", Stack::get().docker_host())
+        .output()
+        .expect("run docker")
+}

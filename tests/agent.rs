@@ -1,0 +1,366 @@
+//! The node agent against the real apiserver and the real Docker engine: what the user sees
+//! (`kubectl get`, status, Events) and what Docker really did (`docker inspect`).
+
+mod support;
+
+use serde_json::Value;
+use support::{Agent, TestNamespace, docker_cli, eventually, install_crds, kubectl, kubectl_ok, unique};
+
+/// Applies a ComputeServer pinned to `node`, with the given spec lines.
+fn apply_server(ns: &str, name: &str, node: &str, spec: &str) {
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: {name}\n  namespace: {ns}\n  \
+         labels: {{computeserver.io/node: {node}, computeserver.io/owner: alice}}\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+}
+
+fn server_json(ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl(&["get", "csrv", "-n", ns, name, "-o", "json"], None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Waits until the server's phase is `phase` and returns the server.
+fn wait_phase(ns: &str, name: &str, phase: &str) -> Value {
+    eventually(&format!("{name} to be {phase}"), 90, || {
+        server_json(ns, name).filter(|s| s["status"]["phase"] == phase)
+    })
+}
+
+fn inspect(container: &str) -> Option<Value> {
+    let out = docker_cli(&["inspect", container]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone())
+}
+
+fn events(ns: &str, name: &str) -> String {
+    kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+        None,
+    )
+}
+
+#[test]
+fn a_pinned_server_becomes_a_hardened_running_container() {
+    install_crds();
+    let ns = TestNamespace::new("agent-run");
+    let agent = Agent::start(&unique("node"));
+    apply_server(
+        &ns.name,
+        "box",
+        &agent.node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]\nenv: [{name: GREETING, value: hi}]",
+    );
+
+    let server = wait_phase(&ns.name, "box", "Running");
+    assert_eq!(server["status"]["node"], agent.node.as_str());
+    assert_eq!(
+        server["status"]["message"],
+        format!("running on node {}", agent.node)
+    );
+    assert_eq!(
+        server["status"]["observedGeneration"],
+        server["metadata"]["generation"]
+    );
+    let ready = server["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+    assert!(
+        server["metadata"]["finalizers"]
+            .as_array()
+            .unwrap()
+            .contains(&"computeserver.io/container".into())
+    );
+
+    let container = inspect(&format!("csrv.{}.box", ns.name)).expect("container exists");
+    assert_eq!(container["Id"], server["status"]["containerID"]);
+    let host = &container["HostConfig"];
+    assert_eq!(host["Memory"], 64 << 20, "the profile's default memory");
+    assert_eq!(host["NanoCpus"], 250_000_000, "the profile's default CPU");
+    assert!(host["PidsLimit"].as_i64().unwrap() > 0, "a pids limit is set");
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+    let added: Vec<&str> = host["CapAdd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for dangerous in ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD"] {
+        assert!(
+            !added.iter().any(|c| c.ends_with(dangerous)),
+            "{dangerous} must not be granted: {added:?}"
+        );
+    }
+    assert_eq!(host["SecurityOpt"], serde_json::json!(["no-new-privileges"]));
+    assert_eq!(host["Privileged"], false);
+    assert!(host["Binds"].is_null(), "no host mounts");
+    let mounts = container["Mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(
+        (mounts[0]["Type"].as_str(), mounts[0]["Destination"].as_str()),
+        (Some("volume"), Some("/home"))
+    );
+    let labels = &container["Config"]["Labels"];
+    assert_eq!(labels["computeserver.io/uid"], server["metadata"]["uid"]);
+    assert_eq!(labels["computeserver.io/name"], "box");
+    assert_eq!(labels["computeserver.io/namespace"], ns.name.as_str());
+    assert_eq!(labels["computeserver.io/owner"], "alice");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "compute-server");
+    assert!(
+        container["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&"GREETING=hi".into())
+    );
+
+    let seen = events(&ns.name, "box");
+    assert!(seen.contains("Created") && seen.contains("Started"), "{seen}");
+}
+
+#[test]
+fn stop_start_and_delete() {
+    install_crds();
+    let ns = TestNamespace::new("agent-life");
+    let agent = Agent::start(&unique("node"));
+    let container = format!("csrv.{}.life", ns.name);
+    apply_server(
+        &ns.name,
+        "life",
+        &agent.node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
+    );
+    wait_phase(&ns.name, "life", "Running");
+
+    // Data written to the volume survives a change that recreates the container.
+    assert!(
+        docker_cli(&["exec", &container, "sh", "-c", "echo kept > /home/note"])
+            .status
+            .success()
+    );
+    apply_server(
+        &ns.name,
+        "life",
+        &agent.node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]\nresources: {memory: 128Mi}",
+    );
+    eventually("the container to be recreated with 128Mi", 60, || {
+        inspect(&container)
+            .filter(|c| c["HostConfig"]["Memory"] == 128 << 20 && c["State"]["Running"] == true)
+    });
+    let note = docker_cli(&["exec", &container, "cat", "/home/note"]);
+    assert_eq!(
+        String::from_utf8_lossy(&note.stdout),
+        "kept\n",
+        "the data volume outlives the container"
+    );
+
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "-n",
+            &ns.name,
+            "life",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"running":false}}"#,
+        ],
+        None,
+    );
+    let stopped = wait_phase(&ns.name, "life", "Stopped");
+    assert!(
+        stopped["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("set spec.running to true")
+    );
+    assert_eq!(
+        inspect(&container).expect("kept while stopped")["State"]["Running"],
+        false
+    );
+
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "-n",
+            &ns.name,
+            "life",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"running":true}}"#,
+        ],
+        None,
+    );
+    wait_phase(&ns.name, "life", "Running");
+    assert_eq!(
+        String::from_utf8_lossy(&docker_cli(&["exec", &container, "cat", "/home/note"]).stdout),
+        "kept\n"
+    );
+
+    kubectl_ok(&["delete", "csrv", "-n", &ns.name, "life", "--timeout=60s"], None);
+    assert!(
+        inspect(&container).is_none(),
+        "the container is removed with the server"
+    );
+    let volumes = docker_cli(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={container}.data"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&volumes.stdout).trim(),
+        "",
+        "the data volume is removed with the server"
+    );
+}
+
+#[test]
+fn asking_for_more_than_the_profile_allows_is_refused_and_nothing_runs() {
+    install_crds();
+    let ns = TestNamespace::new("agent-refuse");
+    let agent = Agent::start(&unique("node"));
+    apply_server(
+        &ns.name,
+        "big",
+        &agent.node,
+        "owner: alice\nprofile: tiny\nresources: {memory: 1Gi}",
+    );
+    let server = wait_phase(&ns.name, "big", "Failed");
+    assert_eq!(
+        server["status"]["message"],
+        "memory 1Gi is more than profile \"tiny\" allows (256Mi); ask for less"
+    );
+    assert!(events(&ns.name, "big").contains("Refused"));
+    assert!(
+        inspect(&format!("csrv.{}.big", ns.name)).is_none(),
+        "no container for a refused server"
+    );
+
+    apply_server(
+        &ns.name,
+        "nope",
+        &agent.node,
+        "owner: alice\nprofile: no-such-profile",
+    );
+    let server = wait_phase(&ns.name, "nope", "Failed");
+    assert!(
+        server["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("profile \"no-such-profile\" does not exist")
+    );
+}
+
+#[test]
+fn a_container_removed_by_hand_comes_back() {
+    install_crds();
+    let ns = TestNamespace::new("agent-drift");
+    let agent = Agent::start(&unique("node"));
+    let container = format!("csrv.{}.drift", ns.name);
+    apply_server(
+        &ns.name,
+        "drift",
+        &agent.node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
+    );
+    let first = wait_phase(&ns.name, "drift", "Running")["status"]["containerID"].clone();
+    assert!(docker_cli(&["rm", "-f", &container]).status.success());
+    // Docker is not watched: the agent finds the drift on its periodic resync (30 s).
+    let again = eventually("a new container", 90, || {
+        server_json(&ns.name, "drift")
+            .filter(|s| s["status"]["phase"] == "Running" && s["status"]["containerID"] != first)
+    });
+    let seen = events(&ns.name, "drift");
+    assert!(
+        seen.contains("Recreated") && seen.contains("removed outside compute-server"),
+        "{seen}"
+    );
+    let count = docker_cli(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!(
+            "label=computeserver.io/uid={}",
+            again["metadata"]["uid"].as_str().unwrap()
+        ),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).lines().count(),
+        1,
+        "exactly one container"
+    );
+}
+
+#[test]
+fn alice_logs_in_to_her_debian_server_with_her_key() {
+    install_crds();
+    let ns = TestNamespace::new("agent-ssh");
+    let agent = Agent::start(&unique("node"));
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    apply_server(
+        &ns.name,
+        "dev",
+        &agent.node,
+        &format!(
+            "owner: alice\nprofile: debian\nsshAuthorizedKeys: [\"{}\"]",
+            public.trim()
+        ),
+    );
+    let server = wait_phase(&ns.name, "dev", "Running");
+    let endpoint = &server["status"]["endpoints"][0];
+    assert_eq!(endpoint["name"], "ssh");
+    let port = endpoint["port"].as_i64().unwrap().to_string();
+    let host = endpoint["host"].as_str().unwrap();
+
+    let out = eventually("ssh to work", 30, || {
+        let out = std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args([
+                "-p",
+                &port,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                &format!("root@{host}"),
+                "hostname; id -un",
+            ])
+            .output()
+            .unwrap();
+        out.status.success().then_some(out)
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\nroot\n");
+}
