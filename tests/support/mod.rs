@@ -177,6 +177,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // Delete this node's servers while the agent still runs, so their finalizer removes
+        // the containers and nothing is left behind in Docker.
+        let selector = format!("computeserver.io/node={}", self.node);
+        let _ = kubectl(&["delete", "csrv", "-A", "-l", &selector, "--timeout=60s"], None);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

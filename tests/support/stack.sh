@@ -54,6 +54,7 @@ up() {
 down() {
   local state="$1"
   [[ -d $state ]] || return 0
+  stop_group "$state/agent.pid" agent compute-server
   bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
   bash "$SUPPORT_DIR/kube.sh" stop "$state"
   bash "$SUPPORT_DIR/docker.sh" stop "$state"
@@ -67,12 +68,16 @@ cargo_build() {
 
 local_stack() {
   state="$REPO_DIR/target/local"  # global: the traps read it
+  export KEYCLOAK_PORT="${KEYCLOAK_PORT:-8180}"  # a fixed address for people to remember
   install
   cargo_build
-  trap 'trap - INT TERM EXIT; echo; down "$state"' INT TERM EXIT
+  trap 'trap - INT TERM EXIT; echo; down "$state"; exit 0' INT TERM EXIT
   up "$state"
   # shellcheck disable=SC1091
   source "$state/env"
+  export KUBECONFIG DOCKER_HOST
+  step "Starting the agent for node \"local\" (log: $state/agent.log)"
+  start_group "$state/agent.pid" "$state/agent.log" "$REPO_DIR/target/debug/compute-server" agent --node local
   cat <<BANNER
 
   compute-server local stack is up.
@@ -84,11 +89,16 @@ local_stack() {
   Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local
   Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
 
-  Not yet running: the agent, scheduler, web front (http://127.0.0.1:8080) and bastion;
-  each arrives with its issue. Ctrl-C stops everything.
+  Agent           node "local": servers labelled computeserver.io/node=local run here
+                  (log: target/local/agent.log); e.g. manifests/examples/server-busybox-pinned.yaml
+
+  Not yet running: the scheduler (unpinned servers stay Pending), the web front
+  (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
+  Ctrl-C stops everything.
 
 BANNER
-  while true; do sleep 3600; done
+  # sleep in the background: bash runs a trap only once the foreground command ends.
+  while true; do sleep 3600 & wait $!; done
 }
 
 run_tests() {
