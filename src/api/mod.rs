@@ -3,6 +3,9 @@
 //! Plain data types without I/O. Doc comments on fields are what `kubectl explain`
 //! shows, so they are written for the people who operate the cluster.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` arguments look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 mod node;
 mod profile;
 mod resources;
