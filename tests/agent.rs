@@ -315,21 +315,14 @@ fn alice_logs_in_to_her_debian_server_with_her_key() {
     let ns = TestNamespace::new("agent-ssh");
     let agent = Agent::start(&unique("node"));
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("id_ed25519");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (key, public) = support::ssh_keypair(dir.path(), "alice@laptop");
     apply_server(
         &ns.name,
         "dev",
         &agent.node,
         &format!(
             "owner: alice\nprofile: debian\nsshAuthorizedKeys: [\"{}\"]",
-            public.trim()
+            public
         ),
     );
     let server = wait_phase(&ns.name, "dev", "Running");
@@ -339,27 +332,7 @@ fn alice_logs_in_to_her_debian_server_with_her_key() {
     let host = endpoint["host"].as_str().unwrap();
 
     let out = eventually("ssh to work", 30, || {
-        let out = std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(&key)
-            .args([
-                "-p",
-                &port,
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-                &format!("root@{host}"),
-                "hostname; id -un",
-            ])
-            .output()
-            .unwrap();
+        let out = support::ssh(&key, host, &port, "hostname; id -un");
         out.status.success().then_some(out)
     });
     assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\nroot\n");

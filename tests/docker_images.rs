@@ -94,18 +94,11 @@ async fn busybox_image_runs_a_command() {
 #[tokio::test]
 async fn debian_ssh_image_accepts_the_given_key() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("id_ed25519");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test@compute-server", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (key, public) = support::ssh_keypair(dir.path(), "test@compute-server");
 
     let body = ContainerCreateBody {
         image: Some("computeserver/debian-ssh:local".into()),
-        env: Some(vec![format!("SSH_AUTHORIZED_KEYS={}", public.trim())]),
+        env: Some(vec![format!("SSH_AUTHORIZED_KEYS={}", public)]),
         exposed_ports: Some(vec!["22/tcp".into()]),
         host_config: Some(HostConfig {
             port_bindings: Some(
@@ -140,27 +133,12 @@ async fn debian_ssh_image_accepts_the_given_key() {
     // The real OpenSSH client; sshd needs a moment to make its host keys and listen.
     let mut last = String::new();
     for _ in 0..40 {
-        let out = std::process::Command::new("ssh")
-            .args(["-i"])
-            .arg(&key)
-            .args([
-                "-p",
-                &port,
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-                "root@127.0.0.1",
-                "echo hello from $(hostname) as $(id -un)",
-            ])
-            .output()
-            .unwrap();
+        let out = support::ssh(
+            &key,
+            "127.0.0.1",
+            &port,
+            "echo hello from $(hostname) as $(id -un)",
+        );
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(

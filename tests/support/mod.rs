@@ -216,3 +216,46 @@ pub fn docker_cli(args: &[&str]) -> Output {
         .output()
         .expect("run docker")
 }
+
+/// A fresh ed25519 key pair in `dir`: the private key's path and the public key line.
+pub fn ssh_keypair(dir: &std::path::Path, comment: &str) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (key, public)
+}
+
+/// Runs `command` as root on host:port with the real OpenSSH client and key `key`.
+pub fn ssh(key: &std::path::Path, host: &str, port: &str, command: &str) -> Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-p",
+            port,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("root@{host}"))
+        .arg(command)
+        .output()
+        .expect("run ssh")
+}
