@@ -337,3 +337,111 @@ fn alice_logs_in_to_her_debian_server_with_her_key() {
     });
     assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\nroot\n");
 }
+
+#[test]
+fn the_agent_registers_its_node_and_reports_in() {
+    install_crds();
+    let ns = TestNamespace::new("agent-node");
+    let agent = Agent::start(&unique("node"));
+    apply_server(
+        &ns.name,
+        "a",
+        &agent.node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]\nresources: {cpu: 500m, memory: 128Mi}",
+    );
+    wait_phase(&ns.name, "a", "Running");
+
+    let cores = std::thread::available_parallelism().unwrap().get().to_string();
+    let node = eventually("the ComputeNode to count the server", 40, || {
+        let out = kubectl(&["get", "computenode", &agent.node, "-o", "json"], None);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (node["status"]["servers"] == 1).then_some(node)
+    });
+    let status = &node["status"];
+    assert_eq!(
+        status["capacity"]["cpu"],
+        cores.as_str(),
+        "capacity from Docker's info"
+    );
+    assert!(status["capacity"]["memory"].as_str().unwrap().ends_with("Mi"));
+    assert_eq!(status["allocated"]["cpu"], "500m");
+    assert_eq!(status["allocated"]["memory"], "128Mi");
+    assert!(status["dockerVersion"].as_str().is_some_and(|v| !v.is_empty()));
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+
+    let table = kubectl_ok(&["get", "computenodes", &agent.node], None);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "CPU", "MEMORY", "CPU", "USED", "MEMORY", "USED", "SERVERS", "READY", "AGE"
+        ]
+    );
+    assert!(table.lines().nth(1).unwrap().contains("500m"), "{table}");
+
+    // The heartbeat: a Lease renewed while the agent runs.
+    let lease = format!("computenode-{}", agent.node);
+    let renew = || {
+        kubectl_ok(
+            &[
+                "get",
+                "lease",
+                "-n",
+                "compute",
+                &lease,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+            None,
+        )
+    };
+    let first = renew();
+    assert_eq!(
+        kubectl_ok(
+            &[
+                "get",
+                "lease",
+                "-n",
+                "compute",
+                &lease,
+                "-o",
+                "jsonpath={.spec.holderIdentity}"
+            ],
+            None
+        ),
+        agent.node
+    );
+    eventually("the Lease to be renewed", 30, || (renew() != first).then_some(()));
+
+    // An admin's cordon survives the agent's next reports.
+    kubectl_ok(
+        &[
+            "patch",
+            "computenode",
+            &agent.node,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+        ],
+        None,
+    );
+    let renewed = renew();
+    eventually("another report", 30, || (renew() != renewed).then_some(()));
+    let cordoned = kubectl_ok(
+        &[
+            "get",
+            "computenode",
+            &agent.node,
+            "-o",
+            "jsonpath={.spec.unschedulable}",
+        ],
+        None,
+    );
+    assert_eq!(cordoned, "true");
+}

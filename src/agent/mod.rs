@@ -6,6 +6,7 @@
 //! deterministic name and labels let a restarted agent adopt what it made.
 
 mod docker;
+pub mod node;
 pub mod plan;
 mod status;
 
@@ -40,6 +41,24 @@ pub struct Args {
     /// Host name or address users reach this node's published ports at.
     #[arg(long, env = "COMPUTE_SERVER_NODE_ADDRESS", default_value = "127.0.0.1")]
     pub address: String,
+
+    /// Labels of this node's ComputeNode, for nodeSelector: `--label gpu=true` (repeatable).
+    #[arg(long = "label", env = "COMPUTE_SERVER_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// GPUs this node offers to servers.
+    #[arg(long, env = "COMPUTE_SERVER_NODE_GPUS", default_value_t = 0)]
+    pub gpus: i32,
+
+    /// Namespace of the node's heartbeat Lease.
+    #[arg(long, env = "COMPUTE_SERVER_LEASE_NAMESPACE", default_value = "compute")]
+    pub lease_namespace: String,
+}
+
+fn parse_label(text: &str) -> std::result::Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 /// What every reconcile shares.
@@ -88,6 +107,10 @@ pub async fn run(args: Args) -> Result<()> {
     });
     let selector = format!("{NODE_LABEL}={}", args.node);
     info!(node = %args.node, %selector, "agent starting");
+    let heartbeat = {
+        let (ctx, labels) = (ctx.clone(), args.labels.into_iter().collect());
+        tokio::spawn(async move { node::heartbeat(&ctx, labels, args.gpus, args.lease_namespace).await })
+    };
     Controller::new(
         Api::<ComputeServer>::all(client),
         watcher::Config::default().labels(&selector),
@@ -100,6 +123,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     })
     .await;
+    heartbeat.abort();
     Ok(())
 }
 

@@ -183,6 +183,12 @@ impl Drop for Agent {
         let _ = kubectl(&["delete", "csrv", "-A", "-l", &selector, "--timeout=60s"], None);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = kubectl(&["delete", "computenode", &self.node, "--ignore-not-found"], None);
+        let lease = format!("computenode-{}", self.node);
+        let _ = kubectl(
+            &["delete", "lease", "-n", "compute", &lease, "--ignore-not-found"],
+            None,
+        );
     }
 }
 

@@ -1,0 +1,166 @@
+//! The agent's `ComputeNode`: registration, capacity from Docker, what is allocated here,
+//! and a Lease renewed as the node's heartbeat (as the kubelet does for Nodes).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use tracing::warn;
+
+use super::{Context, plan};
+use crate::api::{
+    CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL, Resources,
+};
+use crate::{Error, Result};
+
+/// How often the node reports in; its Lease lasts four times as long.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+const FIELD_MANAGER: &str = "compute-server-agent";
+
+/// Registers the node, then reports in every [`HEARTBEAT`] until the process ends.
+pub async fn heartbeat(ctx: &Context, labels: BTreeMap<String, String>, gpus: i32, lease_namespace: String) {
+    loop {
+        if let Err(error) = report(ctx, &labels, gpus, &lease_namespace).await {
+            warn!(%error, "could not report this node's state");
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+async fn report(
+    ctx: &Context,
+    labels: &BTreeMap<String, String>,
+    gpus: i32,
+    lease_namespace: &str,
+) -> Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let nodes: Api<ComputeNode> = Api::all(ctx.client.clone());
+    // An empty spec: spec.unschedulable belongs to the admins (cordon), not to this manager.
+    let node = serde_json::json!({
+        "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode",
+        "metadata": { "name": ctx.node, "labels": labels },
+        "spec": {},
+    });
+    nodes
+        .patch(&ctx.node, &params, &Patch::Apply(&node))
+        .await
+        .map_err(Error::Kube)?;
+
+    let status = status(ctx, gpus).await?;
+    let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
+    nodes
+        .patch_status(&ctx.node, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(Error::Kube)?;
+
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(lease_name(&ctx.node)),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(ctx.node.clone()),
+            lease_duration_seconds: Some(4 * HEARTBEAT.as_secs() as i32),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    };
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), lease_namespace);
+    leases
+        .patch(&lease_name(&ctx.node), &params, &Patch::Apply(&lease))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// The Lease a node renews: `computenode-<name>`.
+pub fn lease_name(node: &str) -> String {
+    format!("computenode-{node}")
+}
+
+async fn status(ctx: &Context, gpus: i32) -> Result<ComputeNodeStatus> {
+    let servers = Api::<ComputeServer>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(&format!("{NODE_LABEL}={}", ctx.node)))
+        .await
+        .map_err(Error::Kube)?;
+    let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?;
+    let (mut nano_cpus, mut memory, mut gpus_used) = (0i64, 0i64, 0i32);
+    for server in &servers {
+        let profile = server
+            .spec
+            .profile
+            .as_ref()
+            .and_then(|p| profiles.iter().find(|q| &q.name_any() == p));
+        if let Ok(plan) = plan::plan(server, profile) {
+            nano_cpus += plan.nano_cpus;
+            memory += plan.memory_bytes;
+            gpus_used += server.spec.resources.gpus.unwrap_or(0);
+        }
+    }
+
+    let (capacity, docker_version, ready) = match ctx.docker.info().await {
+        Ok(info) => (
+            Resources {
+                cpu: info.ncpu.map(|n| Quantity(n.to_string())),
+                memory: info.mem_total.map(|m| Quantity(format!("{}Mi", m >> 20))),
+                gpus: Some(gpus),
+            },
+            info.server_version,
+            Ok(()),
+        ),
+        Err(error) => (
+            Resources::default(),
+            None,
+            Err(format!("Docker does not answer: {error}")),
+        ),
+    };
+    let message = ready
+        .clone()
+        .err()
+        .unwrap_or_else(|| "agent reports in and Docker answers".into());
+    let old = Api::<ComputeNode>::all(ctx.client.clone())
+        .get_opt(&ctx.node)
+        .await
+        .map_err(Error::Kube)?;
+    let status = if ready.is_ok() { "True" } else { "False" };
+    let since = old
+        .and_then(|n| n.status)
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == CONDITION_READY && c.status == status)
+        })
+        .map(|c| c.last_transition_time)
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Ok(ComputeNodeStatus {
+        capacity,
+        allocated: Resources {
+            cpu: Some(Quantity(format!("{}m", nano_cpus / 1_000_000))),
+            memory: Some(Quantity(format!("{}Mi", memory >> 20))),
+            gpus: Some(gpus_used),
+        },
+        servers: servers.items.len() as i32,
+        address: Some(ctx.address.clone()),
+        docker_version,
+        conditions: vec![Condition {
+            type_: CONDITION_READY.into(),
+            status: status.into(),
+            reason: if ready.is_ok() {
+                "AgentReady"
+            } else {
+                "DockerUnreachable"
+            }
+            .into(),
+            message,
+            observed_generation: None,
+            last_transition_time: since,
+        }],
+    })
+}
