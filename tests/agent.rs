@@ -445,3 +445,85 @@ fn the_agent_registers_its_node_and_reports_in() {
     );
     assert_eq!(cordoned, "true");
 }
+
+#[test]
+fn containers_whose_server_is_gone_are_removed() {
+    install_crds();
+    let agent = Agent::start(&unique("node"));
+    let orphan = format!("csrv.gone.{}", agent.node);
+    let labels = [
+        "app.kubernetes.io/managed-by=compute-server".to_string(),
+        format!("computeserver.io/node={}", agent.node),
+        "computeserver.io/uid=00000000-0000-0000-0000-000000000000".to_string(),
+    ];
+    let mut args = vec!["create", "--name", &orphan];
+    for label in &labels {
+        args.extend(["--label", label]);
+    }
+    args.extend(["computeserver/busybox:local", "sleep", "infinity"]);
+    assert!(docker_cli(&args).status.success());
+    // Another node's container is not this agent's business.
+    let foreign = format!("csrv.foreign.{}", agent.node);
+    let foreign_node = format!("computeserver.io/node=other-{}", agent.node);
+    let out = docker_cli(&[
+        "create",
+        "--name",
+        &foreign,
+        "--label",
+        &labels[0],
+        "--label",
+        &foreign_node,
+        "--label",
+        &labels[2],
+        "computeserver/busybox:local",
+        "sleep",
+        "infinity",
+    ]);
+    assert!(out.status.success());
+
+    eventually("the orphan to be removed", 40, || {
+        inspect(&orphan).is_none().then_some(())
+    });
+    assert!(
+        inspect(&foreign).is_some(),
+        "a container of another node was touched"
+    );
+    assert!(docker_cli(&["rm", "-f", &foreign]).status.success());
+}
+
+#[test]
+fn an_agent_killed_mid_create_adopts_its_container_after_restart() {
+    install_crds();
+    let ns = TestNamespace::new("agent-kill");
+    let node = unique("node");
+    let container = format!("csrv.{}.k", ns.name);
+    let mut agent = Agent::start(&node);
+    apply_server(
+        &ns.name,
+        "k",
+        &node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
+    );
+    // SIGKILL as soon as the container exists: before (or while) the status is written.
+    eventually("the container to appear", 60, || inspect(&container).map(|_| ()));
+    agent.kill();
+    let agent = Agent::start(&node);
+    let server = wait_phase(&ns.name, "k", "Running");
+    let uid = server["metadata"]["uid"].as_str().unwrap();
+    let all = docker_cli(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=computeserver.io/uid={uid}"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&all.stdout).lines().count(),
+        1,
+        "exactly one container after the restart"
+    );
+    assert_eq!(
+        inspect(&container).unwrap()["Id"],
+        server["status"]["containerID"]
+    );
+    drop(agent);
+}

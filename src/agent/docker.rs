@@ -2,10 +2,10 @@
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerInspectResponse, ContainerState, VolumeCreateRequest};
+use bollard::models::{ContainerInspectResponse, ContainerState, ContainerSummary, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptions, ListVolumesOptions,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::TryStreamExt;
 use kube::ResourceExt;
@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::plan::{self, Plan, SPEC_HASH_LABEL, UID_LABEL};
 use super::{Context, status};
-use crate::api::ComputeServer;
+use crate::api::{ComputeServer, NODE_LABEL};
 use crate::{Error, Result};
 
 /// Connects to Docker, speaking the daemon's API version when it answers (Debian's 20.10
@@ -228,6 +228,85 @@ pub async fn remove(server: &ComputeServer, ctx: &Context) -> Result<()> {
         Err(error) if !not_found(&error) => Err(Error::Docker(error)),
         _ => Ok(()),
     }
+}
+
+/// Removes this node's containers and volumes whose ComputeServer is gone (`servers`, listed
+/// after the containers, holds every server placed here). Returns how many containers went.
+pub async fn remove_orphans(
+    ctx: &Context,
+    containers: &[ContainerSummary],
+    servers: &[ComputeServer],
+) -> Result<usize> {
+    let live: std::collections::HashSet<String> = servers.iter().filter_map(|s| s.uid()).collect();
+    let uid = |labels: &Option<std::collections::HashMap<String, String>>| {
+        labels
+            .as_ref()
+            .and_then(|l| l.get(UID_LABEL).cloned())
+            .unwrap_or_default()
+    };
+    let mut removed = 0;
+    for container in containers.iter().filter(|c| !live.contains(&uid(&c.labels))) {
+        let name = container
+            .names
+            .iter()
+            .flatten()
+            .next()
+            .map(|n| n.trim_start_matches('/').to_string());
+        let Some(name) = name else { continue };
+        info!(container = %name, "removing orphan: its ComputeServer is gone");
+        remove_container(&ctx.docker, &name).await?;
+        removed += 1;
+    }
+    let volumes = ctx
+        .docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(ours(&ctx.node)),
+        }))
+        .await
+        .map_err(Error::Docker)?;
+    for volume in volumes
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| !live.contains(&uid(&Some(v.labels.clone()))))
+    {
+        match ctx
+            .docker
+            .remove_volume(
+                &volume.name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Err(error) if !not_found(&error) => {
+                warn!(%error, volume = %volume.name, "could not remove an orphaned volume")
+            }
+            _ => info!(volume = %volume.name, "removed orphaned volume"),
+        }
+    }
+    Ok(removed)
+}
+
+/// Filters for what this agent made on its node.
+fn ours(node: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let labels = vec![
+        format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY),
+        format!("{NODE_LABEL}={node}"),
+    ];
+    std::collections::HashMap::from([("label".to_string(), labels)])
+}
+
+/// This node's containers (all, running or not).
+pub async fn list_ours(ctx: &Context) -> Result<Vec<ContainerSummary>> {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(ours(&ctx.node)),
+        ..Default::default()
+    };
+    ctx.docker
+        .list_containers(Some(options))
+        .await
+        .map_err(Error::Docker)
 }
 
 /// The user's view of an error while applying a plan.

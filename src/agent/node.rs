@@ -50,7 +50,23 @@ async fn report(
         .await
         .map_err(Error::Kube)?;
 
-    let status = status(ctx, gpus).await?;
+    // Containers first, then servers: a container listed has its server listed too, unless
+    // that server is gone; so a server created meanwhile is never taken for gone.
+    let containers = super::docker::list_ours(ctx).await;
+    let servers = Api::<ComputeServer>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(&format!("{NODE_LABEL}={}", ctx.node)))
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    match containers {
+        Ok(containers) => {
+            if let Err(error) = super::docker::remove_orphans(ctx, &containers, &servers).await {
+                warn!(%error, "could not remove orphaned containers");
+            }
+        }
+        Err(error) => warn!(%error, "could not list this node's containers"),
+    }
+    let status = status(ctx, &servers, gpus).await?;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes
         .patch_status(&ctx.node, &params, &Patch::Apply(&patch))
@@ -82,17 +98,13 @@ pub fn lease_name(node: &str) -> String {
     format!("computenode-{node}")
 }
 
-async fn status(ctx: &Context, gpus: i32) -> Result<ComputeNodeStatus> {
-    let servers = Api::<ComputeServer>::all(ctx.client.clone())
-        .list(&ListParams::default().labels(&format!("{NODE_LABEL}={}", ctx.node)))
-        .await
-        .map_err(Error::Kube)?;
+async fn status(ctx: &Context, servers: &[ComputeServer], gpus: i32) -> Result<ComputeNodeStatus> {
     let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
         .map_err(Error::Kube)?;
     let (mut nano_cpus, mut memory, mut gpus_used) = (0i64, 0i64, 0i32);
-    for server in &servers {
+    for server in servers {
         let profile = server
             .spec
             .profile
@@ -146,7 +158,7 @@ async fn status(ctx: &Context, gpus: i32) -> Result<ComputeNodeStatus> {
             memory: Some(Quantity(format!("{}Mi", memory >> 20))),
             gpus: Some(gpus_used),
         },
-        servers: servers.items.len() as i32,
+        servers: servers.len() as i32,
         address: Some(ctx.address.clone()),
         docker_version,
         conditions: vec![Condition {

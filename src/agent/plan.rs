@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube_quantity::ParsedQuantity;
 
-use crate::api::{ComputeProfile, ComputeServer, OWNER_LABEL, Port, Resources};
+use crate::api::{ComputeProfile, ComputeServer, NODE_LABEL, OWNER_LABEL, Port, Resources};
 
 /// Labels on every container and volume of ours.
 pub const UID_LABEL: &str = "computeserver.io/uid";
@@ -182,12 +182,13 @@ fn check_max(
 
 /// Labels that tie a container or volume to its server.
 pub fn labels(server: &ComputeServer) -> HashMap<String, String> {
-    let owner = server.labels().get(OWNER_LABEL).cloned().unwrap_or_default();
+    let label = |key: &str| server.labels().get(key).cloned().unwrap_or_default();
     HashMap::from([
+        (NODE_LABEL.into(), label(NODE_LABEL)),
         (UID_LABEL.into(), server.uid().unwrap_or_default()),
         (NAMESPACE_LABEL.into(), server.namespace().unwrap_or_default()),
         (NAME_LABEL.into(), server.name_any()),
-        (OWNER_LABEL.into(), owner),
+        (OWNER_LABEL.into(), label(OWNER_LABEL)),
         (MANAGED_BY_LABEL.into(), MANAGED_BY.into()),
     ])
 }

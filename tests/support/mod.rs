@@ -173,6 +173,12 @@ impl Agent {
             node: node.to_string(),
         }
     }
+
+    /// SIGKILL, as a crash would: no cleanup of any kind.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Agent {
