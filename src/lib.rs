@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod crd;
+pub mod health;
 pub mod telemetry;
 
 /// Errors of the binary's roles.
@@ -24,6 +25,13 @@ pub enum Error {
 
     #[error("the `{0}` role is not built yet")]
     NotBuilt(&'static str),
+
+    #[error("could not serve on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),

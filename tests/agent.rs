@@ -527,3 +527,45 @@ fn an_agent_killed_mid_create_adopts_its_container_after_restart() {
     );
     drop(agent);
 }
+
+#[tokio::test]
+async fn metrics_and_health_endpoints_answer() {
+    install_crds();
+    let ns = TestNamespace::new("agent-metrics");
+    let agent = Agent::start(&unique("node"));
+    apply_server(
+        &ns.name,
+        "m",
+        &agent.node,
+        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
+    );
+    tokio::task::spawn_blocking({
+        let ns = ns.name.clone();
+        move || wait_phase(&ns, "m", "Running")
+    })
+    .await
+    .unwrap();
+    let get = |path: &str| {
+        let url = format!("{}{path}", agent.health_url);
+        async move {
+            let response = reqwest::get(url).await.expect("the agent answers");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok".to_string()));
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("compute_server_agent_reconciles_total"), "{text}");
+    assert!(
+        text.contains("compute_server_agent_reconcile_duration_seconds_bucket"),
+        "{text}"
+    );
+    let running = "compute_server_agent_servers{phase=\"Running\"} 1";
+    let text = support::eventually_async("the heartbeat to count the server", 30, || async {
+        let (_, text) = get("/metrics").await;
+        text.contains(running).then_some(text)
+    })
+    .await;
+    assert!(text.contains(running));
+}

@@ -6,6 +6,7 @@
 //! deterministic name and labels let a restarted agent adopt what it made.
 
 mod docker;
+mod metrics;
 pub mod node;
 pub mod plan;
 mod status;
@@ -50,6 +51,10 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_NODE_GPUS", default_value_t = 0)]
     pub gpus: i32,
 
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
+    pub metrics_address: std::net::SocketAddr,
+
     /// Namespace of the node's heartbeat Lease.
     #[arg(long, env = "COMPUTE_SERVER_LEASE_NAMESPACE", default_value = "compute")]
     pub lease_namespace: String,
@@ -73,6 +78,8 @@ pub struct Context {
     pub node: String,
     /// Where users reach this node's published ports.
     pub address: String,
+    /// Reconcile counts and durations, servers by phase.
+    pub metrics: metrics::Metrics,
 }
 
 impl Context {
@@ -98,7 +105,10 @@ pub async fn run(args: Args) -> Result<()> {
         controller: "compute-server-agent".into(),
         instance: Some(args.node.clone()),
     };
+    let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_agent");
+    let metrics = metrics::Metrics::register(&mut registry);
     let ctx = Arc::new(Context {
+        metrics,
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         docker,
@@ -107,6 +117,28 @@ pub async fn run(args: Args) -> Result<()> {
     });
     let selector = format!("{NODE_LABEL}={}", args.node);
     info!(node = %args.node, %selector, "agent starting");
+    let ready: crate::health::ReadyCheck = {
+        let docker = ctx.docker.clone();
+        Arc::new(move || {
+            let docker = docker.clone();
+            Box::pin(async move {
+                docker
+                    .ping()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("Docker does not answer: {e}"))
+            })
+        })
+    };
+    let health = crate::health::serve(
+        args.metrics_address,
+        crate::health::router(Arc::new(registry), ready),
+    );
+    let health = tokio::spawn(async move {
+        if let Err(error) = health.await {
+            tracing::error!(%error, "the metrics and health endpoints stopped");
+        }
+    });
     let heartbeat = {
         let (ctx, labels) = (ctx.clone(), args.labels.into_iter().collect());
         tokio::spawn(async move { node::heartbeat(&ctx, labels, args.gpus, args.lease_namespace).await })
@@ -124,17 +156,29 @@ pub async fn run(args: Args) -> Result<()> {
     })
     .await;
     heartbeat.abort();
+    health.abort();
     Ok(())
 }
 
 #[instrument(skip_all, fields(server = %server.name_any(), namespace = server.namespace()))]
 async fn reconcile(server: Arc<ComputeServer>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_steps(server, &ctx).await;
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        ctx.metrics.failures.inc();
+    }
+    result
+}
+
+async fn reconcile_steps(server: Arc<ComputeServer>, ctx: &Context) -> Result<Action> {
     let api: Api<ComputeServer> =
         Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
     finalizer(&api, CONTAINER_FINALIZER, server, |event| async {
         match event {
-            Event::Apply(server) => apply(&server, &ctx).await,
-            Event::Cleanup(server) => cleanup(&server, &ctx).await,
+            Event::Apply(server) => apply(&server, ctx).await,
+            Event::Cleanup(server) => cleanup(&server, ctx).await,
         }
     })
     .await

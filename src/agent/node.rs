@@ -66,6 +66,19 @@ async fn report(
         }
         Err(error) => warn!(%error, "could not list this node's containers"),
     }
+    ctx.metrics.servers.clear();
+    for server in &servers {
+        let phase = server
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "Unknown".into());
+        ctx.metrics
+            .servers
+            .get_or_create(&super::metrics::PhaseLabel { phase })
+            .inc();
+    }
     let status = status(ctx, &servers, gpus).await?;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes

@@ -151,6 +151,8 @@ pub fn install_crds() {
 pub struct Agent {
     child: std::process::Child,
     pub node: String,
+    /// Base URL of its /metrics, /healthz and /readyz.
+    pub health_url: String,
 }
 
 impl Agent {
@@ -159,8 +161,19 @@ impl Agent {
         let log_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs"));
         std::fs::create_dir_all(&log_dir).unwrap();
         let log = std::fs::File::create(log_dir.join(format!("agent-{node}.log"))).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(env!("CARGO_BIN_EXE_compute-server"))
-            .args(["agent", "--node", node])
+            .args([
+                "agent",
+                "--node",
+                node,
+                "--metrics-address",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("KUBECONFIG", stack.kubeconfig())
             .env("DOCKER_HOST", stack.docker_host())
             .env("RUST_LOG", "info,kube=warn")
@@ -171,6 +184,7 @@ impl Agent {
         Agent {
             child,
             node: node.to_string(),
+            health_url: format!("http://127.0.0.1:{port}"),
         }
     }
 
@@ -270,4 +284,23 @@ pub fn ssh(key: &std::path::Path, host: &str, port: &str, command: &str) -> Outp
         .arg(command)
         .output()
         .expect("run ssh")
+}
+
+/// [`eventually`] for checks that await.
+pub async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    seconds: u64,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
