@@ -569,3 +569,29 @@ async fn metrics_and_health_endpoints_answer() {
     .await;
     assert!(text.contains(running));
 }
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_with_the_reason() {
+    install_crds();
+    let ns = TestNamespace::new("agent-pull");
+    let agent = Agent::start(&unique("node"));
+    // A registry that does not answer (a closed port on loopback), as for a typo in its name.
+    apply_server(
+        &ns.name,
+        "p",
+        &agent.node,
+        "owner: alice\nimage: 127.0.0.1:9/nobody/nothing:1",
+    );
+    let server = wait_phase(&ns.name, "p", "Failed");
+    let message = server["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("could not pull image 127.0.0.1:9/nobody/nothing:1: "),
+        "{message}"
+    );
+    assert!(
+        message.len() > "could not pull image 127.0.0.1:9/nobody/nothing:1: ".len() + 5,
+        "the registry's reason: {message}"
+    );
+    let seen = events(&ns.name, "p");
+    assert!(seen.contains("Pulling"), "{seen}");
+}
