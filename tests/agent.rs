@@ -6,6 +6,9 @@ mod support;
 use serde_json::Value;
 use support::{Agent, TestNamespace, docker_cli, eventually, install_crds, kubectl, kubectl_ok, unique};
 
+/// A busybox server of the `tiny` profile that sleeps until stopped.
+const SLEEPER: &str = "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]";
+
 /// Applies a ComputeServer pinned to `node`, with the given spec lines.
 fn apply_server(ns: &str, name: &str, node: &str, spec: &str) {
     let yaml = format!(
@@ -138,12 +141,7 @@ fn stop_start_and_delete() {
     let ns = TestNamespace::new("agent-life");
     let agent = Agent::start(&unique("node"));
     let container = format!("csrv.{}.life", ns.name);
-    apply_server(
-        &ns.name,
-        "life",
-        &agent.node,
-        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
-    );
+    apply_server(&ns.name, "life", &agent.node, SLEEPER);
     wait_phase(&ns.name, "life", "Running");
 
     // Data written to the volume survives a change that recreates the container.
@@ -275,12 +273,7 @@ fn a_container_removed_by_hand_comes_back() {
     let ns = TestNamespace::new("agent-drift");
     let agent = Agent::start(&unique("node"));
     let container = format!("csrv.{}.drift", ns.name);
-    apply_server(
-        &ns.name,
-        "drift",
-        &agent.node,
-        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
-    );
+    apply_server(&ns.name, "drift", &agent.node, SLEEPER);
     let first = wait_phase(&ns.name, "drift", "Running")["status"]["containerID"].clone();
     assert!(docker_cli(&["rm", "-f", &container]).status.success());
     // Docker is not watched: the agent finds the drift on its periodic resync (30 s).
@@ -498,12 +491,7 @@ fn an_agent_killed_mid_create_adopts_its_container_after_restart() {
     let node = unique("node");
     let container = format!("csrv.{}.k", ns.name);
     let mut agent = Agent::start(&node);
-    apply_server(
-        &ns.name,
-        "k",
-        &node,
-        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
-    );
+    apply_server(&ns.name, "k", &node, SLEEPER);
     // SIGKILL as soon as the container exists: before (or while) the status is written.
     eventually("the container to appear", 60, || inspect(&container).map(|_| ()));
     agent.kill();
@@ -533,12 +521,7 @@ async fn metrics_and_health_endpoints_answer() {
     install_crds();
     let ns = TestNamespace::new("agent-metrics");
     let agent = Agent::start(&unique("node"));
-    apply_server(
-        &ns.name,
-        "m",
-        &agent.node,
-        "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]",
-    );
+    apply_server(&ns.name, "m", &agent.node, SLEEPER);
     tokio::task::spawn_blocking({
         let ns = ns.name.clone();
         move || wait_phase(&ns, "m", "Running")
