@@ -578,3 +578,28 @@ fn an_image_that_cannot_be_pulled_fails_with_the_reason() {
     let seen = events(&ns.name, "p");
     assert!(seen.contains("Pulling"), "{seen}");
 }
+
+#[test]
+fn a_server_deleted_while_its_container_is_made_leaves_nothing_behind() {
+    install_crds();
+    let ns = TestNamespace::new("agent-race");
+    let agent = Agent::start(&unique("node"));
+    for i in 0..3 {
+        let name = format!("r{i}");
+        apply_server(&ns.name, &name, &agent.node, SLEEPER);
+        // Delete at once, while the agent is adding its finalizer or making the container.
+        kubectl_ok(&["delete", "csrv", "-n", &ns.name, &name, "--wait=false"], None);
+    }
+    for i in 0..3 {
+        let name = format!("r{i}");
+        eventually(&format!("{name} to be gone"), 60, || {
+            server_json(&ns.name, &name).is_none().then_some(())
+        });
+        let container = format!("csrv.{}.{name}", ns.name);
+        // A pass already under way may finish creating just after the delete; the finalizer's
+        // cleanup or the orphan sweep must still remove it.
+        eventually(&format!("no container for {name}"), 30, || {
+            inspect(&container).is_none().then_some(())
+        });
+    }
+}
