@@ -46,6 +46,13 @@ async fn inspect(docker: &Docker, name: &str) -> Result<Option<ContainerInspectR
     }
 }
 
+/// Inspects a container that must exist (it was just made or seen).
+async fn inspect_existing(docker: &Docker, name: &str) -> Result<ContainerInspectResponse> {
+    inspect(docker, name)
+        .await?
+        .ok_or_else(|| Error::Gone(name.to_string()))
+}
+
 /// What Docker shows after the container was brought to the state the server asks for.
 pub struct Observed {
     pub container: ContainerInspectResponse,
@@ -124,9 +131,7 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
         .await;
     }
 
-    let container = inspect(docker, &plan.container_name)
-        .await?
-        .ok_or_else(|| Error::Gone(plan.container_name.clone()))?;
+    let container = inspect_existing(docker, &plan.container_name).await?;
     let state = container.state.clone().unwrap_or_default();
     let running = state.running.unwrap_or(false);
     if server.spec.running && !running {
@@ -160,10 +165,11 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
             "stopped on request; container and data kept".into(),
         )
         .await;
+    } else {
+        // Nothing changed since the inspect above.
+        return Ok(Observed { container, note });
     }
-    let container = inspect(docker, &plan.container_name)
-        .await?
-        .ok_or_else(|| Error::Gone(plan.container_name.clone()))?;
+    let container = inspect_existing(docker, &plan.container_name).await?;
     Ok(Observed { container, note })
 }
 
@@ -205,29 +211,31 @@ async fn ensure_image(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Res
         })
 }
 
-async fn remove_container(docker: &Docker, name: &str) -> Result<()> {
-    let options = RemoveContainerOptionsBuilder::default().force(true).build();
-    match docker.remove_container(name, Some(options)).await {
+/// A removal whose target is already gone has done its job.
+fn gone_is_fine(result: std::result::Result<(), DockerError>) -> Result<()> {
+    match result {
         Err(error) if !not_found(&error) => Err(Error::Docker(error)),
         _ => Ok(()),
     }
 }
 
+async fn remove_container(docker: &Docker, name: &str) -> Result<()> {
+    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    gone_is_fine(docker.remove_container(name, Some(options)).await)
+}
+
+async fn remove_volume(docker: &Docker, name: &str) -> Result<()> {
+    gone_is_fine(
+        docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await,
+    )
+}
+
 /// Removes the server's container and its data volume; what is already gone is fine.
 pub async fn remove(server: &ComputeServer, ctx: &Context) -> Result<()> {
-    let name = plan::container_name(server);
-    remove_container(&ctx.docker, &name).await?;
-    match ctx
-        .docker
-        .remove_volume(
-            &format!("{name}.data"),
-            None::<bollard::query_parameters::RemoveVolumeOptions>,
-        )
-        .await
-    {
-        Err(error) if !not_found(&error) => Err(Error::Docker(error)),
-        _ => Ok(()),
-    }
+    remove_container(&ctx.docker, &plan::container_name(server)).await?;
+    remove_volume(&ctx.docker, &plan::volume_name(server)).await
 }
 
 /// Removes this node's containers and volumes whose ComputeServer is gone (`servers`, listed
@@ -270,18 +278,9 @@ pub async fn remove_orphans(
         .flatten()
         .filter(|v| !live.contains(&uid(&Some(v.labels.clone()))))
     {
-        match ctx
-            .docker
-            .remove_volume(
-                &volume.name,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await
-        {
-            Err(error) if !not_found(&error) => {
-                warn!(%error, volume = %volume.name, "could not remove an orphaned volume")
-            }
-            _ => info!(volume = %volume.name, "removed orphaned volume"),
+        match remove_volume(&ctx.docker, &volume.name).await {
+            Err(error) => warn!(%error, volume = %volume.name, "could not remove an orphaned volume"),
+            Ok(()) => info!(volume = %volume.name, "removed orphaned volume"),
         }
     }
     Ok(removed)

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube_quantity::ParsedQuantity;
 
-use crate::api::{ComputeProfile, ComputeServer, NODE_LABEL, OWNER_LABEL, Port, Resources};
+use crate::api::{ComputeProfile, ComputeServer, NODE_LABEL, OWNER_LABEL, Port};
 
 /// Labels on every container and volume of ours.
 pub const UID_LABEL: &str = "computeserver.io/uid";
@@ -79,6 +79,11 @@ pub fn container_name(server: &ComputeServer) -> String {
     )
 }
 
+/// The server's data volume: its container's name with `.data`.
+pub fn volume_name(server: &ComputeServer) -> String {
+    format!("{}.data", container_name(server))
+}
+
 fn parse(what: &'static str, q: &Quantity) -> Result<ParsedQuantity, Refusal> {
     ParsedQuantity::try_from(q).map_err(|_| Refusal::BadQuantity {
         what,
@@ -117,14 +122,9 @@ pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<
     let memory = pick(&spec.resources.memory, &defaults.memory, FALLBACK_MEMORY);
     let (cpu_parsed, memory_parsed) = (parse("cpu", &cpu)?, parse("memory", &memory)?);
     if let Some(profile) = profile {
-        check_max(profile, "cpu", &cpu, &cpu_parsed, &profile.spec.max_resources)?;
-        check_max(
-            profile,
-            "memory",
-            &memory,
-            &memory_parsed,
-            &profile.spec.max_resources,
-        )?;
+        let max = &profile.spec.max_resources;
+        check_max(profile, "cpu", &cpu, &cpu_parsed, &max.cpu)?;
+        check_max(profile, "memory", &memory, &memory_parsed, &max.memory)?;
     }
 
     let mut ports = profile.map(|p| p.spec.ports.clone()).unwrap_or_default();
@@ -140,7 +140,7 @@ pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<
     };
     Ok(Plan {
         container_name: container_name(server),
-        volume_name: format!("{}.data", container_name(server)),
+        volume_name: volume_name(server),
         image,
         nano_cpus: cpu_parsed
             .to_bytes_f64()
@@ -163,12 +163,8 @@ fn check_max(
     what: &'static str,
     asked: &Quantity,
     parsed: &ParsedQuantity,
-    max: &Resources,
+    limit: &Option<Quantity>,
 ) -> Result<(), Refusal> {
-    let limit = match what {
-        "cpu" => &max.cpu,
-        _ => &max.memory,
-    };
     match limit {
         Some(limit) if *parsed > parse(what, limit)? => Err(Refusal::TooBig {
             what,
