@@ -45,10 +45,12 @@ async fn report(
         "metadata": { "name": ctx.node, "labels": labels },
         "spec": {},
     });
-    nodes
+    // The apply answers with the whole object: its status is what we reported last time.
+    let previous = nodes
         .patch(&ctx.node, &params, &Patch::Apply(&node))
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::Kube)?
+        .status;
 
     // Containers first, then servers: a container listed has its server listed too, unless
     // that server is gone; so a server created meanwhile is never taken for gone.
@@ -79,7 +81,7 @@ async fn report(
             .get_or_create(&super::metrics::PhaseLabel { phase })
             .inc();
     }
-    let status = status(ctx, &servers, gpus).await?;
+    let status = status(ctx, previous, &servers, gpus).await?;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes
         .patch_status(&ctx.node, &params, &Patch::Apply(&patch))
@@ -111,7 +113,12 @@ pub fn lease_name(node: &str) -> String {
     format!("computenode-{node}")
 }
 
-async fn status(ctx: &Context, servers: &[ComputeServer], gpus: i32) -> Result<ComputeNodeStatus> {
+async fn status(
+    ctx: &Context,
+    previous: Option<ComputeNodeStatus>,
+    servers: &[ComputeServer],
+    gpus: i32,
+) -> Result<ComputeNodeStatus> {
     let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
@@ -150,13 +157,8 @@ async fn status(ctx: &Context, servers: &[ComputeServer], gpus: i32) -> Result<C
         .clone()
         .err()
         .unwrap_or_else(|| "agent reports in and Docker answers".into());
-    let old = Api::<ComputeNode>::all(ctx.client.clone())
-        .get_opt(&ctx.node)
-        .await
-        .map_err(Error::Kube)?;
     let status = if ready.is_ok() { "True" } else { "False" };
-    let since = old
-        .and_then(|n| n.status)
+    let since = previous
         .and_then(|s| {
             s.conditions
                 .into_iter()
