@@ -4,7 +4,10 @@
 mod support;
 
 use serde_json::Value;
-use support::{Agent, TestNamespace, docker_cli, eventually, install_crds, kubectl, kubectl_ok, unique};
+use support::{
+    Agent, TestNamespace, docker_cli, events, eventually, inspect, install_crds, kubectl, kubectl_ok,
+    server_json, unique, wait_phase,
+};
 
 /// A busybox server of the `tiny` profile that sleeps until stopped.
 const SLEEPER: &str = "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]";
@@ -17,41 +20,6 @@ fn apply_server(ns: &str, name: &str, node: &str, spec: &str) {
         spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
     );
     kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
-}
-
-fn server_json(ns: &str, name: &str) -> Option<Value> {
-    let out = kubectl(&["get", "csrv", "-n", ns, name, "-o", "json"], None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
-/// Waits until the server's phase is `phase` and returns the server.
-fn wait_phase(ns: &str, name: &str, phase: &str) -> Value {
-    eventually(&format!("{name} to be {phase}"), 90, || {
-        server_json(ns, name).filter(|s| s["status"]["phase"] == phase)
-    })
-}
-
-fn inspect(container: &str) -> Option<Value> {
-    let out = docker_cli(&["inspect", container]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone())
-}
-
-fn events(ns: &str, name: &str) -> String {
-    kubectl_ok(
-        &[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-        ],
-        None,
-    )
 }
 
 #[test]

@@ -58,6 +58,11 @@ pub struct Args {
     /// Namespace of the node's heartbeat Lease.
     #[arg(long, env = "COMPUTE_SERVER_LEASE_NAMESPACE", default_value = "compute")]
     pub lease_namespace: String,
+
+    /// Seconds the node's Lease lasts; the agent renews it four times as often. When it
+    /// runs out, the scheduler marks the node not Ready and its servers NodeLost.
+    #[arg(long, env = "COMPUTE_SERVER_LEASE_SECONDS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(4..=3600))]
+    pub lease_seconds: u32,
 }
 
 fn parse_label(text: &str) -> std::result::Result<(String, String), String> {
@@ -140,8 +145,14 @@ pub async fn run(args: Args) -> Result<()> {
         }
     });
     let heartbeat = {
-        let (ctx, labels) = (ctx.clone(), args.labels.into_iter().collect());
-        tokio::spawn(async move { node::heartbeat(&ctx, labels, args.gpus, args.lease_namespace).await })
+        let registration = node::Registration {
+            labels: args.labels.into_iter().collect(),
+            gpus: args.gpus,
+            lease_namespace: args.lease_namespace,
+            lease_seconds: args.lease_seconds,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { node::heartbeat(&ctx, registration).await })
     };
     Controller::new(
         Api::<ComputeServer>::all(client),
