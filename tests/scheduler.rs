@@ -314,15 +314,7 @@ fn a_killed_agent_makes_its_servers_node_lost_until_it_comes_back() {
 
 /// The placements counter of a scheduler's /metrics.
 fn placements(scheduler: &Scheduler) -> u64 {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", &format!("{}/metrics", scheduler.health_url)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("compute_server_scheduler_placements_total "))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0)
+    scheduler.metric("compute_server_scheduler_placements_total")
 }
 
 fn leader(ns: &str) -> Option<String> {

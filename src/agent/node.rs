@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Context, plan};
 use crate::api::{
@@ -32,9 +32,26 @@ pub struct Registration {
 }
 
 /// Registers the node, then reports in (a quarter of the Lease's time) until the process ends.
-pub async fn heartbeat(ctx: &Context, registration: Registration) {
+/// Whenever Docker stops or starts answering, sends on `docker_changed`, so that every server
+/// is reconciled at once: their status says Docker is gone, or they are brought back.
+pub async fn heartbeat(
+    ctx: &Context,
+    registration: Registration,
+    docker_changed: futures::channel::mpsc::UnboundedSender<()>,
+) {
     let every = Duration::from_secs(registration.lease_seconds.into()) / 4;
+    let mut docker_was_up = None;
     loop {
+        let docker_up = ctx.docker.ping().await.is_ok();
+        if docker_was_up.is_some_and(|was| was != docker_up) {
+            if docker_up {
+                info!("Docker answers again: reconciling every server");
+            } else {
+                warn!("Docker stopped answering: reconciling every server");
+            }
+            let _ = docker_changed.unbounded_send(());
+        }
+        docker_was_up = Some(docker_up);
         if let Err(error) = report(ctx, &registration).await {
             warn!(%error, "could not report this node's state");
         }

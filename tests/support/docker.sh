@@ -10,6 +10,7 @@
 #   docker.sh node-start STATE_DIR N   a dockerd of its own for local node number N (2, 3, ...):
 #                                own data root, exec root, socket and bridge; loads the busybox
 #                                image; appends DOCKER_HOST_N=... to STATE_DIR/env
+#   docker.sh node-halt STATE_DIR N    stop it, keeping its data and bridge (node-start restarts it)
 #   docker.sh node-stop STATE_DIR N    stop it and remove its bridge and data (idempotent)
 #
 # `images` talks to $DOCKER_HOST if set, so it can load the images into each local node's daemon.
@@ -307,8 +308,8 @@ cmd_node_start() {
   set_env "$state" "DOCKER_HOST_$n" "$host"
 }
 
-cmd_node_stop() {
-  local state="${1:?usage: docker.sh node-stop STATE_DIR N}" n="${2:?usage: docker.sh node-stop STATE_DIR N}" pid
+cmd_node_halt() {
+  local state="${1:?usage: docker.sh node-halt STATE_DIR N}" n="${2:?usage: docker.sh node-halt STATE_DIR N}" pid
   [[ -d $state ]] || return 0
   state="$(cd "$state" && pwd -P)"
   node_paths "$state" "$n"
@@ -317,6 +318,14 @@ cmd_node_stop() {
     kill_group "$pid" "dockerd (node $n)" 40
   fi
   rm -f "$NODE_DIR/dockerd.pid"
+}
+
+cmd_node_stop() {
+  local state="${1:?usage: docker.sh node-stop STATE_DIR N}" n="${2:?usage: docker.sh node-stop STATE_DIR N}"
+  [[ -d $state ]] || return 0
+  cmd_node_halt "$state" "$n"
+  state="$(cd "$state" && pwd -P)"
+  node_paths "$state" "$n"
   ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && ip link delete "$NODE_BRIDGE"
   # Containers' mounts are gone with the daemon; never cross into another file system.
   findmnt -rn -o TARGET | grep -F "$NODE_DIR/" | sort -r | xargs -r umount -l 2>/dev/null || true
@@ -329,6 +338,7 @@ case "${1:-}" in
   stop) cmd_stop "${2:-}" ;;
   images) cmd_images "${2:-}" ;;
   node-start) cmd_node_start "${2:-}" "${3:-}" ;;
+  node-halt) cmd_node_halt "${2:-}" "${3:-}" ;;
   node-stop) cmd_node_stop "${2:-}" "${3:-}" ;;
-  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox] | node-start STATE_DIR N | node-stop STATE_DIR N" ;;
+  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox] | node-start STATE_DIR N | node-halt STATE_DIR N | node-stop STATE_DIR N" ;;
 esac

@@ -65,6 +65,23 @@ impl Stack {
         }
     }
 
+    /// Stops (`false`) or starts again (`true`) the dockerd of local node `n` (2 or 3),
+    /// keeping its containers and data, as a host's Docker restarting would.
+    pub fn node_docker(&self, n: usize, running: bool) {
+        let env = std::env::var("COMPUTE_SERVER_TEST_ENV")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/test/env").to_string());
+        let state = std::path::Path::new(&env).parent().expect("state dir");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/docker.sh");
+        let command = if running { "node-start" } else { "node-halt" };
+        let status = Command::new("bash")
+            .args([script, command])
+            .arg(state)
+            .arg(n.to_string())
+            .status()
+            .expect("run docker.sh");
+        assert!(status.success(), "docker.sh {command} failed");
+    }
+
     /// The kubectl built for this run, pointed at the test apiserver.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.var("KUBECTL"));
@@ -222,6 +239,10 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash would: no cleanup of any kind.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -292,6 +313,15 @@ impl Scheduler {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A counter or gauge from its /metrics, 0 when absent or unreadable.
+    pub fn metric(&self, name: &str) -> u64 {
+        metric(&self.health_url, name)
+    }
+
     /// SIGKILL, as a crash would: the lease is not handed over.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -342,6 +372,63 @@ pub fn events(ns: &str, name: &str) -> String {
         ],
         None,
     )
+}
+
+/// A counter or gauge from the /metrics at `base_url`, 0 when absent or unreadable.
+pub fn metric(base_url: &str, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("{base_url}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// A `VmHWM:` (peak) or `VmRSS:` line of /proc/PID/status, in KiB.
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    kib_line(&format!("/proc/{pid}/status"), key)
+}
+
+/// The machine a benchmark ran on, for its printout: CPU, cores, memory, kernel, Docker.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = kib_line("/proc/meminfo", "MemTotal:") as f64 / (1 << 20) as f64;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let docker = Command::new("docker")
+        .args(["version", "-f", "{{.Server.Version}}"])
+        .env("DOCKER_HOST", Stack::get().docker_host())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB, Linux {}, dockerd {docker}",
+        kernel.trim()
+    )
+}
+
+/// The KiB figure of the `key` line of a /proc file such as /proc/meminfo.
+fn kib_line(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A name unique to this test process and call, usable as a node or object name.

@@ -8,6 +8,7 @@
 #   stack.sh down STATE_DIR   stop what `up` started (idempotent)
 #   stack.sh local            `make up`: install, start in target/local, stay up until Ctrl-C
 #   stack.sh test [ARGS]      `make test`: install, start in target/test, cargo test ARGS, stop
+#   stack.sh bench [NAME]     `make bench`: the same in target/bench, cargo bench (release build)
 source "$(dirname "$0")/lib.sh"
 
 install() {
@@ -144,11 +145,23 @@ run_tests() {
   info "tests finished in $((SECONDS - t0)) s in all"
 }
 
+run_benches() {
+  state="$REPO_DIR/target/bench"  # global: the trap reads it
+  install
+  step "Building compute-server and the benchmarks in release mode (cargo; several minutes the first time)"
+  (cd "$REPO_DIR" && with_progress "cargo bench --no-run" cargo bench --locked --no-run --quiet)
+  trap 'down "$state"' EXIT
+  up "$state"
+  step "Running the benchmarks against the real stack (cargo bench${1:+ --bench $1})"
+  (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo bench --locked ${1:+--bench "$1"})
+}
+
 case "${1:-}" in
   local) local_stack ;;
+  bench) shift; run_benches "$@" ;;
   test) shift; run_tests "$@" ;;
   install) install ;;
   up) [[ $# -eq 2 ]] || die "usage: $0 up STATE_DIR"; up "$2" ;;
   down) [[ $# -eq 2 ]] || die "usage: $0 down STATE_DIR"; down "$2" ;;
-  *) die "usage: $0 install | up STATE_DIR | down STATE_DIR | local | test [CARGO TEST ARGS]" ;;
+  *) die "usage: $0 install | up STATE_DIR | down STATE_DIR | local | test [CARGO TEST ARGS] | bench [NAME]" ;;
 esac
