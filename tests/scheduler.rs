@@ -71,6 +71,17 @@ fn wait_ready(node: &str) {
     });
 }
 
+/// One Ready node per local Docker engine 1..=`engines`, heartbeating in `ns`.
+fn ready_nodes(ns: &str, prefix: &str, engines: usize) -> Vec<Agent> {
+    let agents: Vec<Agent> = (1..=engines)
+        .map(|daemon| Agent::start_with(&unique(prefix), daemon, &node_flags(ns)))
+        .collect();
+    for agent in &agents {
+        wait_ready(&agent.node);
+    }
+    agents
+}
+
 /// Waits until the server has a reason for waiting that contains `text`; returns the server.
 fn wait_pending_with(ns: &str, name: &str, text: &str) -> Value {
     eventually(&format!("{name} to wait with {text:?}"), 60, || {
@@ -100,14 +111,8 @@ fn containers_on(daemon: usize) -> usize {
 fn thirty_servers_spread_evenly_over_three_nodes() {
     install_crds();
     let ns = TestNamespace::new("sched-spread");
-    let flags = node_flags(&ns.name);
     // One agent per Docker engine: three real daemons, three nodes.
-    let agents: Vec<Agent> = (1..=3)
-        .map(|daemon| Agent::start_with(&unique("spread"), daemon, &flags))
-        .collect();
-    for agent in &agents {
-        wait_ready(&agent.node);
-    }
+    let agents = ready_nodes(&ns.name, "spread", 3);
     let before: Vec<usize> = (1..=3).map(containers_on).collect();
     let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
 
@@ -338,13 +343,7 @@ fn leader(ns: &str) -> Option<String> {
 fn two_schedulers_never_place_a_server_twice_and_the_standby_takes_over() {
     install_crds();
     let ns = TestNamespace::new("sched-ha");
-    let flags = node_flags(&ns.name);
-    let agents: Vec<Agent> = (1..=2)
-        .map(|d| Agent::start_with(&unique("ha"), d, &flags))
-        .collect();
-    for agent in &agents {
-        wait_ready(&agent.node);
-    }
+    let _nodes = ready_nodes(&ns.name, "ha", 2);
     let mut schedulers = vec![
         Scheduler::start(&unique("one"), &ns.name, &ns.name),
         Scheduler::start(&unique("two"), &ns.name, &ns.name),
