@@ -8,8 +8,9 @@
 #   docker.sh images [busybox]   build/import the two local images (or only busybox) if missing
 #                                (never pulls)
 #   docker.sh node-start STATE_DIR N   a dockerd of its own for local node number N (2, 3, ...):
-#                                own data root, exec root, socket and bridge; loads the busybox
-#                                image; appends DOCKER_HOST_N=... to STATE_DIR/env
+#                                own data root, exec root, socket and bridge; loads the local
+#                                images (only busybox with NODE_IMAGES=busybox); appends
+#                                DOCKER_HOST_N=... to STATE_DIR/env
 #   docker.sh node-halt STATE_DIR N    stop it, keeping its data and bridge (node-start restarts it)
 #   docker.sh node-stop STATE_DIR N    stop it and remove its bridge and data (idempotent)
 #
@@ -304,7 +305,7 @@ cmd_node_start() {
     await_ready "dockerd (node $n)" "$(<"$pidf")" "$log" 60 env DOCKER_HOST="$host" docker version
     info "node $n dockerd: ready in $((SECONDS - start)) s"
   fi
-  DOCKER_HOST="$host" cmd_images busybox
+  DOCKER_HOST="$host" cmd_images "${NODE_IMAGES:-}"
   set_env "$state" "DOCKER_HOST_$n" "$host"
 }
 

@@ -121,7 +121,7 @@ local_stack() {
   Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
 
   Nodes           ${nodes[*]}: kubectl --kubeconfig target/local/kubeconfig get computenodes
-                  (one agent and one dockerd each; more with NODES=3 make up; logs: target/local/*.log)
+                  (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
   Scheduler       places unpinned servers on the least allocated Ready node that fits
 
   Not yet running: the web front (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
@@ -135,7 +135,8 @@ BANNER
 run_tests() {
   state="$REPO_DIR/target/test"  # global: the trap reads it
   local t0=$SECONDS
-  export NODES=3  # the scheduler's tests place servers on three real Docker engines
+  # The scheduler's tests place busybox servers on three real Docker engines.
+  export NODES=3 NODE_IMAGES=busybox
   install
   cargo_build
   trap 'down "$state"' EXIT
