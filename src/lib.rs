@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bastion;
 pub mod crd;
 pub mod health;
 pub mod telemetry;
@@ -48,6 +49,12 @@ pub enum Error {
 
     #[error("container {0} disappeared while it was being set up")]
     Gone(String),
+
+    #[error("host key from {origin}: {reason}")]
+    HostKey { origin: String, reason: String },
+
+    #[error("the ComputeServer watch ended before it filled the cache")]
+    CacheGone,
 
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
