@@ -136,7 +136,12 @@ pub fn authorize(
         .endpoints
         .iter()
         .find(|e| e.name == "ssh")
-        .or_else(|| status.endpoints.iter().find(|e| Some(e.name.as_str()) == port_22_name))
+        .or_else(|| {
+            status
+                .endpoints
+                .iter()
+                .find(|e| Some(e.name.as_str()) == port_22_name)
+        })
         .ok_or_else(|| Refusal::NoSshEndpoint(host.to_string()))?;
     let port = u16::try_from(endpoint.port).map_err(|_| Refusal::NoSshEndpoint(host.to_string()))?;
     Ok(Target {
@@ -179,7 +184,10 @@ mod tests {
         let renamed = ALICE_KEY.replace("alice@laptop", "another comment");
         assert!(user_has_key(&servers, "alice", &key(&renamed)));
         assert!(!user_has_key(&servers, "alice", &key(OTHER_KEY)));
-        assert!(!user_has_key(&servers, "bob", &key(ALICE_KEY)), "alice's key is not bob's");
+        assert!(
+            !user_has_key(&servers, "bob", &key(ALICE_KEY)),
+            "alice's key is not bob's"
+        );
         assert!(user_is_known(&servers, "alice"));
         assert!(!user_is_known(&servers, "bob"));
     }
@@ -206,7 +214,9 @@ mod tests {
         let refusal = authorize(&servers, "alice", false, "dev", 22).unwrap_err();
         assert_eq!(refusal.to_string(), "no server named dev of yours");
         assert_eq!(
-            authorize(&servers, "alice", false, "nosuch", 22).unwrap_err().to_string(),
+            authorize(&servers, "alice", false, "nosuch", 22)
+                .unwrap_err()
+                .to_string(),
             "no server named nosuch of yours"
         );
         assert!(authorize(&servers, "ops", true, "dev", 22).is_ok());
@@ -216,7 +226,9 @@ mod tests {
     fn only_port_22_is_reachable() {
         let servers = vec![server("compute", "dev", "alice", "", RUNNING)];
         assert_eq!(
-            authorize(&servers, "alice", false, "dev", 80).unwrap_err().to_string(),
+            authorize(&servers, "alice", false, "dev", 80)
+                .unwrap_err()
+                .to_string(),
             "server dev is reachable on port 22 (ssh) only, not on port 80"
         );
     }
@@ -225,22 +237,36 @@ mod tests {
     fn a_stopped_or_unready_server_is_refused_with_what_to_do() {
         let stopped = server("compute", "dev", "alice", ", running: false", "phase: Stopped");
         assert_eq!(
-            authorize(&[stopped], "alice", false, "dev", 22).unwrap_err().to_string(),
+            authorize(&[stopped], "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
             "server dev is stopped; start it first"
         );
         let creating = server("compute", "dev", "alice", "", "phase: Creating");
         assert_eq!(
-            authorize(&[creating], "alice", false, "dev", 22).unwrap_err().to_string(),
+            authorize(&[creating], "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
             "server dev is not running yet (phase Creating); try again when it is Running"
         );
-        let failed = server("compute", "dev", "alice", "", "phase: Failed, message: image gone");
+        let failed = server(
+            "compute",
+            "dev",
+            "alice",
+            "",
+            "phase: Failed, message: image gone",
+        );
         assert_eq!(
-            authorize(&[failed], "alice", false, "dev", 22).unwrap_err().to_string(),
+            authorize(&[failed], "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
             "server dev has failed: image gone"
         );
         let no_ssh = server("compute", "web", "alice", "", "phase: Running");
         assert_eq!(
-            authorize(&[no_ssh], "alice", false, "web", 22).unwrap_err().to_string(),
+            authorize(&[no_ssh], "alice", false, "web", 22)
+                .unwrap_err()
+                .to_string(),
             "server web has no ssh port"
         );
     }
@@ -265,7 +291,9 @@ mod tests {
             server("team-b", "dev", "alice", "", RUNNING),
         ];
         assert_eq!(
-            authorize(&servers, "alice", false, "dev", 22).unwrap_err().to_string(),
+            authorize(&servers, "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
             "you have servers named dev in several namespaces: use one of dev.team-a, dev.team-b"
         );
         let target = authorize(&servers, "alice", false, "dev.team-b", 22).unwrap();

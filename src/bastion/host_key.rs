@@ -150,7 +150,10 @@ mod tests {
         std::fs::write(&path, "hello").unwrap();
         let error = from_file(&path).unwrap_err().to_string();
         assert!(error.contains("host_key"), "{error}");
-        assert!(error.contains("not an unencrypted OpenSSH private key"), "{error}");
+        assert!(
+            error.contains("not an unencrypted OpenSSH private key"),
+            "{error}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello", "left as it was");
     }
 }

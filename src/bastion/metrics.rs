@@ -30,7 +30,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics::default();
-        registry.register("connections", "SSH connections accepted", metrics.connections.clone());
+        registry.register(
+            "connections",
+            "SSH connections accepted",
+            metrics.connections.clone(),
+        );
         registry.register(
             "open_connections",
             "SSH connections open now",

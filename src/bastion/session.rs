@@ -90,15 +90,24 @@ impl Connection {
     /// The `-J` hint: `user@address`, as the client should type it.
     fn jump_spec(&self) -> String {
         let user = self.login.as_ref().map_or("USER", |l| l.user.as_str());
-        let address = self.shared.address.clone().unwrap_or_else(|| match self.local.port() {
-            22 => self.local.ip().to_string(),
-            _ => self.local.to_string(),
-        });
+        let address = self
+            .shared
+            .address
+            .clone()
+            .unwrap_or_else(|| match self.local.port() {
+                22 => self.local.ip().to_string(),
+                _ => self.local.to_string(),
+            });
         format!("{user}@{address}")
     }
 
     /// Answers a shell, command or subsystem: this host runs nothing; say how to use it.
-    fn refuse_session(&self, channel: ChannelId, what: &str, session: &mut Session) -> Result<(), russh::Error> {
+    fn refuse_session(
+        &self,
+        channel: ChannelId,
+        what: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let login = self.login.as_ref();
         info!(target: "audit", event = "session", outcome = "refused",
               user = ?login.map(|l| &l.user), key = login.map(|l| l.fingerprint.as_str()),
@@ -123,7 +132,11 @@ fn fingerprint(key: &PublicKey) -> String {
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         // Spares the client a signature for a key that would be refused anyway.
         Ok(match self.check_key(user, offer.public_key) {
             true => Auth::Accept,
@@ -256,10 +269,15 @@ async fn jump(
 ) {
     let server = format!("{}/{}", target.namespace, target.name);
     let endpoint = format!("{}:{}", target.host, target.port);
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port)));
+    let connect = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((target.host.as_str(), target.port)),
+    );
     let mut tcp = match connect.await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(error)) => return failed(&shared, &login, peer, &wanted, &server, error.to_string(), reply).await,
+        Ok(Err(error)) => {
+            return failed(&shared, &login, peer, &wanted, &server, error.to_string(), reply).await;
+        }
         Err(_) => return failed(&shared, &login, peer, &wanted, &server, "timed out".into(), reply).await,
     };
     let _ = tcp.set_nodelay(true);
@@ -274,7 +292,9 @@ async fn jump(
     shared.metrics.open_jumps.dec();
     let seconds = started.elapsed().as_secs();
     match result {
-        Ok((up, down)) => info!(user = ?login.user, server, seconds, bytes_up = up, bytes_down = down, "jump ended"),
+        Ok((up, down)) => {
+            info!(user = ?login.user, server, seconds, bytes_up = up, bytes_down = down, "jump ended")
+        }
         Err(error) => info!(user = ?login.user, server, seconds, %error, "jump ended"),
     }
 }
