@@ -491,3 +491,46 @@ fn bench_time_to_first_byte_through_the_bastion_versus_direct() {
     );
     drop(agent);
 }
+
+#[test]
+fn a_host_key_kept_in_a_secret_is_made_once_and_served_after_a_restart() {
+    install_crds();
+    let ns = TestNamespace::new("bastion-secret");
+    let mut bastion = Bastion::start_with(&ns.name, &["--host-key-secret".into(), "bastion-host-key".into()]);
+    let port = bastion.port.to_string();
+    let keyscan = || {
+        let out = Command::new("ssh-keyscan")
+            .args(["-p", &port, "-t", "ed25519", "127.0.0.1"])
+            .output()
+            .unwrap();
+        stdout(&out).split_once(' ').unwrap().1.trim().to_string()
+    };
+    let served = keyscan();
+
+    // The Secret holds the private key the bastion serves: its public half is what clients see.
+    let secret: Value = serde_json::from_str(&kubectl_ok(
+        &["get", "secret", "-n", &ns.name, "bastion-host-key", "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "compute-server"
+    );
+    let encoded = secret["data"]["ssh_host_ed25519_key"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("key");
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
+    std::fs::write(&private, decoded).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let public = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&private)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&public).trim(), served);
+
+    bastion.restart();
+    assert_eq!(keyscan(), served, "the same key after a restart");
+}

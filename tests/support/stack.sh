@@ -55,6 +55,7 @@ down() {
   local state="$1"
   [[ -d $state ]] || return 0
   stop_group "$state/agent.pid" agent compute-server
+  stop_group "$state/bastion.pid" bastion compute-server
   bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
   bash "$SUPPORT_DIR/kube.sh" stop "$state"
   bash "$SUPPORT_DIR/docker.sh" stop "$state"
@@ -78,6 +79,10 @@ local_stack() {
   export KUBECONFIG DOCKER_HOST
   step "Starting the agent for node \"local\" (log: $state/agent.log)"
   start_group "$state/agent.pid" "$state/agent.log" "$REPO_DIR/target/debug/compute-server" agent --node local
+  # The host key stays in target/local across runs, so known_hosts entries stay valid.
+  step "Starting the bastion on 127.0.0.1:2222 (log: $state/bastion.log)"
+  start_group "$state/bastion.pid" "$state/bastion.log" "$REPO_DIR/target/debug/compute-server" bastion \
+    --listen 127.0.0.1:2222 --host-key-file "$state/bastion_host_key" --metrics-address 127.0.0.1:0
   cat <<BANNER
 
   compute-server local stack is up.
@@ -92,8 +97,12 @@ local_stack() {
   Agent           node "local": servers labelled computeserver.io/node=local run here
                   (log: target/local/agent.log); e.g. manifests/examples/server-busybox-pinned.yaml
 
-  Not yet running: the scheduler (unpinned servers stay Pending), the web front
-  (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
+  Bastion         ssh -J alice@127.0.0.1:2222 root@SERVER   (log: target/local/bastion.log)
+                  reaches alice's own servers in namespace compute; her key must be in one of
+                  their sshAuthorizedKeys. ProxyJump snippet and refusals: README "SSH access".
+
+  Not yet running: the scheduler (unpinned servers stay Pending) and the web front
+  (http://127.0.0.1:8080); each arrives with its issue.
   Ctrl-C stops everything.
 
 BANNER
