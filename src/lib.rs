@@ -53,6 +53,12 @@ pub enum Error {
     #[error("host key from {origin}: {reason}")]
     HostKey { origin: String, reason: String },
 
+    #[error("user CA keys in {path}: {reason}")]
+    UserCa {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
     #[error("the ComputeServer watch ended before it filled the cache")]
     CacheGone,
 

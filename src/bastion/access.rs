@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use russh::keys::PublicKey;
+use russh::keys::ssh_key::Fingerprint;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, HashAlg, PublicKey};
 
 use crate::api::{ComputeServer, Phase};
 
@@ -28,6 +30,34 @@ pub fn user_has_key(servers: &[Arc<ComputeServer>], user: &str, key: &PublicKey)
 /// Whether `user` owns any server at all (for the audit log's reason, never for the client).
 pub fn user_is_known(servers: &[Arc<ComputeServer>], user: &str) -> bool {
     servers.iter().any(|server| server.spec.owner == user)
+}
+
+/// Whether `cert` lets `user` log in at `now` (seconds since 1970): a user certificate signed
+/// by one of the trusted `cas`, valid now, naming `user` among its principals, with no
+/// critical options (this bastion enforces none, so it accepts none). The reason otherwise.
+///
+/// The client's possession of the certified key is checked by russh before this is asked.
+pub fn check_certificate(
+    cert: &Certificate,
+    user: &str,
+    cas: &[Fingerprint],
+    now: u64,
+) -> Result<(), &'static str> {
+    if cert.cert_type() != CertType::User {
+        return Err("a host certificate, not a user certificate");
+    }
+    if !cas.contains(&cert.signature_key().fingerprint(HashAlg::Sha256)) {
+        return Err("certificate signed by a CA this bastion does not trust");
+    }
+    cert.validate_at(now, cas)
+        .map_err(|_| "certificate expired, not yet valid, or badly signed")?;
+    if !cert.valid_principals().iter().any(|principal| principal == user) {
+        return Err("certificate is not for this user (not among its principals)");
+    }
+    if !cert.critical_options().is_empty() {
+        return Err("certificate has critical options, which this bastion does not enforce");
+    }
+    Ok(())
 }
 
 /// Where an allowed jump goes.
@@ -190,6 +220,63 @@ mod tests {
         );
         assert!(user_is_known(&servers, "alice"));
         assert!(!user_is_known(&servers, "bob"));
+    }
+
+    /// A certificate for `key`, signed by `ca`, valid for `principals` from `after` to `before`.
+    fn certificate(
+        key: &PublicKey,
+        ca: &russh::keys::PrivateKey,
+        principals: &[&str],
+        (after, before): (u64, u64),
+        cert_type: CertType,
+    ) -> Certificate {
+        let mut builder =
+            russh::keys::ssh_key::certificate::Builder::new([7; 16], key.key_data().clone(), after, before)
+                .unwrap();
+        builder
+            .cert_type(cert_type)
+            .unwrap()
+            .key_id("alice via web")
+            .unwrap();
+        for principal in principals {
+            builder.valid_principal(*principal).unwrap();
+        }
+        if principals.is_empty() {
+            builder.all_principals_valid().unwrap();
+        }
+        builder.sign(ca).unwrap()
+    }
+
+    #[test]
+    fn a_user_certificate_from_a_trusted_ca_admits_its_principals_while_valid() {
+        use russh::keys::{Algorithm, PrivateKey};
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let other_ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let trusted = [ca.public_key().fingerprint(HashAlg::Sha256)];
+        let alice = key(ALICE_KEY);
+        let (now, hours) = (1_800_000_000, (1_799_990_000, 1_800_010_000));
+        let good = certificate(&alice, &ca, &["alice"], hours, CertType::User);
+        assert_eq!(check_certificate(&good, "alice", &trusted, now), Ok(()));
+        assert_eq!(
+            check_certificate(&good, "bob", &trusted, now),
+            Err("certificate is not for this user (not among its principals)")
+        );
+        assert_eq!(
+            check_certificate(&good, "alice", &trusted, 1_800_020_000),
+            Err("certificate expired, not yet valid, or badly signed")
+        );
+        let untrusted = certificate(&alice, &other_ca, &["alice"], hours, CertType::User);
+        assert_eq!(
+            check_certificate(&untrusted, "alice", &trusted, now),
+            Err("certificate signed by a CA this bastion does not trust")
+        );
+        let anyone = certificate(&alice, &ca, &[], hours, CertType::User);
+        assert!(
+            check_certificate(&anyone, "alice", &trusted, now).is_err(),
+            "no principals: no one"
+        );
+        let host = certificate(&alice, &ca, &["alice"], hours, CertType::Host);
+        assert!(check_certificate(&host, "alice", &trusted, now).is_err());
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_BASTION_ADDRESS")]
     pub bastion_address: Option<String>,
 
+    /// File of CA public keys (one per line, as sshd's TrustedUserCAKeys): user certificates
+    /// they signed are accepted for the users named in their principals, while valid, even
+    /// without a registered key.
+    #[arg(long, env = "COMPUTE_SERVER_USER_CA_KEYS")]
+    pub user_ca_keys: Option<PathBuf>,
+
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
     pub metrics_address: SocketAddr,
@@ -86,6 +92,10 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
     let host_fingerprint = host_key.public_key().fingerprint(HashAlg::Sha256);
+    let user_cas = match &args.user_ca_keys {
+        Some(path) => read_user_cas(path)?,
+        None => Vec::new(),
+    };
 
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_bastion");
     let metrics = metrics::Metrics::register(&mut registry);
@@ -140,6 +150,7 @@ pub async fn run(args: Args) -> Result<()> {
         admins: args.admins.into_iter().filter(|a| !a.is_empty()).collect(),
         metrics: metrics.clone(),
         address: args.bastion_address,
+        user_cas,
     });
     let config = Arc::new(russh::server::Config {
         methods: (&[MethodKind::PublicKey][..]).into(),
@@ -181,6 +192,31 @@ pub async fn run(args: Args) -> Result<()> {
     watch.abort();
     health.abort();
     Ok(())
+}
+
+/// The fingerprints of the CA keys in `path`; blank lines and `#` comments are skipped.
+fn read_user_cas(path: &std::path::Path) -> Result<Vec<russh::keys::ssh_key::Fingerprint>> {
+    let error = |reason: String| Error::UserCa {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut cas = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let key = russh::keys::PublicKey::from_openssh(line)
+            .map_err(|e| error(format!("key {} is not an SSH public key line ({e})", n + 1)))?;
+        let fingerprint = key.fingerprint(HashAlg::Sha256);
+        info!(ca = %fingerprint, "user certificates signed by this CA are accepted");
+        cas.push(fingerprint);
+    }
+    if cas.is_empty() {
+        return Err(error("it holds no CA public key".into()));
+    }
+    Ok(cas)
 }
 
 /// Runs one client connection to its end; a client that has not logged in within

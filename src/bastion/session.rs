@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::Store;
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::ssh_key::Fingerprint;
+use russh::keys::{Certificate, HashAlg, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 use tokio::net::TcpStream;
@@ -36,6 +37,8 @@ pub struct Shared {
     /// The address users reach the bastion at, for the hints it prints; when unset, the
     /// address the client connected to.
     pub address: Option<String>,
+    /// Fingerprints of the CAs whose user certificates are accepted (`--user-ca-keys`).
+    pub user_cas: Vec<Fingerprint>,
 }
 
 /// Who logged in on this connection, and with which key.
@@ -137,6 +140,11 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        // The offer does not say whether the key came in a certificate: with a user CA, the
+        // decision waits until the signature is checked (auth_publickey or _certificate).
+        if !self.shared.user_cas.is_empty() {
+            return Ok(Auth::Accept);
+        }
         // Spares the client a signature for a key that would be refused anyway.
         Ok(match self.check_key(user, offer.public_key) {
             true => Auth::Accept,
@@ -157,6 +165,33 @@ impl russh::server::Handler for Connection {
         info!(target: "audit", event = "auth", outcome = "accepted", user = ?login.user,
               key = %login.fingerprint, peer = %self.peer);
         self.login = Some(login);
+        self.logged_in.store(true, Ordering::Relaxed);
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let key = cert.public_key().fingerprint(HashAlg::Sha256).to_string();
+        let ca = cert.signature_key().fingerprint(HashAlg::Sha256);
+        if let Err(reason) = access::check_certificate(cert, user, &self.shared.user_cas, now) {
+            self.shared.metrics.auth("refused");
+            info!(target: "audit", event = "auth", outcome = "refused", user = ?user, key,
+                  certificate = ?cert.key_id(), serial = cert.serial(), %ca, peer = %self.peer, reason);
+            return Ok(Auth::reject());
+        }
+        self.shared.metrics.auth("accepted");
+        info!(target: "audit", event = "auth", outcome = "accepted", user = ?user, key,
+              certificate = ?cert.key_id(), serial = cert.serial(), %ca, peer = %self.peer);
+        self.login = Some(Login {
+            user: user.to_string(),
+            fingerprint: key,
+        });
         self.logged_in.store(true, Ordering::Relaxed);
         Ok(Auth::Accept)
     }
