@@ -661,3 +661,42 @@ fn a_certificate_from_the_trusted_ca_admits_its_user_without_a_registered_key() 
     );
     assert!(reasons.contains(&"certificate signed by a CA this bastion does not trust"));
 }
+
+#[test]
+fn with_all_namespaces_a_name_used_twice_needs_its_namespace() {
+    install_crds();
+    let (one, two) = (
+        TestNamespace::new("bastion-all"),
+        TestNamespace::new("bastion-all"),
+    );
+    let alice = SshUser::new("alice");
+    let name = unique("twin");
+    apply_server(&one.name, &name, "nowhere", "alice", &debian(&alice.public));
+    apply_server(&two.name, &name, "nowhere", "alice", &debian(&alice.public));
+    let flags = [
+        "--all-namespaces".to_string(),
+        "--host-key-file".to_string(),
+        alice.dir.path().join("host_key").display().to_string(),
+    ];
+    let bastion = Bastion::start_with(&one.name, &flags);
+
+    let out = alice.jump(&bastion, &name, "true");
+    let mut choices = [format!("{name}.{}", one.name), format!("{name}.{}", two.name)];
+    choices.sort();
+    let expected = format!(
+        "you have servers named {name} in several namespaces: use one of {}",
+        choices.join(", ")
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+
+    // Spelled out, the server is found; it has no node, so it is not running yet.
+    let out = alice.jump(&bastion, &choices[1], "true");
+    assert!(
+        stderr(&out).contains(&format!(
+            "server {} is not running yet (phase Pending); try again when it is Running",
+            choices[1]
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
