@@ -1,6 +1,6 @@
 //! Who may log in and where they may jump: pure decisions over the cached ComputeServers.
 //!
-//! No I/O here: [`super::session`] asks, these functions answer from a snapshot of the cache.
+//! No I/O here: `session.rs` asks, these functions answer from a snapshot of the cache.
 
 use std::sync::Arc;
 

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 /// An outcome label: `accepted`, `refused` or `failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
+    /// `accepted`, `refused` or `failed`.
     pub outcome: &'static str,
 }
 
@@ -28,6 +29,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Makes the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics::default();
         registry.register(

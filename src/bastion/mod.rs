@@ -5,7 +5,7 @@
 //! ComputeServer owned by the SSH user name ([`access`]). The servers come from a watch cache
 //! (kube-runtime reflector), not from an API call per login. A `direct-tcpip` request is
 //! allowed to port 22 of the user's own Running servers and piped to the server's ssh
-//! endpoint ([`session`]); everything else is refused with a reason the user sees. The host
+//! endpoint (`session.rs`); everything else is refused with a reason the user sees. The host
 //! key persists in a file or a Secret ([`host_key`]).
 
 pub mod access;
@@ -79,6 +79,7 @@ pub struct Args {
     pub metrics_address: SocketAddr,
 }
 
+/// Runs the bastion until SIGTERM or Ctrl-C: host key, metrics, the server cache, then SSH.
 pub async fn run(args: Args) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Kube)?;
     let host_key = match (&args.host_key_file, &args.host_key_secret) {

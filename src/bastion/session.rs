@@ -58,6 +58,7 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection from `peer` to the bastion's address `local`, not logged in yet.
     pub fn new(shared: Arc<Shared>, peer: SocketAddr, local: SocketAddr) -> Connection {
         Connection {
             shared,
