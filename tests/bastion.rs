@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use support::{Agent, Bastion, TestNamespace, eventually, install_crds, kubectl, kubectl_ok, unique};
@@ -154,38 +155,50 @@ fn alice_reaches_her_server_through_the_bastion_twenty_at_once_and_not_once_it_i
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "via ProxyJump\n");
 
-    // 20 sessions open at the same time: each prints when it started, waits, prints when it
-    // ended; every one started before the first one ended. Launches are spread a little so
-    // the container's sshd never sees ten handshakes at once (MaxStartups 10: it drops some).
-    let children: Vec<_> = (0..20)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(300));
-            alice
-                .jump_command(&bastion, "dev", "date +%s.%N; sleep 12; date +%s.%N")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let (mut starts, mut ends) = (vec![], vec![]);
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "a concurrent session failed: {}",
-            stderr(&out)
-        );
-        let times: Vec<f64> = stdout(&out).lines().map(|l| l.parse().unwrap()).collect();
-        starts.push(times[0]);
-        ends.push(times[1]);
+    // 20 sessions open at the same time: each says "started", then waits for a line on its
+    // stdin and echoes it. Nobody gets a line before all 20 have started. They are opened five
+    // at a time: the container's sshd drops handshakes beyond ten at once (MaxStartups 10).
+    let mut sessions = vec![];
+    for _batch in 0..4 {
+        let batch: Vec<_> = (0..5)
+            .map(|_| {
+                alice
+                    .jump_command(&bastion, "dev", "echo started; read line; echo $line")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut child in batch {
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            if line != "started\n" {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("a concurrent session did not start: {err}");
+            }
+            sessions.push((child, stdout));
+        }
     }
-    let last_start = starts.iter().cloned().fold(f64::MIN, f64::max);
-    let first_end = ends.iter().cloned().fold(f64::MAX, f64::min);
-    assert!(
-        last_start < first_end,
-        "all 20 sessions were open at once (last start {last_start}, first end {first_end})"
-    );
+    assert_eq!(metric(&bastion, "open_jumps", ""), 20.0, "20 jumps open at once");
+    for (n, (child, _)) in sessions.iter_mut().enumerate() {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("session {n} done\n").as_bytes()).unwrap();
+    }
+    for (n, (child, mut stdout)) in sessions.into_iter().enumerate() {
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "session {n}: {}", stderr(&out));
+        assert_eq!(
+            rest,
+            format!("session {n} done\n"),
+            "each session carries its own bytes"
+        );
+    }
     assert_eq!(
         metric(&bastion, "jumps_total", "{outcome=\"accepted\"}"),
         accepted + 21.0,
