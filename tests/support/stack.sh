@@ -109,6 +109,9 @@ local_stack() {
     fi
   done
   start_role scheduler scheduler --metrics-address 127.0.0.1:0
+  # The host key stays in target/local across runs, so known_hosts entries stay valid.
+  start_role bastion bastion --listen 127.0.0.1:2222 --host-key-file "$state/bastion_host_key" \
+    --metrics-address 127.0.0.1:0
   cat <<BANNER
 
   compute-server local stack is up.
@@ -124,7 +127,11 @@ local_stack() {
                   (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
   Scheduler       places unpinned servers on the least allocated Ready node that fits
 
-  Not yet running: the web front (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
+  Bastion         ssh -J alice@127.0.0.1:2222 root@SERVER   (log: target/local/bastion.log)
+                  reaches alice's own servers in namespace compute; her key must be in one of
+                  their sshAuthorizedKeys. ProxyJump snippet and refusals: README "SSH access".
+
+  Not yet running: the web front (http://127.0.0.1:8080); it arrives with its issue.
   Ctrl-C stops everything.
 
 BANNER
