@@ -86,7 +86,8 @@ fn objects_of(release: &str, kinds: &str, ns: Option<&str>) -> Vec<String> {
     names
 }
 
-/// A values file for a test install: Keycloak set, the shared CRDs left alone, one profile.
+/// A values file for a test install: Keycloak set, the shared CRDs left alone, one profile;
+/// `extra` follows the profile, so `- name: ...` adds a second one.
 fn values_file(dir: &Path, profile: &str, extra: &str) -> PathBuf {
     let path = dir.join("values.yaml");
     let yaml = format!(
@@ -307,11 +308,14 @@ fn helm_template_with_every_option_is_accepted_by_the_apiserver() {
     let values = values_file(
         dir.path(),
         &profile,
-        "agent: {dockerSocketGroup: 999, nodeLabels: {gpu: 'true'}, gpus: 1}\n\
-         web: {ingress: {enabled: true, className: nginx, host: compute.example.org, tlsSecret: compute-tls}}\n\
-         keycloak: {url: 'https://keycloak.example.com', clientSecret: {existingSecret: kc}}\n\
-         bastion: {admins: [ops], externalAddress: 'bastion.example.org:22', service: {type: LoadBalancer}}\n\
-         networkPolicy: {enabled: true, metricsFrom: [{namespaceSelector: {matchLabels: {name: monitoring}}}]}\n",
+        "agent: {dockerSocketGroup: 999, nodeLabels: {gpu: 'true'}, gpus: 1}
+web:
+  ingress: {enabled: true, className: nginx, host: compute.example.org, tlsSecret: compute-tls}
+bastion: {admins: [ops], externalAddress: 'bastion.example.org:22', service: {type: LoadBalancer}}
+networkPolicy:
+  enabled: true
+  metricsFrom: [{namespaceSelector: {matchLabels: {name: monitoring}}}]
+",
     );
     // Without a cluster helm cannot know the ComputeProfile API is served: say it is.
     let yaml = helm_ok(&[
@@ -326,7 +330,10 @@ fn helm_template_with_every_option_is_accepted_by_the_apiserver() {
         "computeserver.io/v1alpha1/ComputeProfile",
         "--values",
         values.to_str().unwrap(),
+        "--set",
+        "keycloak.clientSecret.existingSecret=keycloak-client",
     ]);
+    assert!(yaml.contains("COMPUTE_SERVER_OIDC_CLIENT_SECRET"));
     for kind in ["Ingress", "NetworkPolicy", "ComputeProfile", "DaemonSet"] {
         assert!(yaml.contains(&format!("kind: {kind}\n")), "no {kind} rendered");
     }
@@ -573,7 +580,8 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
         dir.path(),
         &profile,
         &format!(
-            "- name: {second}\n  spec: {{image: computeserver/busybox:local, maxServersPerUser: 1}}\nweb: {{replicas: 3}}\n"
+            "- name: {second}\n  spec: {{image: computeserver/busybox:local, maxServersPerUser: 1}}\n\
+             web: {{replicas: 3}}\n"
         ),
     );
     helm_ok(&[
@@ -833,7 +841,8 @@ fn crds_are_made_by_the_first_install_changed_by_upgrades_and_kept_by_uninstall(
     let values = dir.path().join("values.yaml");
     std::fs::write(
         &values,
-        "keycloak: {url: 'https://keycloak.example.com'}\nprofiles:\n- name: tiny\n  spec: {image: computeserver/busybox:local}\n",
+        "keycloak: {url: 'https://keycloak.example.com'}\n\
+         profiles: [{name: tiny, spec: {image: computeserver/busybox:local}}]\n",
     )
     .unwrap();
     let values = values.to_str().unwrap();
@@ -885,7 +894,8 @@ fn crds_are_made_by_the_first_install_changed_by_upgrades_and_kept_by_uninstall(
     );
 
     // A server with a field this version does not know is refused ...
-    let server = "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {name: dev, namespace: compute}\n\
+    let server = "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\n\
+                  metadata: {name: dev, namespace: compute}\n\
                   spec: {owner: alice, profile: tiny, team: physics}\n";
     let refused = kubectl_at(&kubeconfig, &["apply", "-f", "-"], Some(server));
     assert!(
