@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{Stack, TestNamespace, kubectl, kubectl_ok, unique};
+use support::{Agent, Stack, TestNamespace, docker_cli, eventually, kubectl, kubectl_ok, unique};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/compute-server");
 const SUPPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
@@ -736,6 +736,91 @@ fn each_role_may_do_its_job_and_nothing_more() {
         })
         .collect();
     assert!(wrong.is_empty(), "RBAC is not as designed:\n{}", wrong.join("\n"));
+}
+
+/// A kubeconfig for the test apiserver that signs in as ServiceAccount `sa` of `ns`, with a
+/// token the apiserver issues for it.
+fn service_account_kubeconfig(dir: &Path, ns: &str, sa: &str) -> PathBuf {
+    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration", "1h"], None);
+    let admin = json(&["config", "view", "--raw", "--minify"]);
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": sa, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": sa, "namespace": ns}}],
+        "current-context": "test",
+    });
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, kubeconfig.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn the_agent_runs_a_server_with_nothing_but_its_service_accounts_rights() {
+    let ns = TestNamespace::new("helm-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let (release, _) = Release::install(&ns.name, &values_file(dir.path(), &unique("helm-agent"), ""));
+    let kubeconfig = service_account_kubeconfig(dir.path(), &ns.name, &release.of("agent"));
+    let node = unique("helm-node");
+    let _agent = Agent::start_as(&node, &kubeconfig, &["--lease-namespace", &ns.name]);
+
+    let server = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: rbac\n  \
+         namespace: {}\n  labels: {{computeserver.io/node: {node}, computeserver.io/owner: alice}}\n\
+         spec: {{owner: alice, profile: tiny, command: [sleep, infinity]}}\n",
+        ns.name
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&server));
+    let phase = || json(&["get", "csrv", "-n", &ns.name, "rbac"])["status"]["phase"].clone();
+    eventually("the server to run", 90, || (phase() == "Running").then_some(()));
+    let container = format!("csrv.{}.rbac", ns.name);
+    let inspect = docker_cli(&["inspect", "-f", "{{.State.Running}}", &container]);
+    assert_eq!(text(&inspect.stdout).trim(), "true");
+    // Its finalizer, its Events, its ComputeNode and its heartbeat Lease, all written as the
+    // ServiceAccount.
+    let finalizers = json(&["get", "csrv", "-n", &ns.name, "rbac"])["metadata"]["finalizers"].clone();
+    assert_eq!(finalizers, serde_json::json!(["computeserver.io/container"]));
+    let events = kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "involvedObject.name=rbac",
+        ],
+        None,
+    );
+    assert!(events.contains("Started"), "{events}");
+    let computenode = json(&["get", "computenode", &node]);
+    let ready = computenode["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned();
+    assert_eq!(ready.unwrap()["status"], "True");
+    kubectl_ok(
+        &["get", "lease", "-n", &ns.name, &format!("computenode-{node}")],
+        None,
+    );
+
+    // Deleting the server: the agent removes the container, then its finalizer.
+    kubectl_ok(&["delete", "csrv", "-n", &ns.name, "rbac", "--timeout=60s"], None);
+    assert!(
+        !docker_cli(&["inspect", &container]).status.success(),
+        "{container} is still there"
+    );
+    let log = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/agent-{node}.log")),
+    )
+    .unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "the agent was refused something:\n{log}"
+    );
 }
 
 /// etcd and kube-apiserver of this test's own (tests/support/kube.sh), stopped when dropped.

@@ -157,6 +157,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(node: &str) -> Agent {
+        Agent::start_as(node, &Stack::get().kubeconfig(), &[])
+    }
+
+    /// An agent using `kubeconfig` (e.g. a ServiceAccount's token) and extra flags.
+    pub fn start_as(node: &str, kubeconfig: &std::path::Path, flags: &[&str]) -> Agent {
         let stack = Stack::get();
         let log_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs"));
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -174,7 +179,8 @@ impl Agent {
                 "--metrics-address",
                 &format!("127.0.0.1:{port}"),
             ])
-            .env("KUBECONFIG", stack.kubeconfig())
+            .args(flags)
+            .env("KUBECONFIG", kubeconfig)
             .env("DOCKER_HOST", stack.docker_host())
             .env("RUST_LOG", "info,kube=warn")
             .stdout(log.try_clone().unwrap())
