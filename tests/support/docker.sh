@@ -258,6 +258,9 @@ cmd_images() {
   drop_old_image "$old" "$SSH_IMAGE"
 }
 
+# Sourced (by image.sh) for its functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 case "${1:-}" in
   install) cmd_install ;;
   start) cmd_start "${2:-}" ;;
