@@ -794,14 +794,16 @@ fn the_agent_runs_a_server_with_nothing_but_its_service_accounts_rights() {
         None,
     );
     assert!(events.contains("Started"), "{events}");
-    let computenode = json(&["get", "computenode", &node]);
-    let ready = computenode["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .cloned();
-    assert_eq!(ready.unwrap()["status"], "True");
+    // The node reports in every 10 s, apart from the servers.
+    eventually("the ComputeNode to be Ready", 30, || {
+        let node = kubectl(&["get", "computenode", &node, "-o", "json"], None);
+        let node: Value = serde_json::from_slice(&node.stdout).ok()?;
+        let conditions = node["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    });
     kubectl_ok(
         &["get", "lease", "-n", &ns.name, &format!("computenode-{node}")],
         None,
