@@ -502,6 +502,9 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     // The workloads: replicas, the agent's node and Docker socket, hardened pods.
     let scheduler = json(&["get", "deployment", "-n", n, &release.of("scheduler")]);
     assert_eq!(scheduler["spec"]["replicas"], 2);
+    let apart = &scheduler["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+    let term = &apart["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
     let agent = json(&["get", "daemonset", "-n", n, &release.of("agent")]);
     let pod = &agent["spec"]["template"]["spec"];
     assert_eq!(pod["nodeSelector"]["computeserver.io/agent"], "true");
