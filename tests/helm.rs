@@ -684,7 +684,7 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("agent", "get", "secrets", here, false),
         ("agent", "list", "secrets", everywhere, false),
         // The scheduler: labels servers, writes their condition, reads nodes and heartbeats,
-        // holds its own leader Lease only.
+        // marks lost nodes in their status, holds its own leader Lease only.
         ("scheduler", "list", "computeservers", everywhere, true),
         ("scheduler", "watch", "computeservers", everywhere, true),
         ("scheduler", "patch", "computeservers", everywhere, true),
@@ -695,6 +695,7 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("scheduler", "update", "lease/computenode-a", here, false),
         ("scheduler", "delete", "computeservers", everywhere, false),
         ("scheduler", "create", "computeservers", everywhere, false),
+        ("scheduler", "patch", "computenodes", &["--subresource=status"], true),
         ("scheduler", "patch", "computenodes", &[], false),
         ("scheduler", "get", "secrets", here, false),
         // The web front: people's servers in its namespace, profiles, Events.
