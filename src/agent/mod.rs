@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -121,16 +121,11 @@ pub async fn run(args: Args) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_agent");
     let metrics = metrics::Metrics::register(&mut registry);
     let selector = format!("{NODE_LABEL}={}", args.node);
-    // The controller's own cache, without managedFields (most of each object, never read).
-    let (servers, writer) = reflector::store();
-    let watch = watcher(
+    let controller = Controller::new(
         Api::<ComputeServer>::all(client.clone()),
         watcher::Config::default().labels(&selector),
-    )
-    .default_backoff()
-    .modify(|server| server.managed_fields_mut().clear())
-    .reflect(writer)
-    .touched_objects();
+    );
+    let servers = controller.store();
     let ctx = Arc::new(Context {
         servers: servers.clone(),
         metrics,
@@ -175,8 +170,8 @@ pub async fn run(args: Args) -> Result<()> {
         let ctx = ctx.clone();
         tokio::spawn(async move { node::heartbeat(&ctx, registration, docker_changed).await })
     };
-    Controller::for_stream(watch, servers)
-        .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
+    controller
+        .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES))
         .reconcile_all_on(reconcile_all)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

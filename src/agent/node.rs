@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
@@ -13,7 +14,9 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Context, plan};
-use crate::api::{Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer};
+use crate::api::{
+    Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL,
+};
 use crate::{Error, Result};
 
 const FIELD_MANAGER: &str = "compute-server-agent";
@@ -83,10 +86,20 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
     // Containers first, then servers: a container listed has its server listed too, unless
     // that server is gone; so a server created meanwhile is never taken for gone.
     let containers = super::docker::list_ours(ctx).await;
-    // The controller's cache, once it has loaded: a container listed above was made from a
-    // server in it, so a server created meanwhile is never taken for gone.
-    let _ = ctx.servers.wait_until_ready().await;
-    let servers = ctx.servers.state();
+    // The controller's cache once it has loaded (a container listed above was made from a
+    // server in it, so a server created meanwhile is never taken for gone); until then, a list.
+    let servers = if ctx.servers.wait_until_ready().now_or_never().is_some() {
+        ctx.servers.state()
+    } else {
+        Api::<ComputeServer>::all(ctx.client.clone())
+            .list(&ListParams::default().labels(&format!("{NODE_LABEL}={}", ctx.node)))
+            .await
+            .map_err(Error::Kube)?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect()
+    };
     match containers {
         Ok(containers) => {
             if let Err(error) = super::docker::remove_orphans(ctx, &containers, &servers).await {

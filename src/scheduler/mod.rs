@@ -392,10 +392,11 @@ struct Scheduler {
 
 /// One write a pass makes.
 enum Write {
+    /// `fitting`: how many Ready nodes could have taken it.
     Place {
         server: Arc<ComputeServer>,
         node: String,
-        of: usize,
+        fitting: usize,
     },
     Unschedulable {
         server: Arc<ComputeServer>,
@@ -524,19 +525,18 @@ impl Scheduler {
         for server in pending {
             let placed = request(&server, &profiles).and_then(|request| {
                 let selector = server.spec.node_selector.clone();
-                placement::choose(&nodes, &request, &selector).map(|i| (i, request))
+                placement::choose(&nodes, &request, &selector).map(|placed| (placed, request))
             });
             match placed {
-                Ok((i, request)) => {
+                Ok(((i, fitting), request)) => {
                     nodes[i].allocated += request;
                     nodes[i].servers += 1;
                     self.assumed
                         .insert(server.uid().unwrap_or_default(), (nodes[i].name.clone(), request));
-                    let of = nodes.iter().filter(|n| n.not_ready.is_none()).count();
                     writes.push(Write::Place {
                         server,
                         node: nodes[i].name.clone(),
-                        of,
+                        fitting,
                     });
                 }
                 Err(reason) => {
@@ -570,9 +570,13 @@ impl Scheduler {
             return None;
         }
         match write {
-            Write::Place { server, node, of } => {
+            Write::Place {
+                server,
+                node,
+                fitting,
+            } => {
                 let uid = server.uid().unwrap_or_default();
-                match self.place(&server, &node, of).await {
+                match self.place(&server, &node, fitting).await {
                     Ok(()) => {
                         self.metrics.placements.inc();
                         None
@@ -616,8 +620,11 @@ impl Scheduler {
     /// Status first (Scheduled), then the label: the agent sees the server only once it is
     /// labelled, so its status writes always come after ours. Both writes carry the
     /// resourceVersion they were based on: a server changed meanwhile is not placed twice.
-    async fn place(&self, server: &ComputeServer, node: &str, of: usize) -> Result<()> {
-        let message = format!("placed on node {node}, the least allocated of {of} Ready nodes that fit");
+    async fn place(&self, server: &ComputeServer, node: &str, fitting: usize) -> Result<()> {
+        let message = match fitting {
+            1 => format!("placed on node {node}, the only node that fits"),
+            n => format!("placed on node {node}, the least allocated of {n} nodes that fit"),
+        };
         let status = serde_json::json!({
             "phase": Phase::Scheduled,
             "node": node,

@@ -80,19 +80,21 @@ fn misfit(node: &Node, request: &Request, selector: &BTreeMap<String, String>) -
 }
 
 /// The node to place a server on: the least allocated of those that fit, ties broken by
-/// fewer servers, then by name. When none fits, the reason a person reads in the status:
+/// fewer servers, then by name; with how many fit. When none fits, the reason a person reads in the status:
 /// "0/3 nodes can run this: 2 lack 4 free CPUs, 1 does not match nodeSelector gpu=true".
 pub fn choose(
     nodes: &[Node],
     request: &Request,
     selector: &BTreeMap<String, String>,
-) -> Result<usize, String> {
+) -> Result<(usize, usize), String> {
     let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
     let mut best: Option<(usize, f64)> = None;
+    let mut fitting = 0;
     for (index, node) in nodes.iter().enumerate() {
         match misfit(node, request, selector) {
             Some(why) => *misfits.entry(why).or_default() += 1,
             None => {
+                fitting += 1;
                 let load = node.load_with(request);
                 let better = match best {
                     None => true,
@@ -108,7 +110,7 @@ pub fn choose(
         }
     }
     if let Some((index, _)) = best {
-        return Ok(index);
+        return Ok((index, fitting));
     }
     if nodes.is_empty() {
         return Err("no nodes are registered yet: start an agent on a Docker host \
@@ -212,10 +214,10 @@ mod tests {
         nodes[1].allocated = request(1, 1, 0);
         nodes[1].servers = 1;
         // b and c are empty: b wins by name.
-        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok(0));
+        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok((0, 3)));
         nodes[0].allocated = request(1, 1, 0);
         nodes[0].servers = 1;
-        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok(2));
+        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok((2, 3)));
     }
 
     #[test]
@@ -231,7 +233,7 @@ mod tests {
             gpus: 0,
         };
         for _ in 0..30 {
-            let i = choose(&nodes, &one, &BTreeMap::new()).unwrap();
+            let (i, _) = choose(&nodes, &one, &BTreeMap::new()).unwrap();
             nodes[i].allocated += one;
             nodes[i].servers += 1;
         }
@@ -267,7 +269,7 @@ mod tests {
                  2 do not match nodeSelector gpu=true, 1 lacks 4 free CPUs"
                 .into())
         );
-        assert_eq!(choose(&nodes, &request(1, 1, 1), &selector), Ok(2));
+        assert_eq!(choose(&nodes, &request(1, 1, 1), &selector), Ok((2, 1)));
         assert_eq!(
             choose(&nodes, &request(1, 16, 0), &BTreeMap::new()),
             Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, 3 lack 16Gi free memory".into())
@@ -282,7 +284,7 @@ mod tests {
     fn counts_what_is_already_placed() {
         let mut nodes = vec![node("a", request(2, 4, 0))];
         nodes[0].allocated = request(1, 3, 0);
-        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok(0));
+        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok((0, 1)));
         assert_eq!(
             choose(&nodes, &request(2, 1, 0), &BTreeMap::new()),
             Err("0/1 nodes can run this: 1 lacks 2 free CPUs".into())
