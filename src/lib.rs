@@ -9,6 +9,7 @@ pub mod api;
 pub mod crd;
 pub mod health;
 pub mod telemetry;
+pub mod web;
 
 /// Errors of the binary's roles.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("{0}")]
+    Config(String),
 
     #[error("the `{0}` role is not built yet")]
     NotBuilt(&'static str),
