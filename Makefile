@@ -2,7 +2,7 @@
 # tests/support/ on first use and cached in ~/.cache/compute-server.
 STACK := tests/support/stack.sh
 
-.PHONY: up down test install crds lint
+.PHONY: up down test bench install crds lint
 
 ## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server); Ctrl-C stops it
 up:
@@ -15,6 +15,10 @@ down:
 ## test: the whole suite against real components (what CI runs)
 test:
 	@bash $(STACK) test
+
+## bench: the benchmarks (release build) against real components; BENCH=scheduler for one
+bench:
+	@bash $(STACK) bench $(BENCH)
 
 ## install: install and build the real components only
 install:

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod crd;
 pub mod health;
+pub mod scheduler;
 pub mod telemetry;
 pub mod web;
 
@@ -52,6 +53,9 @@ pub enum Error {
 
     #[error("container {0} disappeared while it was being set up")]
     Gone(String),
+
+    #[error("leader election: {0}")]
+    Leader(String),
 
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use compute_server::{Error, agent, crd, telemetry, web};
+use compute_server::{Error, agent, crd, scheduler, telemetry, web};
 
 /// Self-service compute servers: one binary, several roles.
 #[derive(Parser)]
@@ -32,7 +32,7 @@ enum Role {
     /// Run the node agent: reconcile this node's ComputeServers into Docker containers.
     Agent(agent::Args),
     /// Place unscheduled ComputeServers on Ready ComputeNodes (leader-elected).
-    Scheduler,
+    Scheduler(scheduler::Args),
     /// Serve the web front and JSON API behind Keycloak.
     Web(web::Args),
     /// Serve the SSH jump host to users' own servers.
@@ -49,7 +49,7 @@ async fn main() -> std::process::ExitCode {
         Role::Crd { out_dir: None } => crd::all_yaml().map(|yaml| print!("{yaml}")),
         Role::Crd { out_dir: Some(dir) } => crd::write_dir(&dir),
         Role::Agent(args) => agent::run(args).await,
-        Role::Scheduler => Err(Error::NotBuilt("scheduler")),
+        Role::Scheduler(args) => scheduler::run(args).await,
         Role::Web(args) => web::run(args).await,
         Role::Bastion => Err(Error::NotBuilt("bastion")),
         Role::AllInOne => Err(Error::NotBuilt("all-in-one")),

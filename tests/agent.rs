@@ -4,7 +4,10 @@
 mod support;
 
 use serde_json::Value;
-use support::{Agent, TestNamespace, docker_cli, eventually, install_crds, kubectl, kubectl_ok, unique};
+use support::{
+    Agent, TestNamespace, docker_cli, events, eventually, inspect, install_crds, kubectl, kubectl_ok,
+    server_json, unique, wait_phase,
+};
 
 /// A busybox server of the `tiny` profile that sleeps until stopped.
 const SLEEPER: &str = "owner: alice\nprofile: tiny\ncommand: [sleep, infinity]";
@@ -17,41 +20,6 @@ fn apply_server(ns: &str, name: &str, node: &str, spec: &str) {
         spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
     );
     kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
-}
-
-fn server_json(ns: &str, name: &str) -> Option<Value> {
-    let out = kubectl(&["get", "csrv", "-n", ns, name, "-o", "json"], None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
-/// Waits until the server's phase is `phase` and returns the server.
-fn wait_phase(ns: &str, name: &str, phase: &str) -> Value {
-    eventually(&format!("{name} to be {phase}"), 90, || {
-        server_json(ns, name).filter(|s| s["status"]["phase"] == phase)
-    })
-}
-
-fn inspect(container: &str) -> Option<Value> {
-    let out = docker_cli(&["inspect", container]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone())
-}
-
-fn events(ns: &str, name: &str) -> String {
-    kubectl_ok(
-        &[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-        ],
-        None,
-    )
 }
 
 #[test]
@@ -602,4 +570,49 @@ fn a_server_deleted_while_its_container_is_made_leaves_nothing_behind() {
             inspect(&container).is_none().then_some(())
         });
     }
+}
+
+#[test]
+fn docker_stopped_and_started_again_is_reported_and_recovered_from() {
+    install_crds();
+    let ns = TestNamespace::new("agent-dockerd");
+    // Node engine 2 is this test's own: stopping it disturbs no other test.
+    let agent = Agent::start_with(&unique("restart"), 2, &["--lease-seconds", "8"]);
+    apply_server(&ns.name, "steady", &agent.node, SLEEPER);
+    let before = wait_phase(&ns.name, "steady", "Running");
+    let stack = support::Stack::get();
+
+    stack.node_docker(2, false);
+    let failed = eventually("the server to say Docker is gone", 60, || {
+        server_json(&ns.name, "steady").filter(|s| {
+            s["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not answer"))
+        })
+    });
+    assert_eq!(failed["status"]["phase"], "Failed");
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("Docker on node {} does not answer", agent.node)),
+        "{message}"
+    );
+    eventually("the node to be not Ready", 30, || {
+        let out = kubectl(&["get", "computenode", &agent.node, "-o", "json"], None);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "DockerUnreachable")
+            .then_some(())
+    });
+
+    // Docker comes back: the agent notices by itself and the same container runs again.
+    stack.node_docker(2, true);
+    let back = wait_phase(&ns.name, "steady", "Running");
+    assert_eq!(back["status"]["containerID"], before["status"]["containerID"]);
+    assert!(
+        events(&ns.name, "steady").contains("Restarted"),
+        "{}",
+        events(&ns.name, "steady")
+    );
 }

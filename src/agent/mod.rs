@@ -58,6 +58,11 @@ pub struct Args {
     /// Namespace of the node's heartbeat Lease.
     #[arg(long, env = "COMPUTE_SERVER_LEASE_NAMESPACE", default_value = "compute")]
     pub lease_namespace: String,
+
+    /// Seconds the node's Lease lasts; the agent renews it four times as often. When it
+    /// runs out, the scheduler marks the node not Ready and its servers NodeLost.
+    #[arg(long, env = "COMPUTE_SERVER_LEASE_SECONDS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(4..=3600))]
+    pub lease_seconds: u32,
 }
 
 fn parse_label(text: &str) -> std::result::Result<(String, String), String> {
@@ -80,6 +85,8 @@ pub struct Context {
     pub address: String,
     /// Reconcile counts and durations, servers by phase.
     pub metrics: metrics::Metrics,
+    /// Failed reconciles in a row per server uid, for the retry backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -114,6 +121,7 @@ pub async fn run(args: Args) -> Result<()> {
         docker,
         node: args.node.clone(),
         address: args.address,
+        failures: Default::default(),
     });
     let selector = format!("{NODE_LABEL}={}", args.node);
     info!(node = %args.node, %selector, "agent starting");
@@ -139,14 +147,22 @@ pub async fn run(args: Args) -> Result<()> {
             tracing::error!(%error, "the metrics and health endpoints stopped");
         }
     });
+    let (docker_changed, reconcile_all) = futures::channel::mpsc::unbounded();
     let heartbeat = {
-        let (ctx, labels) = (ctx.clone(), args.labels.into_iter().collect());
-        tokio::spawn(async move { node::heartbeat(&ctx, labels, args.gpus, args.lease_namespace).await })
+        let registration = node::Registration {
+            labels: args.labels.into_iter().collect(),
+            gpus: args.gpus,
+            lease_namespace: args.lease_namespace,
+            lease_seconds: args.lease_seconds,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { node::heartbeat(&ctx, registration, docker_changed).await })
     };
     Controller::new(
         Api::<ComputeServer>::all(client),
         watcher::Config::default().labels(&selector),
     )
+    .reconcile_all_on(reconcile_all)
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -164,10 +180,16 @@ pub async fn run(args: Args) -> Result<()> {
 async fn reconcile(server: Arc<ComputeServer>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.inc();
+    let uid = server.uid().unwrap_or_default();
     let result = reconcile_steps(server, &ctx).await;
     ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        ctx.metrics.failures.inc();
+    match &result {
+        Ok(_) => {
+            ctx.failures.lock().expect("failures lock").remove(&uid);
+        }
+        Err(_) => {
+            ctx.metrics.failures.inc();
+        }
     }
     result
 }
@@ -185,9 +207,20 @@ async fn reconcile_steps(server: Arc<ComputeServer>, ctx: &Context) -> Result<Ac
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-fn error_policy(_server: Arc<ComputeServer>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(%error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed server after 2 s, then twice as long each time it fails again, up to a minute
+/// (a change to the server, or Docker answering again, retries it at once).
+fn error_policy(server: Arc<ComputeServer>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().expect("failures lock");
+    let count = failures.entry(server.uid().unwrap_or_default()).or_default();
+    *count += 1;
+    let delay = retry_delay(*count);
+    warn!(%error, server = %server.name_any(), retry_in = ?delay, "will retry");
+    Action::requeue(delay)
+}
+
+fn retry_delay(failures: u32) -> Duration {
+    (Duration::from_secs(2) * 2u32.saturating_pow(failures.saturating_sub(1).min(10)))
+        .min(Duration::from_secs(60))
 }
 
 async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
@@ -227,4 +260,16 @@ async fn cleanup(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     docker::remove(server, ctx).await?;
     info!("container and data volume removed");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_a_minute() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_delay(1000).as_secs(), 60);
+    }
 }

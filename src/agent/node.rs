@@ -9,34 +9,63 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Context, plan};
 use crate::api::{
-    CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL, Resources,
+    Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL,
 };
 use crate::{Error, Result};
 
-/// How often the node reports in; its Lease lasts four times as long.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
 const FIELD_MANAGER: &str = "compute-server-agent";
 
-/// Registers the node, then reports in every [`HEARTBEAT`] until the process ends.
-pub async fn heartbeat(ctx: &Context, labels: BTreeMap<String, String>, gpus: i32, lease_namespace: String) {
+/// What the node registers as, and how long its Lease lasts.
+pub struct Registration {
+    /// Labels of the ComputeNode, for nodeSelector.
+    pub labels: BTreeMap<String, String>,
+    /// GPUs offered to servers.
+    pub gpus: i32,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// Seconds the Lease lasts; the node reports in four times as often.
+    pub lease_seconds: u32,
+}
+
+/// Registers the node, then reports in (a quarter of the Lease's time) until the process ends.
+/// Whenever Docker stops or starts answering, sends on `docker_changed`, so that every server
+/// is reconciled at once: their status says Docker is gone, or they are brought back.
+pub async fn heartbeat(
+    ctx: &Context,
+    registration: Registration,
+    docker_changed: futures::channel::mpsc::UnboundedSender<()>,
+) {
+    let every = Duration::from_secs(registration.lease_seconds.into()) / 4;
+    let mut docker_was_up = None;
     loop {
-        if let Err(error) = report(ctx, &labels, gpus, &lease_namespace).await {
+        let docker_up = ctx.docker.ping().await.is_ok();
+        if docker_was_up.is_some_and(|was| was != docker_up) {
+            if docker_up {
+                info!("Docker answers again: reconciling every server");
+            } else {
+                warn!("Docker stopped answering: reconciling every server");
+            }
+            let _ = docker_changed.unbounded_send(());
+        }
+        docker_was_up = Some(docker_up);
+        if let Err(error) = report(ctx, &registration).await {
             warn!(%error, "could not report this node's state");
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(every).await;
     }
 }
 
-async fn report(
-    ctx: &Context,
-    labels: &BTreeMap<String, String>,
-    gpus: i32,
-    lease_namespace: &str,
-) -> Result<()> {
+async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
+    let Registration {
+        labels,
+        gpus,
+        lease_namespace,
+        lease_seconds,
+    } = registration;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let nodes: Api<ComputeNode> = Api::all(ctx.client.clone());
     // An empty spec: spec.unschedulable belongs to the admins (cordon), not to this manager.
@@ -81,7 +110,7 @@ async fn report(
             .get_or_create(&super::metrics::PhaseLabel { phase })
             .inc();
     }
-    let status = status(ctx, previous, &servers, gpus).await?;
+    let status = status(ctx, previous, &servers, *gpus).await?;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes
         .patch_status(&ctx.node, &params, &Patch::Apply(&patch))
@@ -95,7 +124,7 @@ async fn report(
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(ctx.node.clone()),
-            lease_duration_seconds: Some(4 * HEARTBEAT.as_secs() as i32),
+            lease_duration_seconds: Some(*lease_seconds as i32),
             renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
             ..Default::default()
         }),
@@ -123,7 +152,7 @@ async fn status(
         .list(&ListParams::default())
         .await
         .map_err(Error::Kube)?;
-    let (mut nano_cpus, mut memory, mut gpus_used) = (0i64, 0i64, 0i32);
+    let mut used = plan::Request::default();
     for server in servers {
         let profile = server
             .spec
@@ -131,15 +160,13 @@ async fn status(
             .as_ref()
             .and_then(|p| profiles.iter().find(|q| &q.name_any() == p));
         if let Ok(plan) = plan::plan(server, profile) {
-            nano_cpus += plan.nano_cpus;
-            memory += plan.memory_bytes;
-            gpus_used += server.spec.resources.gpus.unwrap_or(0);
+            used += plan.request();
         }
     }
 
     let (capacity, docker_version, ready) = match ctx.docker.info().await {
         Ok(info) => (
-            Resources {
+            Amounts {
                 cpu: info.ncpu.map(|n| Quantity(n.to_string())),
                 memory: info.mem_total.map(|m| Quantity(format!("{}Mi", m >> 20))),
                 gpus: Some(gpus),
@@ -148,7 +175,7 @@ async fn status(
             Ok(()),
         ),
         Err(error) => (
-            Resources::default(),
+            Amounts::default(),
             None,
             Err(format!("Docker does not answer: {error}")),
         ),
@@ -168,10 +195,10 @@ async fn status(
         .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
     Ok(ComputeNodeStatus {
         capacity,
-        allocated: Resources {
-            cpu: Some(Quantity(format!("{}m", nano_cpus / 1_000_000))),
-            memory: Some(Quantity(format!("{}Mi", memory >> 20))),
-            gpus: Some(gpus_used),
+        allocated: Amounts {
+            cpu: Some(Quantity(format!("{}m", used.nano_cpus / 1_000_000))),
+            memory: Some(Quantity(format!("{}Mi", used.memory_bytes >> 20))),
+            gpus: Some(used.gpus as i32),
         },
         servers: servers.len() as i32,
         address: Some(ctx.address.clone()),

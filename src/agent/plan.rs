@@ -48,8 +48,36 @@ pub struct Plan {
     pub nano_cpus: i64,
     pub memory_bytes: i64,
     pub memory: String,
+    pub gpus: i64,
     pub ports: Vec<Port>,
     pub data_path: String,
+}
+
+/// What a server takes from its node once its profile is applied: the scheduler places by
+/// it and the agent reports the sum as the node's `status.allocated`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    pub gpus: i64,
+}
+
+impl std::ops::AddAssign for Request {
+    fn add_assign(&mut self, other: Request) {
+        self.nano_cpus += other.nano_cpus;
+        self.memory_bytes += other.memory_bytes;
+        self.gpus += other.gpus;
+    }
+}
+
+impl Plan {
+    pub fn request(&self) -> Request {
+        Request {
+            nano_cpus: self.nano_cpus,
+            memory_bytes: self.memory_bytes,
+            gpus: self.gpus,
+        }
+    }
 }
 
 /// Why a server cannot be planned; shown to the user in status.message.
@@ -151,6 +179,7 @@ pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<
             })?,
         memory_bytes: to_i64(memory_parsed, "memory")?,
         memory: memory.0,
+        gpus: spec.resources.gpus.or(defaults.gpus).unwrap_or(0).into(),
         ports,
         data_path: profile
             .map(|p| p.spec.data_path.clone())

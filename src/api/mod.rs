@@ -13,7 +13,7 @@ mod server;
 
 pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus};
 pub use profile::{ComputeProfile, ComputeProfileSpec};
-pub use resources::{Resources, quantity_schema};
+pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase, Port};
 
 /// The API group.

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::Resources;
+use super::Amounts;
 
 /// A Docker host that runs compute servers. Its agent creates it and keeps its status;
 /// select nodes for servers with its labels.
@@ -64,11 +64,11 @@ pub struct ComputeNodeSpec {
 pub struct ComputeNodeStatus {
     /// Everything the host offers to servers.
     #[serde(default)]
-    pub capacity: Resources,
+    pub capacity: Amounts,
 
     /// What the servers placed here have asked for.
     #[serde(default)]
-    pub allocated: Resources,
+    pub allocated: Amounts,
 
     /// Number of servers placed here.
     #[serde(default)]

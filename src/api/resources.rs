@@ -32,6 +32,25 @@ pub struct Resources {
     pub gpus: Option<i32>,
 }
 
+/// Amounts a node reports (capacity, allocated): as [`Resources`], and zero is fine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Amounts {
+    /// CPU cores as a Kubernetes quantity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "quantity_schema")]
+    pub cpu: Option<Quantity>,
+
+    /// Memory as a Kubernetes quantity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "quantity_schema")]
+    pub memory: Option<Quantity>,
+
+    /// Number of whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<i32>,
+}
+
 /// A Kubernetes quantity: an integer, or a string such as "500m" or "4Gi".
 pub fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({

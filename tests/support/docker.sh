@@ -5,7 +5,14 @@
 #   docker.sh start STATE_DIR    reuse the daemon on /var/run/docker.sock, or start one;
 #                                appends DOCKER_HOST=... to STATE_DIR/env
 #   docker.sh stop STATE_DIR     stop that daemon, only if `start` started it (idempotent)
-#   docker.sh images             build/import the two local images if missing (never pulls)
+#   docker.sh images [busybox]   build/import the two local images (or only busybox) if missing
+#                                (never pulls)
+#   docker.sh node-start STATE_DIR N   a dockerd of its own for local node number N (2, 3, ...):
+#                                own data root, exec root, socket and bridge; loads the local
+#                                images (only busybox with NODE_IMAGES=busybox); appends
+#                                DOCKER_HOST_N=... to STATE_DIR/env
+#   docker.sh node-halt STATE_DIR N    stop it, keeping its data and bridge (node-start restarts it)
+#   docker.sh node-stop STATE_DIR N    stop it and remove its bridge and data (idempotent)
 #
 # `images` talks to $DOCKER_HOST if set, so it can load the images into each local node's daemon.
 source "$(dirname "$0")/lib.sh"
@@ -220,7 +227,7 @@ EOF
 
 cmd_images() {
   docker_answers || die "no Docker daemon answers at ${DOCKER_HOST:-unix://$SOCK} (run: docker.sh start STATE_DIR)"
-  local old
+  local old only="${1:-}"
 
   if image_is_current "$BUSYBOX_IMAGE"; then
     info "$BUSYBOX_IMAGE: present"
@@ -230,6 +237,7 @@ cmd_images() {
     build_busybox   # a second or two: no progress needed
     drop_old_image "$old" "$BUSYBOX_IMAGE"
   fi
+  [[ $only != busybox ]] || return 0
 
   if image_is_current "$SSH_IMAGE"; then
     info "$SSH_IMAGE: present"
@@ -258,10 +266,80 @@ cmd_images() {
   drop_old_image "$old" "$SSH_IMAGE"
 }
 
+# Names of local node N's daemon. Several stacks (state dirs) may run at once, so the
+# socket, exec root, bridge and subnet carry a short key of the state dir; sockets and exec
+# roots live under /run, whose short paths stay within the 108 bytes a socket path may have.
+node_paths() {
+  local state="$1" n="$2" key
+  key="$(printf '%s' "$state" | sha256sum | cut -c1-6)"
+  NODE_DIR="$state/nodes/$n"
+  NODE_RUN="/run/compute-server/$key-$n"
+  NODE_SOCK="$NODE_RUN/docker.sock"
+  NODE_BRIDGE="cs$key-$n"
+  # 10.214.0.0/16 split in /24s: one per (stack, node), from the key.
+  NODE_SUBNET="10.214.$(((16#$key % 50) * 5 + n % 5)).1/24"
+}
+
+cmd_node_start() {
+  local state="${1:?usage: docker.sh node-start STATE_DIR N}" n="${2:?usage: docker.sh node-start STATE_DIR N}"
+  [[ $n =~ ^[2-9]$ ]] || die "local node numbers are 2 to 9 (1 is the main daemon), not $n"
+  state="$(cd "$state" && pwd -P)"
+  node_paths "$state" "$n"
+  local pidf="$NODE_DIR/dockerd.pid" log="$NODE_DIR/dockerd.log" host="unix://$NODE_SOCK"
+  mkdir -p "$NODE_DIR" "$NODE_RUN"
+  if our_dockerd "$pidf" >/dev/null && DOCKER_HOST="$host" docker version >/dev/null 2>&1; then
+    info "node $n dockerd: already running"
+  else
+    # Its own bridge: a second daemon on the default docker0 would tear down the first's.
+    ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || {
+      ip link add "$NODE_BRIDGE" type bridge
+      ip addr add "$NODE_SUBNET" dev "$NODE_BRIDGE"
+    }
+    ip link set "$NODE_BRIDGE" up
+    step "Starting dockerd for local node $n (log $log)"
+    # No iptables of its own: the main daemon owns the DOCKER chains, and published ports
+    # reach containers through docker-proxy anyway.
+    start_group "$pidf" "$log" dockerd -H "$host" --data-root "$NODE_DIR/data" --exec-root "$NODE_RUN/exec" \
+      --pidfile "$NODE_RUN/dockerd.pid" --bridge "$NODE_BRIDGE" --iptables=false --ip-masq=false
+    local start=$SECONDS
+    await_ready "dockerd (node $n)" "$(<"$pidf")" "$log" 60 env DOCKER_HOST="$host" docker version
+    info "node $n dockerd: ready in $((SECONDS - start)) s"
+  fi
+  DOCKER_HOST="$host" cmd_images "${NODE_IMAGES:-}"
+  set_env "$state" "DOCKER_HOST_$n" "$host"
+}
+
+cmd_node_halt() {
+  local state="${1:?usage: docker.sh node-halt STATE_DIR N}" n="${2:?usage: docker.sh node-halt STATE_DIR N}" pid
+  [[ -d $state ]] || return 0
+  state="$(cd "$state" && pwd -P)"
+  node_paths "$state" "$n"
+  if pid="$(our_dockerd "$NODE_DIR/dockerd.pid")"; then
+    step "Stopping dockerd of local node $n (pid $pid)"
+    kill_group "$pid" "dockerd (node $n)" 40
+  fi
+  rm -f "$NODE_DIR/dockerd.pid"
+}
+
+cmd_node_stop() {
+  local state="${1:?usage: docker.sh node-stop STATE_DIR N}" n="${2:?usage: docker.sh node-stop STATE_DIR N}"
+  [[ -d $state ]] || return 0
+  cmd_node_halt "$state" "$n"
+  state="$(cd "$state" && pwd -P)"
+  node_paths "$state" "$n"
+  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && ip link delete "$NODE_BRIDGE"
+  # Containers' mounts are gone with the daemon; never cross into another file system.
+  findmnt -rn -o TARGET | grep -F "$NODE_DIR/" | sort -r | xargs -r umount -l 2>/dev/null || true
+  rm -rf --one-file-system "$NODE_DIR" "$NODE_RUN"
+}
+
 case "${1:-}" in
   install) cmd_install ;;
   start) cmd_start "${2:-}" ;;
   stop) cmd_stop "${2:-}" ;;
-  images) cmd_images ;;
-  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images" ;;
+  images) cmd_images "${2:-}" ;;
+  node-start) cmd_node_start "${2:-}" "${3:-}" ;;
+  node-halt) cmd_node_halt "${2:-}" "${3:-}" ;;
+  node-stop) cmd_node_stop "${2:-}" "${3:-}" ;;
+  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox] | node-start STATE_DIR N | node-halt STATE_DIR N | node-stop STATE_DIR N" ;;
 esac

@@ -56,6 +56,32 @@ impl Stack {
         self.var("DOCKER_HOST")
     }
 
+    /// The Docker engine of local node `n`: 1 is the main daemon, 2 and 3 have their own
+    /// data root, socket and bridge (started by stack.sh with NODES=3).
+    pub fn node_docker_host(&self, n: usize) -> &str {
+        match n {
+            1 => self.docker_host(),
+            n => self.var(&format!("DOCKER_HOST_{n}")),
+        }
+    }
+
+    /// Stops (`false`) or starts again (`true`) the dockerd of local node `n` (2 or 3),
+    /// keeping its containers and data, as a host's Docker restarting would.
+    pub fn node_docker(&self, n: usize, running: bool) {
+        let env = std::env::var("COMPUTE_SERVER_TEST_ENV")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/test/env").to_string());
+        let state = std::path::Path::new(&env).parent().expect("state dir");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/docker.sh");
+        let command = if running { "node-start" } else { "node-halt" };
+        let status = Command::new("bash")
+            .args([script, command])
+            .arg(state)
+            .arg(n.to_string())
+            .status()
+            .expect("run docker.sh");
+        assert!(status.success(), "docker.sh {command} failed");
+    }
+
     /// The kubectl built for this run, pointed at the test apiserver.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.var("KUBECTL"));
@@ -153,39 +179,68 @@ pub struct Agent {
     pub node: String,
     /// Base URL of its /metrics, /healthz and /readyz.
     pub health_url: String,
+    lease_namespace: String,
+}
+
+/// A free port on 127.0.0.1 for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `compute-server ROLE ARGS` with the stack's kubeconfig, logging to
+/// target/test-logs/LOG_NAME.log.
+pub fn start_role(log_name: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let log_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let log = std::fs::File::create(log_dir.join(format!("{log_name}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_compute-server"))
+        .args(args)
+        .env("KUBECONFIG", Stack::get().kubeconfig())
+        .env("RUST_LOG", "info,kube=warn")
+        .envs(env.iter().copied())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start compute-server")
 }
 
 impl Agent {
+    /// An agent for `node` on the main Docker engine, heartbeating in namespace compute.
     pub fn start(node: &str) -> Agent {
-        let stack = Stack::get();
-        let log_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs"));
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let log = std::fs::File::create(log_dir.join(format!("agent-{node}.log"))).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_compute-server"))
-            .args([
-                "agent",
-                "--node",
-                node,
-                "--metrics-address",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("KUBECONFIG", stack.kubeconfig())
-            .env("DOCKER_HOST", stack.docker_host())
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the agent");
+        Agent::start_with(node, 1, &[])
+    }
+
+    /// An agent for `node` on local Docker engine `daemon` (see [`Stack::node_docker_host`]),
+    /// with more flags, e.g. `["--lease-namespace", ns, "--lease-seconds", "8"]`.
+    pub fn start_with(node: &str, daemon: usize, extra: &[&str]) -> Agent {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let mut args = vec!["agent", "--node", node, "--metrics-address", &metrics];
+        args.extend_from_slice(extra);
+        let lease_namespace = extra
+            .iter()
+            .position(|a| *a == "--lease-namespace")
+            .map(|i| extra[i + 1].to_string())
+            .unwrap_or_else(|| "compute".into());
+        let child = start_role(
+            &format!("agent-{node}"),
+            &args,
+            &[("DOCKER_HOST", Stack::get().node_docker_host(daemon))],
+        );
         Agent {
             child,
             node: node.to_string(),
             health_url: format!("http://127.0.0.1:{port}"),
+            lease_namespace,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash would: no cleanup of any kind.
@@ -206,10 +261,174 @@ impl Drop for Agent {
         let _ = kubectl(&["delete", "computenode", &self.node, "--ignore-not-found"], None);
         let lease = format!("computenode-{}", self.node);
         let _ = kubectl(
-            &["delete", "lease", "-n", "compute", &lease, "--ignore-not-found"],
+            &[
+                "delete",
+                "lease",
+                "-n",
+                &self.lease_namespace,
+                &lease,
+                "--ignore-not-found",
+            ],
             None,
         );
     }
+}
+
+/// A `compute-server scheduler` process, stopped (SIGTERM, so it hands its lease over)
+/// when dropped.
+pub struct Scheduler {
+    child: std::process::Child,
+    pub identity: String,
+    /// Base URL of its /metrics, /healthz and /readyz.
+    pub health_url: String,
+}
+
+impl Scheduler {
+    /// A scheduler for the servers of `namespace`, with its leader Lease and the nodes'
+    /// Leases in `lease_namespace`, and a 4 s leader Lease so takeovers are quick.
+    pub fn start(identity: &str, namespace: &str, lease_namespace: &str) -> Scheduler {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let child = start_role(
+            &format!("scheduler-{identity}"),
+            &[
+                "scheduler",
+                "--identity",
+                identity,
+                "--namespace",
+                namespace,
+                "--lease-namespace",
+                lease_namespace,
+                "--leader-lease-seconds",
+                "4",
+                "--metrics-address",
+                &metrics,
+            ],
+            &[],
+        );
+        Scheduler {
+            child,
+            identity: identity.to_string(),
+            health_url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A counter or gauge from its /metrics, 0 when absent or unreadable.
+    pub fn metric(&self, name: &str) -> u64 {
+        metric(&self.health_url, name)
+    }
+
+    /// SIGKILL, as a crash would: the lease is not handed over.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server as JSON, or None when it does not exist.
+pub fn server_json(ns: &str, name: &str) -> Option<serde_json::Value> {
+    let out = kubectl(&["get", "csrv", "-n", ns, name, "-o", "json"], None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Waits until the server's phase is `phase` and returns the server.
+pub fn wait_phase(ns: &str, name: &str, phase: &str) -> serde_json::Value {
+    eventually(&format!("{name} to be {phase}"), 90, || {
+        server_json(ns, name).filter(|s| s["status"]["phase"] == phase)
+    })
+}
+
+/// `docker inspect` of a container on the main engine, or None when it does not exist.
+pub fn inspect(container: &str) -> Option<serde_json::Value> {
+    let out = docker_cli(&["inspect", container]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone())
+}
+
+/// `kubectl get events` of one object, as text.
+pub fn events(ns: &str, name: &str) -> String {
+    kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+        None,
+    )
+}
+
+/// A counter or gauge from the /metrics at `base_url`, 0 when absent or unreadable.
+pub fn metric(base_url: &str, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("{base_url}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// A `VmHWM:` (peak) or `VmRSS:` line of /proc/PID/status, in KiB.
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    kib_line(&format!("/proc/{pid}/status"), key)
+}
+
+/// The machine a benchmark ran on, for its printout: CPU, cores, memory, kernel, Docker.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = kib_line("/proc/meminfo", "MemTotal:") as f64 / (1 << 20) as f64;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let docker = Command::new("docker")
+        .args(["version", "-f", "{{.Server.Version}}"])
+        .env("DOCKER_HOST", Stack::get().docker_host())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB, Linux {}, dockerd {docker}",
+        kernel.trim()
+    )
+}
+
+/// The KiB figure of the `key` line of a /proc file such as /proc/meminfo.
+fn kib_line(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A name unique to this test process and call, usable as a node or object name.

@@ -4,9 +4,11 @@
 #
 #   stack.sh install          install and build everything (cached in $CS_CACHE)
 #   stack.sh up STATE_DIR     start it all; STATE_DIR/env lists where each part answers
+#                             (NODES=N: N local nodes, each a dockerd of its own; default 1)
 #   stack.sh down STATE_DIR   stop what `up` started (idempotent)
 #   stack.sh local            `make up`: install, start in target/local, stay up until Ctrl-C
 #   stack.sh test [ARGS]      `make test`: install, start in target/test, cargo test ARGS, stop
+#   stack.sh bench [NAME]     `make bench`: the same in target/bench, cargo bench (release build)
 source "$(dirname "$0")/lib.sh"
 
 install() {
@@ -32,6 +34,8 @@ up() {
   bash "$SUPPORT_DIR/keycloak.sh" start "$state" >"$state/keycloak-start.log" 2>&1 &
   local keycloak=$!
   bash "$SUPPORT_DIR/docker.sh" images
+  local n
+  for ((n = 2; n <= ${NODES:-1}; n++)); do bash "$SUPPORT_DIR/docker.sh" node-start "$state" "$n"; done
   bash "$SUPPORT_DIR/kube.sh" start "$state"
 
   local kubectl=("$CS_BIN/kubectl" --kubeconfig "$state/kubeconfig")
@@ -54,7 +58,14 @@ up() {
 down() {
   local state="$1"
   [[ -d $state ]] || return 0
-  stop_group "$state/agent.pid" agent compute-server
+  local pidf dir
+  # compute-server's own processes (make up): role-<name>.pid
+  for pidf in "$state"/role-*.pid; do
+    [[ -e $pidf ]] && stop_group "$pidf" "$(basename "$pidf" .pid | cut -d- -f2-)" compute-server
+  done
+  for dir in "$state"/nodes/*/; do
+    [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-stop "$state" "$(basename "$dir")"
+  done
   bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
   bash "$SUPPORT_DIR/kube.sh" stop "$state"
   bash "$SUPPORT_DIR/docker.sh" stop "$state"
@@ -66,6 +77,16 @@ cargo_build() {
   (cd "$REPO_DIR" && with_progress "cargo build" cargo build --locked --all-targets --quiet)
 }
 
+# Starts `compute-server ARGS` in the background as NAME (pid and log in the local state dir).
+start_role() {
+  local name="$1"; shift
+  step "Starting $name (log: target/local/$name.log)"
+  start_group "$state/role-$name.pid" "$state/$name.log" "$REPO_DIR/target/debug/compute-server" "$@"
+}
+
+# A value from STATE_DIR/env.
+env_var() { sed -n "s/^$2=//p" "$1/env" | tail -n 1; }
+
 local_stack() {
   state="$REPO_DIR/target/local"  # global: the traps read it
   export KEYCLOAK_PORT="${KEYCLOAK_PORT:-8180}"  # a fixed address for people to remember
@@ -76,8 +97,18 @@ local_stack() {
   # shellcheck disable=SC1091
   source "$state/env"
   export KUBECONFIG DOCKER_HOST
-  step "Starting the agent for node \"local\" (log: $state/agent.log)"
-  start_group "$state/agent.pid" "$state/agent.log" "$REPO_DIR/target/debug/compute-server" agent --node local
+  local n node nodes=()
+  for ((n = 1; n <= ${NODES:-1}; n++)); do
+    node=local; ((n == 1)) || node="local-$n"
+    nodes+=("$node")
+    if ((n == 1)); then
+      start_role "agent-$node" agent --node "$node" --metrics-address 127.0.0.1:0
+    else
+      DOCKER_HOST="$(env_var "$state" "DOCKER_HOST_$n")" start_role "agent-$node" agent --node "$node" \
+        --metrics-address 127.0.0.1:0
+    fi
+  done
+  start_role scheduler scheduler --metrics-address 127.0.0.1:0
   cat <<BANNER
 
   compute-server local stack is up.
@@ -89,11 +120,11 @@ local_stack() {
   Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local
   Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
 
-  Agent           node "local": servers labelled computeserver.io/node=local run here
-                  (log: target/local/agent.log); e.g. manifests/examples/server-busybox-pinned.yaml
+  Nodes           ${nodes[*]}: kubectl --kubeconfig target/local/kubeconfig get computenodes
+                  (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
+  Scheduler       places unpinned servers on the least allocated Ready node that fits
 
-  Not yet running: the scheduler (unpinned servers stay Pending), the web front
-  (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
+  Not yet running: the web front (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
   Ctrl-C stops everything.
 
 BANNER
@@ -104,6 +135,8 @@ BANNER
 run_tests() {
   state="$REPO_DIR/target/test"  # global: the trap reads it
   local t0=$SECONDS
+  # The scheduler's tests place busybox servers on three real Docker engines.
+  export NODES=3 NODE_IMAGES=busybox
   install
   cargo_build
   trap 'down "$state"' EXIT
@@ -113,11 +146,23 @@ run_tests() {
   info "tests finished in $((SECONDS - t0)) s in all"
 }
 
+run_benches() {
+  state="$REPO_DIR/target/bench"  # global: the trap reads it
+  install
+  step "Building compute-server and the benchmarks in release mode (cargo; several minutes the first time)"
+  (cd "$REPO_DIR" && with_progress "cargo bench --no-run" cargo bench --locked --no-run --quiet)
+  trap 'down "$state"' EXIT
+  up "$state"
+  step "Running the benchmarks against the real stack (cargo bench${1:+ --bench $1})"
+  (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo bench --locked ${1:+--bench "$1"})
+}
+
 case "${1:-}" in
   local) local_stack ;;
+  bench) shift; run_benches "$@" ;;
   test) shift; run_tests "$@" ;;
   install) install ;;
   up) [[ $# -eq 2 ]] || die "usage: $0 up STATE_DIR"; up "$2" ;;
   down) [[ $# -eq 2 ]] || die "usage: $0 down STATE_DIR"; down "$2" ;;
-  *) die "usage: $0 install | up STATE_DIR | down STATE_DIR | local | test [CARGO TEST ARGS]" ;;
+  *) die "usage: $0 install | up STATE_DIR | down STATE_DIR | local | test [CARGO TEST ARGS] | bench [NAME]" ;;
 esac

@@ -1,0 +1,159 @@
+//! Scheduler benchmark: 10,000 pending ComputeServers over 100 ComputeNodes, placed by a
+//! real `compute-server scheduler` (release build) against the real apiserver.
+//! Prints placements per second and the scheduler's peak RSS; asserts nothing about time.
+//!
+//! Run with `make bench BENCH=scheduler` (starts and stops the stack itself). The nodes are
+//! registered objects with a long Lease and no Docker engine behind them: the benchmark
+//! measures placement, not containers.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use compute_server::api::{ComputeNode, ComputeServer, NODE_LABEL};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use support::{Scheduler, TestNamespace, install_crds, kube_client, unique};
+
+const NODES: usize = 100;
+const SERVERS: usize = 10_000;
+
+#[tokio::main]
+async fn main() {
+    install_crds();
+    let ns = TestNamespace::new("bench-sched");
+    let client = kube_client().await;
+    let prefix = unique("bench");
+    let nodes: Vec<String> = (0..NODES).map(|i| format!("{prefix}-{i:03}")).collect();
+    register_nodes(&client, &ns.name, &nodes).await;
+
+    let servers: Api<ComputeServer> = Api::namespaced(client.clone(), &ns.name);
+    let started = Instant::now();
+    futures::stream::iter(0..SERVERS)
+        .map(|i| {
+            let servers = servers.clone();
+            async move {
+                let server: ComputeServer = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeServer",
+                    "metadata": { "name": format!("s{i:05}") },
+                    "spec": { "owner": format!("user{}", i % 500), "image": "computeserver/busybox:local",
+                              "resources": { "cpu": "100m", "memory": "64Mi" } },
+                }))
+                .unwrap();
+                servers
+                    .create(&PostParams::default(), &server)
+                    .await
+                    .expect("create a server");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<()>()
+        .await;
+    let created = started.elapsed();
+    println!(
+        "created {SERVERS} pending ComputeServers in {:.1} s ({:.0}/s through the apiserver)",
+        created.as_secs_f64(),
+        SERVERS as f64 / created.as_secs_f64()
+    );
+
+    let scheduler = Scheduler::start(&unique("bench"), &ns.name, &ns.name);
+    let pid = scheduler.pid();
+    let start = Instant::now();
+    let mut first = None;
+    let mut peak_kib = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak_kib = peak_kib.max(support::status_kib(pid, "VmHWM:"));
+        let placed = scheduler.metric("compute_server_scheduler_placements_total");
+        if placed > 0 && first.is_none() {
+            first = Some(start.elapsed());
+        }
+        if placed >= SERVERS as u64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "only {placed} placed after 15 min"
+        );
+    }
+    let done = start.elapsed();
+    let first = first.unwrap();
+    let placing = done - first;
+
+    // Where they went: every server placed, spread over every node.
+    let placed = servers
+        .list(&ListParams::default().labels(NODE_LABEL))
+        .await
+        .unwrap();
+    let mut per_node = std::collections::HashMap::<String, usize>::new();
+    for server in &placed.items {
+        *per_node
+            .entry(server.metadata.labels.as_ref().unwrap()[NODE_LABEL].clone())
+            .or_default() += 1;
+    }
+    let (min, max) = (per_node.values().min().unwrap(), per_node.values().max().unwrap());
+
+    let machine = support::machine();
+    println!("\nScheduler benchmark ({machine})");
+    println!("  {SERVERS} pending ComputeServers, {NODES} ComputeNodes, release build");
+    println!(
+        "  first placement {:.2} s after start (leader election + cache sync)",
+        first.as_secs_f64()
+    );
+    println!(
+        "  placements: {} in {:.2} s = {:.0} placements/s (target >= 500)",
+        placed.items.len(),
+        placing.as_secs_f64(),
+        SERVERS as f64 / placing.as_secs_f64()
+    );
+    println!("  servers per node: min {min}, max {max}");
+    println!(
+        "  scheduler peak RSS: {:.1} MiB (target <= 100)",
+        peak_kib as f64 / 1024.0
+    );
+
+    drop(scheduler);
+    let nodes_api: Api<ComputeNode> = Api::all(client.clone());
+    for node in &nodes {
+        let _ = nodes_api.delete(node, &Default::default()).await;
+    }
+}
+
+/// 100 Ready nodes of 64 CPUs and 256 GiB, with Leases that last the whole run.
+async fn register_nodes(client: &kube::Client, lease_namespace: &str, nodes: &[String]) {
+    let params = PatchParams::apply("compute-server-bench").force();
+    let api: Api<ComputeNode> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), lease_namespace);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    for name in nodes {
+        let node = serde_json::json!({
+            "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode",
+            "metadata": { "name": name }, "spec": {},
+        });
+        api.patch(name, &params, &Patch::Apply(&node)).await.unwrap();
+        let status = serde_json::json!({
+            "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode",
+            "status": {
+                "capacity": { "cpu": "64", "memory": "256Gi", "gpus": 0 },
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "Bench",
+                                 "message": "registered by the benchmark", "lastTransitionTime": now }],
+            },
+        });
+        api.patch_status(name, &params, &Patch::Apply(&status))
+            .await
+            .unwrap();
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": format!("computenode-{name}") },
+            "spec": { "holderIdentity": name, "leaseDurationSeconds": 3600,
+                      "renewTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string() },
+        });
+        leases
+            .patch(&format!("computenode-{name}"), &params, &Patch::Apply(&lease))
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,752 @@
+//! `compute-server scheduler`: places unscheduled ComputeServers on Ready ComputeNodes that
+//! fit them, and marks nodes whose agent stopped reporting, and their servers, as lost.
+//!
+//! Several replicas may run; a `coordination.k8s.io` Lease elects the one that acts. Every
+//! replica keeps watch caches of servers, nodes, node Leases and profiles, so a standby that
+//! takes over starts from warm caches. Each pass looks at the whole picture: what is placed
+//! where (including its own placements the caches do not show yet), which nodes are Ready,
+//! and places the pending servers oldest first.
+
+pub mod placement;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use kube_quantity::ParsedQuantity;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::agent::plan::{self, Request};
+use crate::api::{
+    CONDITION_READY, CONDITION_SCHEDULED, ComputeNode, ComputeProfile, ComputeServer, NODE_LABEL, Phase,
+};
+use crate::{Error, Result};
+
+const FIELD_MANAGER: &str = "compute-server-scheduler";
+/// The leader's Lease, in the lease namespace.
+const LEADER_LEASE: &str = "compute-server-scheduler";
+/// A pass runs at least this often, so that Leases that run out are noticed.
+const TICK: Duration = Duration::from_secs(2);
+/// Writes in flight at once during a pass.
+const CONCURRENT_WRITES: usize = 32;
+
+/// Flags of `compute-server scheduler`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Namespace of the leader's Lease and of the nodes' heartbeat Leases.
+    #[arg(long, env = "COMPUTE_SERVER_LEASE_NAMESPACE", default_value = "compute")]
+    pub lease_namespace: String,
+
+    /// This replica's name in the leader election (default: host name and process id).
+    #[arg(long, env = "COMPUTE_SERVER_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Seconds the leader's Lease lasts: a standby takes over within this time when the
+    /// leader dies.
+    #[arg(long, env = "COMPUTE_SERVER_LEADER_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
+    pub leader_lease_seconds: u64,
+
+    /// Place only the servers of this namespace (default: every namespace).
+    #[arg(long, env = "COMPUTE_SERVER_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
+    pub metrics_address: std::net::SocketAddr,
+}
+
+/// What the scheduler counts, prefixed `compute_server_scheduler_`.
+struct Metrics {
+    placements: Counter,
+    unschedulable: Gauge,
+    pending: Gauge,
+    leader: Gauge,
+    pass_duration: Histogram,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            placements: Counter::default(),
+            unschedulable: Gauge::default(),
+            pending: Gauge::default(),
+            leader: Gauge::default(),
+            pass_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+        };
+        registry.register(
+            "placements",
+            "Servers placed on a node",
+            metrics.placements.clone(),
+        );
+        registry.register(
+            "unschedulable_servers",
+            "Servers no node can run, as of the last pass",
+            metrics.unschedulable.clone(),
+        );
+        registry.register(
+            "pending_servers",
+            "Servers without a node, as of the last pass",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the leader",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "pass_duration_seconds",
+            "Time one scheduling pass took",
+            metrics.pass_duration.clone(),
+        );
+        metrics
+    }
+}
+
+/// The watch caches a pass reads.
+#[derive(Clone)]
+struct Caches {
+    servers: Store<ComputeServer>,
+    nodes: Store<ComputeNode>,
+    leases: Store<Lease>,
+    profiles: Store<ComputeProfile>,
+}
+
+impl Caches {
+    /// Starts a reflector per kind; `changed` is notified on every event.
+    fn start(client: &Client, args: &Args, changed: &Arc<Notify>) -> Caches {
+        let servers = match &args.namespace {
+            Some(ns) => Api::<ComputeServer>::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        Caches {
+            servers: reflect(servers, watcher::Config::default(), changed),
+            nodes: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
+            leases: reflect(
+                Api::namespaced(client.clone(), &args.lease_namespace),
+                watcher::Config::default(),
+                changed,
+            ),
+            profiles: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
+        }
+    }
+
+    /// Whether every cache has loaded its first full list.
+    fn synced(&self) -> bool {
+        ready_now(&self.servers)
+            && ready_now(&self.nodes)
+            && ready_now(&self.leases)
+            && ready_now(&self.profiles)
+    }
+}
+
+fn ready_now<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.wait_until_ready().now_or_never().is_some()
+}
+
+/// A reflector over `api` whose store drops `managedFields` (they are most of an object's
+/// size and no pass reads them).
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let changed = changed.clone();
+    let kind = K::kind(&Default::default()).to_string();
+    tokio::spawn(
+        watcher(api, config)
+            .default_backoff()
+            .modify(|object| object.managed_fields_mut().clear())
+            .reflect(writer)
+            .for_each(move |event| {
+                match event {
+                    Ok(_) => changed.notify_one(),
+                    Err(error) => warn!(%error, %kind, "watch failed; retrying"),
+                }
+                futures::future::ready(())
+            }),
+    );
+    store
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let mut registry = Registry::with_prefix("compute_server_scheduler");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let changed = Arc::new(Notify::new());
+    let caches = Caches::start(&client, &args, &changed);
+
+    let ready: crate::health::ReadyCheck = {
+        let caches = caches.clone();
+        Arc::new(move || {
+            let caches = caches.clone();
+            Box::pin(async move {
+                if caches.synced() {
+                    Ok(())
+                } else {
+                    Err("the watch caches have not loaded yet".to_string())
+                }
+            })
+        })
+    };
+    let health = crate::health::serve(
+        args.metrics_address,
+        crate::health::router(Arc::new(registry), ready),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = health.await {
+            tracing::error!(%error, "the metrics and health endpoints stopped");
+        }
+    });
+
+    let lease_seconds = args.leader_lease_seconds;
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_field_manager(FIELD_MANAGER)
+        .with_duration(lease_seconds)
+        .with_grace((lease_seconds / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| Error::Leader(e.to_string()))?;
+    let (mut leader, mut election) = manager.watch().await;
+    info!(%identity, lease = %format!("{}/{LEADER_LEASE}", args.lease_namespace), "scheduler starting; waiting to lead");
+
+    let mut scheduler = Scheduler {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        client,
+        caches,
+        metrics,
+        assumed: HashMap::new(),
+    };
+    let mut leading = false;
+    let shutdown = shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+            result = leader.changed() => {
+                if result.is_err() {
+                    break;
+                }
+            }
+            result = &mut election => {
+                return Err(Error::Leader(match result {
+                    Ok(Ok(_)) => "the leader election ended".into(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                }));
+            }
+            _ = &mut shutdown => break,
+        }
+        let now_leading = *leader.borrow();
+        if now_leading != leading {
+            leading = now_leading;
+            scheduler.metrics.leader.set(leading.into());
+            if leading {
+                info!(%identity, "leading: placing servers");
+            } else {
+                info!(%identity, "no longer leading: standing by");
+                scheduler.assumed.clear();
+            }
+        }
+        if leading && scheduler.caches.synced() {
+            scheduler.pass(&leader).await;
+        }
+    }
+    // Hand the lease over at once rather than let a standby wait for it to run out.
+    drop(leader);
+    let _ = election.await;
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "scheduler".into());
+    format!("{host}_{}", std::process::id())
+}
+
+/// Where a node stands for placement.
+enum Health {
+    Ready,
+    /// Cannot take servers; the reason.
+    NotReady(String),
+    /// Its agent stopped renewing the Lease; the reason.
+    Lost(String),
+}
+
+fn node_health(node: &ComputeNode, lease: Option<&Lease>, now: Timestamp) -> Health {
+    let spec = lease.and_then(|l| l.spec.as_ref());
+    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+    let seconds = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(40);
+    match renewed {
+        None => return Health::NotReady("its agent has not reported yet".into()),
+        Some(renewed) => {
+            let silent = now.duration_since(renewed).as_secs();
+            if silent > seconds.into() {
+                return Health::Lost(format!("its agent has not reported for {silent} s"));
+            }
+        }
+    }
+    let status = node.status.as_ref();
+    match status.and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY)) {
+        Some(c) if c.status == "True" => {}
+        Some(c) => return Health::NotReady(c.message.clone()),
+        None => return Health::NotReady("its agent has not reported yet".into()),
+    }
+    if status.is_none_or(|s| s.capacity.cpu.is_none() || s.capacity.memory.is_none()) {
+        return Health::NotReady("it has not reported its capacity".into());
+    }
+    Health::Ready
+}
+
+fn capacity(node: &ComputeNode) -> Request {
+    let capacity = node
+        .status
+        .as_ref()
+        .map(|s| s.capacity.clone())
+        .unwrap_or_default();
+    let parse = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.and_then(|q| ParsedQuantity::try_from(q).ok())
+    };
+    Request {
+        nano_cpus: parse(capacity.cpu.as_ref())
+            .and_then(|q| q.to_bytes_f64())
+            .map(|cores| (cores * 1e9) as i64)
+            .unwrap_or(0),
+        memory_bytes: parse(capacity.memory.as_ref())
+            .and_then(|q| q.to_bytes_i64())
+            .unwrap_or(0),
+        gpus: capacity.gpus.unwrap_or(0).into(),
+    }
+}
+
+/// What a server asks of its node once its profile is applied; why it cannot be placed.
+fn request(
+    server: &ComputeServer,
+    profiles: &HashMap<String, Arc<ComputeProfile>>,
+) -> Result<Request, String> {
+    let profile = server
+        .spec
+        .profile
+        .as_ref()
+        .and_then(|p| profiles.get(p))
+        .map(|p| p.as_ref());
+    plan::plan(server, profile)
+        .map(|plan| plan.request())
+        .map_err(|refusal| refusal.to_string())
+}
+
+struct Scheduler {
+    client: Client,
+    recorder: Recorder,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+    /// Placements written whose label the cache does not show yet: server uid → node and
+    /// request. Counted as placed, so placements in quick succession account for each other.
+    assumed: HashMap<String, (String, Request)>,
+}
+
+/// One write a pass makes.
+enum Write {
+    Place {
+        server: Arc<ComputeServer>,
+        node: String,
+        of: usize,
+    },
+    Unschedulable {
+        server: Arc<ComputeServer>,
+        reason: String,
+    },
+    NodeLost {
+        node: Arc<ComputeNode>,
+        reason: String,
+    },
+    ServerLost {
+        server: Arc<ComputeServer>,
+        node: String,
+        reason: String,
+    },
+}
+
+impl Scheduler {
+    async fn pass(&mut self, leader: &tokio::sync::watch::Receiver<bool>) {
+        let started = std::time::Instant::now();
+        let now = Timestamp::now();
+        let profiles: HashMap<String, Arc<ComputeProfile>> = self
+            .caches
+            .profiles
+            .state()
+            .into_iter()
+            .map(|p| (p.name_any(), p))
+            .collect();
+        let leases: HashMap<String, Arc<Lease>> = self
+            .caches
+            .leases
+            .state()
+            .into_iter()
+            .map(|l| (l.name_any(), l))
+            .collect();
+
+        let mut writes = Vec::new();
+        let mut nodes = Vec::new();
+        let mut lost = BTreeMap::new();
+        for node in self.caches.nodes.state() {
+            let lease = leases.get(&crate::agent::node::lease_name(&node.name_any()));
+            let not_ready = match node_health(&node, lease.map(|l| l.as_ref()), now) {
+                Health::Ready => None,
+                Health::NotReady(reason) => Some(reason),
+                Health::Lost(reason) => {
+                    let ready = node
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY));
+                    if ready.is_none_or(|c| c.status != "False" || c.reason != "NodeLost") {
+                        writes.push(Write::NodeLost {
+                            node: node.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                    lost.insert(node.name_any(), reason.clone());
+                    Some(reason)
+                }
+            };
+            nodes.push(placement::Node {
+                name: node.name_any(),
+                labels: node.labels().clone(),
+                not_ready,
+                unschedulable: node.spec.unschedulable,
+                capacity: capacity(&node),
+                allocated: Request::default(),
+                servers: 0,
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+
+        // What is placed where: labelled servers, then placements the cache does not show yet.
+        let servers = self.caches.servers.state();
+        let mut pending = Vec::new();
+        let mut unlabelled = std::collections::HashSet::new();
+        for server in &servers {
+            match server.labels().get(NODE_LABEL) {
+                Some(node) => {
+                    if let Some(&i) = index.get(node) {
+                        nodes[i].allocated += request(server, &profiles).unwrap_or_default();
+                        nodes[i].servers += 1;
+                    }
+                    if let Some(reason) = lost.get(node)
+                        && server.meta().deletion_timestamp.is_none()
+                        && server.status.as_ref().and_then(|s| s.phase) != Some(Phase::NodeLost)
+                    {
+                        writes.push(Write::ServerLost {
+                            server: server.clone(),
+                            node: node.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                None if server.meta().deletion_timestamp.is_none() => {
+                    unlabelled.insert(server.uid().unwrap_or_default());
+                    pending.push(server.clone());
+                }
+                None => {}
+            }
+        }
+        self.assumed.retain(|uid, _| unlabelled.contains(uid));
+        for (node, request) in self.assumed.values() {
+            if let Some(&i) = index.get(node) {
+                nodes[i].allocated += *request;
+                nodes[i].servers += 1;
+            }
+        }
+        pending.retain(|s| !self.assumed.contains_key(&s.uid().unwrap_or_default()));
+        pending.sort_by(|a, b| {
+            let key = |s: &ComputeServer| {
+                (
+                    s.meta().creation_timestamp.as_ref().map(|t| t.0),
+                    s.namespace(),
+                    s.name_any(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        self.metrics.pending.set(pending.len() as i64);
+
+        let mut unschedulable = 0;
+        for server in pending {
+            let placed = request(&server, &profiles).and_then(|request| {
+                let selector = server.spec.node_selector.clone();
+                placement::choose(&nodes, &request, &selector).map(|i| (i, request))
+            });
+            match placed {
+                Ok((i, request)) => {
+                    nodes[i].allocated += request;
+                    nodes[i].servers += 1;
+                    self.assumed
+                        .insert(server.uid().unwrap_or_default(), (nodes[i].name.clone(), request));
+                    let of = nodes.iter().filter(|n| n.not_ready.is_none()).count();
+                    writes.push(Write::Place {
+                        server,
+                        node: nodes[i].name.clone(),
+                        of,
+                    });
+                }
+                Err(reason) => {
+                    unschedulable += 1;
+                    if scheduled_condition(&server).is_none_or(|c| c.status != "False" || c.message != reason)
+                    {
+                        writes.push(Write::Unschedulable { server, reason });
+                    }
+                }
+            }
+        }
+        self.metrics.unschedulable.set(unschedulable);
+
+        let failed: Vec<String> = futures::stream::iter(writes)
+            .map(|write| self.write(write, leader))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        for uid in failed {
+            self.assumed.remove(&uid);
+        }
+        self.metrics
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Makes one write; the uid of a server whose placement failed (it is retried next pass).
+    async fn write(&self, write: Write, leader: &tokio::sync::watch::Receiver<bool>) -> Option<String> {
+        if !*leader.borrow() {
+            return None;
+        }
+        match write {
+            Write::Place { server, node, of } => {
+                let uid = server.uid().unwrap_or_default();
+                match self.place(&server, &node, of).await {
+                    Ok(()) => {
+                        self.metrics.placements.inc();
+                        None
+                    }
+                    Err(error) => {
+                        warn!(%error, server = %server.name_any(), %node, "placement not written; retrying");
+                        Some(uid)
+                    }
+                }
+            }
+            Write::Unschedulable { server, reason } => {
+                if let Err(error) = self.unschedulable(&server, &reason).await {
+                    warn!(%error, server = %server.name_any(), "could not write why the server waits");
+                }
+                None
+            }
+            Write::NodeLost { node, reason } => {
+                if let Err(error) = self.node_lost(&node, &reason).await {
+                    warn!(%error, node = %node.name_any(), "could not mark the node lost");
+                }
+                None
+            }
+            Write::ServerLost { server, node, reason } => {
+                let message = format!(
+                    "node {node} is lost ({reason}); the server's state is unknown. It reports again by \
+                     itself when the node comes back; it is not moved to another node"
+                );
+                let status = serde_json::json!({
+                    "phase": Phase::NodeLost,
+                    "message": message,
+                    "conditions": with_condition(&server, condition(&server, CONDITION_READY, false, "NodeLost", &message)),
+                });
+                if let Err(error) = self.patch_status(&server, status).await {
+                    warn!(%error, server = %server.name_any(), "could not mark the server NodeLost");
+                }
+                None
+            }
+        }
+    }
+
+    /// Status first (Scheduled), then the label: the agent sees the server only once it is
+    /// labelled, so its status writes always come after ours. Both writes carry the
+    /// resourceVersion they were based on: a server changed meanwhile is not placed twice.
+    async fn place(&self, server: &ComputeServer, node: &str, of: usize) -> Result<()> {
+        let message = format!("placed on node {node}, the least allocated of {of} Ready nodes that fit");
+        let status = serde_json::json!({
+            "phase": Phase::Scheduled,
+            "node": node,
+            "message": message,
+            "conditions": with_condition(server, condition(server, CONDITION_SCHEDULED, true, "Scheduled", &message)),
+        });
+        let updated = self.patch_status(server, status).await?;
+        let api = self.api(server);
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": updated.resource_version(),
+                "labels": { NODE_LABEL: node },
+            }
+        });
+        api.patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        info!(server = %server.name_any(), namespace = server.namespace(), %node, "placed");
+        self.event(server, EventType::Normal, "Scheduled", message).await;
+        Ok(())
+    }
+
+    async fn unschedulable(&self, server: &ComputeServer, reason: &str) -> Result<()> {
+        let status = serde_json::json!({
+            "phase": Phase::Pending,
+            "message": reason,
+            "conditions": with_condition(server, condition(server, CONDITION_SCHEDULED, false, "Unschedulable", reason)),
+        });
+        self.patch_status(server, status).await?;
+        info!(server = %server.name_any(), namespace = server.namespace(), %reason, "cannot place");
+        self.event(server, EventType::Warning, "FailedScheduling", reason.to_string())
+            .await;
+        Ok(())
+    }
+
+    async fn node_lost(&self, node: &ComputeNode, reason: &str) -> Result<()> {
+        let message = format!("node lost: {reason}");
+        let patch = serde_json::json!({ "status": { "conditions": [Condition {
+            type_: CONDITION_READY.into(),
+            status: "False".into(),
+            reason: "NodeLost".into(),
+            message: message.clone(),
+            observed_generation: None,
+            last_transition_time: Time(Timestamp::now()),
+        }]}});
+        Api::<ComputeNode>::all(self.client.clone())
+            .patch_status(&node.name_any(), &self.params(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        warn!(node = %node.name_any(), %reason, "node lost");
+        Ok(())
+    }
+
+    async fn patch_status(&self, server: &ComputeServer, status: serde_json::Value) -> Result<ComputeServer> {
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": server.resource_version() },
+            "status": status,
+        });
+        self.api(server)
+            .patch_status(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)
+    }
+
+    fn api(&self, server: &ComputeServer) -> Api<ComputeServer> {
+        Api::namespaced(self.client.clone(), &server.namespace().unwrap_or_default())
+    }
+
+    fn params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        }
+    }
+
+    async fn event(&self, server: &ComputeServer, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Scheduling".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &server.object_ref(&())).await {
+            warn!(%error, server = %server.name_any(), "could not publish an event");
+        }
+    }
+}
+
+fn scheduled_condition(server: &ComputeServer) -> Option<&Condition> {
+    server
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_SCHEDULED))
+}
+
+/// A condition, keeping its transition time while its status stays the same.
+fn condition(server: &ComputeServer, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let since = server
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+        })
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: server.metadata.generation,
+        last_transition_time: since,
+    }
+}
+
+/// The server's conditions with `condition` in place of the one of its type.
+fn with_condition(server: &ComputeServer, condition: Condition) -> Vec<Condition> {
+    let mut conditions: Vec<Condition> = server
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != condition.type_)
+        .collect();
+    conditions.push(condition);
+    conditions
+}

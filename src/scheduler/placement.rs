@@ -1,0 +1,305 @@
+//! Pure placement: which node, if any, can run a server, and why the others cannot.
+//! No client here; the scheduler feeds it what its watch caches hold.
+
+use std::collections::BTreeMap;
+
+use crate::agent::plan::Request;
+
+/// One node as the scheduler sees it during a pass.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Why the node cannot take servers now (its agent stopped reporting, Docker does not
+    /// answer, it has no capacity yet); `None` when it is Ready.
+    pub not_ready: Option<String>,
+    /// Cordoned by an admin (`spec.unschedulable`).
+    pub unschedulable: bool,
+    pub capacity: Request,
+    /// What the servers placed here ask for, including placements of this pass.
+    pub allocated: Request,
+    pub servers: usize,
+}
+
+impl Node {
+    fn free(&self) -> Request {
+        Request {
+            nano_cpus: self.capacity.nano_cpus - self.allocated.nano_cpus,
+            memory_bytes: self.capacity.memory_bytes - self.allocated.memory_bytes,
+            gpus: self.capacity.gpus - self.allocated.gpus,
+        }
+    }
+
+    /// Share of the node in use once `request` is added: the mean of CPU and memory, as
+    /// Kubernetes' LeastAllocated scores them.
+    fn load_with(&self, request: &Request) -> f64 {
+        let share = |used: i64, asked: i64, capacity: i64| (used + asked) as f64 / capacity.max(1) as f64;
+        (share(
+            self.allocated.nano_cpus,
+            request.nano_cpus,
+            self.capacity.nano_cpus,
+        ) + share(
+            self.allocated.memory_bytes,
+            request.memory_bytes,
+            self.capacity.memory_bytes,
+        )) / 2.0
+    }
+}
+
+/// Why one node cannot run a server; nodes are counted per reason in the message.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Misfit {
+    NotReady,
+    Cordoned,
+    Selector(String),
+    Cpu,
+    Memory,
+    Gpus,
+}
+
+fn misfit(node: &Node, request: &Request, selector: &BTreeMap<String, String>) -> Option<Misfit> {
+    if node.not_ready.is_some() {
+        return Some(Misfit::NotReady);
+    }
+    if node.unschedulable {
+        return Some(Misfit::Cordoned);
+    }
+    if let Some((key, value)) = selector.iter().find(|(k, v)| node.labels.get(*k) != Some(*v)) {
+        return Some(Misfit::Selector(format!("{key}={value}")));
+    }
+    let free = node.free();
+    if request.nano_cpus > free.nano_cpus {
+        Some(Misfit::Cpu)
+    } else if request.memory_bytes > free.memory_bytes {
+        Some(Misfit::Memory)
+    } else if request.gpus > free.gpus {
+        Some(Misfit::Gpus)
+    } else {
+        None
+    }
+}
+
+/// The node to place a server on: the least allocated of those that fit, ties broken by
+/// fewer servers, then by name. When none fits, the reason a person reads in the status:
+/// "0/3 nodes can run this: 2 lack 4 free CPUs, 1 does not match nodeSelector gpu=true".
+pub fn choose(
+    nodes: &[Node],
+    request: &Request,
+    selector: &BTreeMap<String, String>,
+) -> Result<usize, String> {
+    let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
+    let mut best: Option<(usize, f64)> = None;
+    for (index, node) in nodes.iter().enumerate() {
+        match misfit(node, request, selector) {
+            Some(why) => *misfits.entry(why).or_default() += 1,
+            None => {
+                let load = node.load_with(request);
+                let better = match best {
+                    None => true,
+                    Some((b, best_load)) => {
+                        let other = &nodes[b];
+                        (load, node.servers, &node.name) < (best_load, other.servers, &other.name)
+                    }
+                };
+                if better {
+                    best = Some((index, load));
+                }
+            }
+        }
+    }
+    if let Some((index, _)) = best {
+        return Ok(index);
+    }
+    if nodes.is_empty() {
+        return Err("no nodes are registered yet: start an agent on a Docker host \
+                    (compute-server agent --node NAME); the server is placed as soon as one is Ready"
+            .into());
+    }
+    let reasons: Vec<String> = misfits
+        .into_iter()
+        .map(|(why, n)| {
+            let (one, many) = match &why {
+                Misfit::NotReady => ("is not Ready".to_string(), "are not Ready".to_string()),
+                Misfit::Cordoned => ("is cordoned".into(), "are cordoned".into()),
+                Misfit::Selector(pair) => (
+                    format!("does not match nodeSelector {pair}"),
+                    format!("do not match nodeSelector {pair}"),
+                ),
+                Misfit::Cpu => {
+                    let cpus = cpus(request.nano_cpus);
+                    (
+                        format!("lacks {cpus} free CPUs"),
+                        format!("lack {cpus} free CPUs"),
+                    )
+                }
+                Misfit::Memory => {
+                    let memory = memory(request.memory_bytes);
+                    (
+                        format!("lacks {memory} free memory"),
+                        format!("lack {memory} free memory"),
+                    )
+                }
+                Misfit::Gpus => {
+                    let gpus = request.gpus;
+                    (
+                        format!("lacks {gpus} free GPUs"),
+                        format!("lack {gpus} free GPUs"),
+                    )
+                }
+            };
+            format!("{n} {}", if n == 1 { one } else { many })
+        })
+        .collect();
+    Err(format!(
+        "0/{} nodes can run this: {}",
+        nodes.len(),
+        reasons.join(", ")
+    ))
+}
+
+/// CPUs for people: "4", "0.5".
+fn cpus(nano: i64) -> String {
+    let cores = nano as f64 / 1e9;
+    format!("{}", (cores * 1000.0).round() / 1000.0)
+}
+
+/// Memory for people: "4Gi", "512Mi", else bytes.
+fn memory(bytes: i64) -> String {
+    const GI: i64 = 1 << 30;
+    const MI: i64 = 1 << 20;
+    if bytes % GI == 0 {
+        format!("{}Gi", bytes / GI)
+    } else if bytes % MI == 0 {
+        format!("{}Mi", bytes / MI)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GI: i64 = 1 << 30;
+
+    fn request(cpus: i64, memory_gi: i64, gpus: i64) -> Request {
+        Request {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes: memory_gi * GI,
+            gpus,
+        }
+    }
+
+    fn node(name: &str, capacity: Request) -> Node {
+        Node {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            not_ready: None,
+            unschedulable: false,
+            capacity,
+            allocated: Request::default(),
+            servers: 0,
+        }
+    }
+
+    #[test]
+    fn picks_the_least_allocated_and_breaks_ties_by_name() {
+        let mut nodes = vec![
+            node("b", request(4, 8, 0)),
+            node("a", request(4, 8, 0)),
+            node("c", request(4, 8, 0)),
+        ];
+        nodes[1].allocated = request(1, 1, 0);
+        nodes[1].servers = 1;
+        // b and c are empty: b wins by name.
+        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok(0));
+        nodes[0].allocated = request(1, 1, 0);
+        nodes[0].servers = 1;
+        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok(2));
+    }
+
+    #[test]
+    fn spreads_equal_servers_evenly() {
+        let mut nodes = vec![
+            node("a", request(8, 16, 0)),
+            node("b", request(8, 16, 0)),
+            node("c", request(8, 16, 0)),
+        ];
+        let one = Request {
+            nano_cpus: 250_000_000,
+            memory_bytes: 64 << 20,
+            gpus: 0,
+        };
+        for _ in 0..30 {
+            let i = choose(&nodes, &one, &BTreeMap::new()).unwrap();
+            nodes[i].allocated += one;
+            nodes[i].servers += 1;
+        }
+        assert_eq!(
+            nodes.iter().map(|n| n.servers).collect::<Vec<_>>(),
+            vec![10, 10, 10]
+        );
+    }
+
+    #[test]
+    fn says_why_no_node_fits() {
+        let mut gpu = node("gpu", request(2, 8, 1));
+        gpu.labels.insert("gpu".into(), "true".into());
+        let mut cordoned = node("cordoned", request(64, 64, 0));
+        cordoned.unschedulable = true;
+        let mut lost = node("lost", request(64, 64, 0));
+        lost.not_ready = Some("agent stopped reporting".into());
+        let nodes = vec![
+            node("a", request(2, 8, 0)),
+            node("b", request(2, 8, 0)),
+            gpu,
+            cordoned,
+            lost,
+        ];
+        assert_eq!(
+            choose(&nodes, &request(4, 1, 0), &BTreeMap::new()),
+            Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, 3 lack 4 free CPUs".into())
+        );
+        let selector = BTreeMap::from([("gpu".to_string(), "true".to_string())]);
+        assert_eq!(
+            choose(&nodes, &request(4, 1, 0), &selector),
+            Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, \
+                 2 do not match nodeSelector gpu=true, 1 lacks 4 free CPUs"
+                .into())
+        );
+        assert_eq!(choose(&nodes, &request(1, 1, 1), &selector), Ok(2));
+        assert_eq!(
+            choose(&nodes, &request(1, 16, 0), &BTreeMap::new()),
+            Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, 3 lack 16Gi free memory".into())
+        );
+        assert_eq!(
+            choose(&nodes[..2], &request(1, 1, 2), &BTreeMap::new()),
+            Err("0/2 nodes can run this: 2 lack 2 free GPUs".into())
+        );
+    }
+
+    #[test]
+    fn counts_what_is_already_placed() {
+        let mut nodes = vec![node("a", request(2, 4, 0))];
+        nodes[0].allocated = request(1, 3, 0);
+        assert_eq!(choose(&nodes, &request(1, 1, 0), &BTreeMap::new()), Ok(0));
+        assert_eq!(
+            choose(&nodes, &request(2, 1, 0), &BTreeMap::new()),
+            Err("0/1 nodes can run this: 1 lacks 2 free CPUs".into())
+        );
+    }
+
+    #[test]
+    fn no_nodes_says_what_to_do() {
+        let reason = choose(&[], &request(1, 1, 0), &BTreeMap::new()).unwrap_err();
+        assert!(reason.contains("start an agent"), "{reason}");
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(cpus(500_000_000), "0.5");
+        assert_eq!(cpus(4_000_000_000), "4");
+        assert_eq!(memory(512 << 20), "512Mi");
+        assert_eq!(memory(3 * GI), "3Gi");
+    }
+}

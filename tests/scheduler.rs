@@ -1,0 +1,381 @@
+//! The scheduler with real agents on three real Docker engines: where servers land, what a
+//! server that fits nowhere says, node loss and return, and leader election.
+//!
+//! Each test has a namespace of its own for its servers and Leases, and runs its scheduler
+//! for that namespace: nodes of other tests heartbeat elsewhere, so they are never Ready here.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use support::{
+    Agent, Scheduler, Stack, TestNamespace, events, eventually, install_crds, kubectl, kubectl_ok,
+    server_json, unique, wait_phase,
+};
+
+/// Agent flags for a test's nodes: Leases in the test's namespace, lasting 6 s.
+fn node_flags(ns: &str) -> Vec<&str> {
+    vec!["--lease-namespace", ns, "--lease-seconds", "6"]
+}
+
+/// Applies unscheduled busybox servers `names` with the given spec lines, in one call.
+fn apply_servers(ns: &str, names: &[String], spec: &str) {
+    let items: String = names
+        .iter()
+        .map(|name| {
+            format!(
+                "---\napiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: {name}\n  \
+                 namespace: {ns}\nspec:\n  owner: alice\n  image: computeserver/busybox:local\n  \
+                 command: [sleep, infinity]\n{}",
+                spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+            )
+        })
+        .collect();
+    kubectl_ok(&["apply", "-f", "-"], Some(&items));
+}
+
+fn servers(ns: &str) -> Vec<Value> {
+    let list: Value =
+        serde_json::from_str(&kubectl_ok(&["get", "csrv", "-n", ns, "-o", "json"], None)).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+fn node_of(server: &Value) -> Option<String> {
+    server["metadata"]["labels"]["computeserver.io/node"]
+        .as_str()
+        .map(String::from)
+}
+
+fn condition<'a>(server: &'a Value, type_: &str) -> &'a Value {
+    server["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+fn computenode(name: &str) -> Value {
+    serde_json::from_str(&kubectl_ok(&["get", "computenode", name, "-o", "json"], None)).unwrap()
+}
+
+/// Waits until the node's agent has reported it Ready.
+fn wait_ready(node: &str) {
+    eventually(&format!("node {node} Ready"), 60, || {
+        let out = kubectl(&["get", "computenode", node, "-o", "json"], None);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ready = node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        ready.then_some(())
+    });
+}
+
+/// One Ready node per local Docker engine 1..=`engines`, heartbeating in `ns`.
+fn ready_nodes(ns: &str, prefix: &str, engines: usize) -> Vec<Agent> {
+    let agents: Vec<Agent> = (1..=engines)
+        .map(|daemon| Agent::start_with(&unique(prefix), daemon, &node_flags(ns)))
+        .collect();
+    for agent in &agents {
+        wait_ready(&agent.node);
+    }
+    agents
+}
+
+/// Waits until the server has a reason for waiting that contains `text`; returns the server.
+fn wait_pending_with(ns: &str, name: &str, text: &str) -> Value {
+    eventually(&format!("{name} to wait with {text:?}"), 60, || {
+        server_json(ns, name).filter(|s| {
+            s["status"]["phase"] == "Pending"
+                && s["status"]["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+    })
+}
+
+/// Containers of ours on local node engine `daemon`, by the docker CLI.
+fn containers_on(daemon: usize) -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=app.kubernetes.io/managed-by=compute-server",
+        ])
+        .env("DOCKER_HOST", Stack::get().node_docker_host(daemon))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn thirty_servers_spread_evenly_over_three_nodes() {
+    install_crds();
+    let ns = TestNamespace::new("sched-spread");
+    // One agent per Docker engine: three real daemons, three nodes.
+    let agents = ready_nodes(&ns.name, "spread", 3);
+    let before: Vec<usize> = (1..=3).map(containers_on).collect();
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+
+    let names: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+    apply_servers(&ns.name, &names, "resources: {cpu: 100m, memory: 32Mi}");
+
+    let placed = eventually("30 servers Running", 240, || {
+        let all = servers(&ns.name);
+        (all.len() == 30 && all.iter().all(|s| s["status"]["phase"] == "Running")).then_some(all)
+    });
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for server in &placed {
+        let node = node_of(server).expect("every server has a node");
+        assert_eq!(server["status"]["node"], node.as_str());
+        let scheduled = condition(server, "Scheduled");
+        assert_eq!(scheduled["status"], "True", "{server}");
+        assert!(
+            scheduled["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("placed on node {node}")),
+            "{scheduled}"
+        );
+        *per_node.entry(node).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = agents.iter().map(|a| (a.node.clone(), 10)).collect();
+    assert_eq!(per_node, expected, "servers per node");
+
+    // Docker agrees: ten more containers on each engine.
+    for (i, daemon) in (1..=3).enumerate() {
+        eventually("ten containers per engine", 30, || {
+            (containers_on(daemon) == before[i] + 10).then_some(())
+        });
+    }
+    // And so do the nodes' own reports, as `kubectl get computenodes` shows them.
+    for agent in &agents {
+        eventually("the node reports its 10 servers", 30, || {
+            let node = computenode(&agent.node);
+            (node["status"]["servers"] == 10 && node["status"]["allocated"]["cpu"] == "1000m").then_some(())
+        });
+    }
+    let table = kubectl_ok(&["get", "computenodes", &agents[0].node], None);
+    assert!(
+        table.starts_with("NAME") && table.contains("CPU USED") && table.contains("SERVERS"),
+        "{table}"
+    );
+    // Placement is announced where `kubectl describe` shows it.
+    assert!(
+        events(&ns.name, "s00").contains("Scheduled"),
+        "{}",
+        events(&ns.name, "s00")
+    );
+}
+
+#[test]
+fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
+    install_crds();
+    let ns = TestNamespace::new("sched-room");
+    let flags = node_flags(&ns.name);
+    let first = Agent::start_with(&unique("room"), 1, &flags);
+    wait_ready(&first.node);
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+
+    // The node's engine has 2 CPUs: 1.5 fit, then 1 more does not.
+    apply_servers(&ns.name, &["big".into()], "resources: {cpu: 1500m, memory: 32Mi}");
+    let big = wait_phase(&ns.name, "big", "Running");
+    assert_eq!(node_of(&big).as_deref(), Some(first.node.as_str()));
+
+    apply_servers(
+        &ns.name,
+        &["more".into()],
+        "resources: {cpu: \"1\", memory: 32Mi}",
+    );
+    let waiting = wait_pending_with(&ns.name, "more", "1 lacks 1 free CPUs");
+    let message = waiting["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("0/"), "{message}");
+    let scheduled = condition(&waiting, "Scheduled");
+    assert_eq!(scheduled["status"], "False");
+    assert_eq!(scheduled["reason"], "Unschedulable");
+    assert_eq!(scheduled["message"], message);
+    assert_eq!(node_of(&waiting), None);
+    assert!(events(&ns.name, "more").contains("FailedScheduling"));
+
+    // A node with room joins: the server is placed there without anyone touching it.
+    let second = Agent::start_with(&unique("room"), 2, &flags);
+    let placed = wait_phase(&ns.name, "more", "Running");
+    assert_eq!(node_of(&placed).as_deref(), Some(second.node.as_str()));
+    assert_eq!(condition(&placed, "Scheduled")["status"], "True");
+}
+
+#[test]
+fn node_selector_and_cordon_are_honoured() {
+    install_crds();
+    let ns = TestNamespace::new("sched-select");
+    let mut flags = node_flags(&ns.name);
+    let plain = Agent::start_with(&unique("plain"), 1, &flags);
+    flags.extend(["--label", "disk=ssd"]);
+    let ssd = Agent::start_with(&unique("ssd"), 1, &flags);
+    wait_ready(&plain.node);
+    wait_ready(&ssd.node);
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+
+    // Least allocated would spread these; the selector keeps them on the ssd node.
+    let fast: Vec<String> = (0..3).map(|i| format!("fast{i}")).collect();
+    apply_servers(
+        &ns.name,
+        &fast,
+        "resources: {cpu: 100m, memory: 32Mi}\nnodeSelector: {disk: ssd}",
+    );
+    for name in &fast {
+        let server = wait_phase(&ns.name, name, "Running");
+        assert_eq!(node_of(&server).as_deref(), Some(ssd.node.as_str()), "{name}");
+    }
+
+    // Cordoned: nothing new lands there, the servers there keep running.
+    kubectl_ok(
+        &[
+            "patch",
+            "computenode",
+            &ssd.node,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+        ],
+        None,
+    );
+    apply_servers(
+        &ns.name,
+        &["fast-late".into()],
+        "resources: {cpu: 100m, memory: 32Mi}\nnodeSelector: {disk: ssd}",
+    );
+    apply_servers(&ns.name, &["any".into()], "resources: {cpu: 100m, memory: 32Mi}");
+    let waiting = wait_pending_with(&ns.name, "fast-late", "1 is cordoned");
+    assert!(
+        waiting["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match nodeSelector disk=ssd"),
+        "{}",
+        waiting["status"]["message"]
+    );
+    let any = wait_phase(&ns.name, "any", "Running");
+    assert_eq!(node_of(&any).as_deref(), Some(plain.node.as_str()));
+    for name in &fast {
+        assert_eq!(server_json(&ns.name, name).unwrap()["status"]["phase"], "Running");
+    }
+
+    // Uncordoned: the waiting server goes there.
+    kubectl_ok(
+        &[
+            "patch",
+            "computenode",
+            &ssd.node,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"unschedulable":false}}"#,
+        ],
+        None,
+    );
+    let placed = wait_phase(&ns.name, "fast-late", "Running");
+    assert_eq!(node_of(&placed).as_deref(), Some(ssd.node.as_str()));
+}
+
+#[test]
+fn a_killed_agent_makes_its_servers_node_lost_until_it_comes_back() {
+    install_crds();
+    let ns = TestNamespace::new("sched-lost");
+    let flags = node_flags(&ns.name);
+    let node = unique("lost");
+    let mut agent = Agent::start_with(&node, 1, &flags);
+    wait_ready(&node);
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+    apply_servers(&ns.name, &["work".into()], "resources: {cpu: 100m, memory: 32Mi}");
+    let running = wait_phase(&ns.name, "work", "Running");
+    let container = running["status"]["containerID"].clone();
+
+    agent.kill();
+    // The Lease lasts 6 s; then the node is not Ready and its server is NodeLost.
+    let lost = wait_phase(&ns.name, "work", "NodeLost");
+    let message = lost["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("node {node} is lost")), "{message}");
+    assert!(message.contains("not moved to another node"), "{message}");
+    assert_eq!(condition(&lost, "Ready")["status"], "False");
+    assert_eq!(condition(&lost, "Ready")["reason"], "NodeLost");
+    let cnode = computenode(&node);
+    let ready = cnode["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert_eq!(ready["reason"], "NodeLost");
+    // Not moved: still labelled with its node.
+    assert_eq!(node_of(&lost).as_deref(), Some(node.as_str()));
+
+    // The agent comes back: the same container runs on, and the server says so.
+    let _agent = Agent::start_with(&node, 1, &flags);
+    let back = wait_phase(&ns.name, "work", "Running");
+    assert_eq!(back["status"]["containerID"], container);
+    assert_eq!(condition(&back, "Ready")["status"], "True");
+    wait_ready(&node);
+}
+
+/// The placements counter of a scheduler's /metrics.
+fn placements(scheduler: &Scheduler) -> u64 {
+    scheduler.metric("compute_server_scheduler_placements_total")
+}
+
+fn leader(ns: &str) -> Option<String> {
+    let out = kubectl(
+        &[
+            "get",
+            "lease",
+            "-n",
+            ns,
+            "compute-server-scheduler",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !holder.is_empty()).then_some(holder)
+}
+
+#[test]
+fn two_schedulers_never_place_a_server_twice_and_the_standby_takes_over() {
+    install_crds();
+    let ns = TestNamespace::new("sched-ha");
+    let _nodes = ready_nodes(&ns.name, "ha", 2);
+    let mut schedulers = vec![
+        Scheduler::start(&unique("one"), &ns.name, &ns.name),
+        Scheduler::start(&unique("two"), &ns.name, &ns.name),
+    ];
+    let holder = eventually("a leader", 30, || leader(&ns.name));
+    assert!(schedulers.iter().any(|s| s.identity == holder), "{holder}");
+
+    let names: Vec<String> = (0..12).map(|i| format!("ha{i:02}")).collect();
+    apply_servers(&ns.name, &names, "resources: {cpu: 100m, memory: 32Mi}");
+    eventually("12 servers placed", 120, || {
+        servers(&ns.name)
+            .iter()
+            .all(|s| node_of(s).is_some())
+            .then_some(())
+    });
+    // One placement each: the counters of both add up to 12, all of them the leader's.
+    assert_eq!(schedulers.iter().map(placements).sum::<u64>(), 12);
+    let standby = schedulers.iter().position(|s| s.identity != holder).unwrap();
+    assert_eq!(placements(&schedulers[standby]), 0, "the standby placed nothing");
+
+    // The leader dies without handing over; the standby takes over once the 4 s lease runs out.
+    let leader_index = 1 - standby;
+    schedulers[leader_index].kill();
+    let late: Vec<String> = (0..4).map(|i| format!("late{i}")).collect();
+    apply_servers(&ns.name, &late, "resources: {cpu: 100m, memory: 32Mi}");
+    for name in &late {
+        wait_phase(&ns.name, name, "Running");
+    }
+    assert_eq!(
+        leader(&ns.name).as_deref(),
+        Some(schedulers[standby].identity.as_str())
+    );
+    assert_eq!(placements(&schedulers[standby]), 4);
+    schedulers.clear();
+}
