@@ -658,7 +658,10 @@ async fn admin(
                     button.button.secondary type="submit" { "Filter" }
                 }
             }
-            p.muted { (list.len()) " servers" @if !owner.is_empty() { " of " (owner) } }
+            p.muted {
+                (list.len()) @if list.len() == 1 { " server" } @else { " servers" }
+                @if !owner.is_empty() { " of " (owner) }
+            }
             (servers_table(&state, &list, true))
         },
     )

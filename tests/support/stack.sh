@@ -18,6 +18,10 @@ install() {
     step "Installing openssl, curl and openssh-client from the Debian archive"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl curl openssh-client
   }
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null || {
+    step "Installing chromium and chromium-driver from the Debian archive (browser tests)"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+  }
   bash "$SUPPORT_DIR/kube.sh" install
   bash "$SUPPORT_DIR/keycloak.sh" install
   info "everything installed ($((SECONDS - t0)) s)"
@@ -109,6 +113,8 @@ local_stack() {
     fi
   done
   start_role scheduler scheduler --metrics-address 127.0.0.1:0
+  COMPUTE_SERVER_SESSION_KEY="$(head -c 64 /dev/urandom | base64 -w0)" start_role web web \
+    --listen 127.0.0.1:8080 --public-url http://127.0.0.1:8080 --issuer-url "$KEYCLOAK_ISSUER"
   cat <<BANNER
 
   compute-server local stack is up.
@@ -124,7 +130,10 @@ local_stack() {
                   (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
   Scheduler       places unpinned servers on the least allocated Ready node that fits
 
-  Not yet running: the web front (http://127.0.0.1:8080) and the bastion; each arrives with its issue.
+  Web front       http://127.0.0.1:8080   sign in as alice/alice, request a server, watch it start
+                  JSON API: http://127.0.0.1:8080/api/v1/servers with a Keycloak access token
+
+  Not yet running: the bastion; it arrives with its issue.
   Ctrl-C stops everything.
 
 BANNER
