@@ -141,8 +141,6 @@ fn session_key(text: Option<&str>) -> Result<cookie::Key> {
 
 /// Runs the web front until the process is told to stop.
 pub async fn run(args: Args) -> Result<()> {
-    // reqwest (for Keycloak) uses rustls with the same provider as the kube client.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let public = reqwest::Url::parse(&args.public_url)
         .map_err(|e| config(format!("--public-url {}: {e}", args.public_url)))?;
     let public_url: Arc<str> = args.public_url.trim_end_matches('/').into();

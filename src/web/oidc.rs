@@ -88,10 +88,17 @@ pub enum FlowError {
     Access(#[from] TokenError),
 }
 
-/// The realm as discovered, and what validating its tokens needs.
+/// The realm as discovered: the OpenID Connect client and the access token verifier.
 pub struct Provider {
     client: Client,
     end_session: Option<EndSessionUrl>,
+    client_id: String,
+    http: reqwest::Client,
+    verifier: Verifier,
+}
+
+/// Validates access tokens locally against the realm's signing keys (JWKS).
+pub struct Verifier {
     issuer: String,
     client_id: String,
     admin_role: String,
@@ -134,6 +141,8 @@ struct RealmAccess {
 /// An HTTP client for openidconnect that never follows redirects (a redirect from the token
 /// endpoint could otherwise send the code or a secret elsewhere).
 pub fn http_client() -> reqwest::Client {
+    // reqwest is built without a TLS provider of its own: use ring, as the kube client does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -180,28 +189,124 @@ impl Provider {
         .set_redirect_uri(
             RedirectUrl::new(redirect_url.to_string()).map_err(|e| format!("redirect URL: {e}"))?,
         );
-        let provider = Provider {
-            client,
-            end_session,
+        let verifier = Verifier {
             issuer: issuer.to_string(),
             client_id: client_id.to_string(),
             admin_role: admin_role.to_string(),
             jwks_uri,
-            http,
+            http: http.clone(),
             keys: RwLock::default(),
             last_fetch: Mutex::default(),
         };
-        provider.fetch_keys().await?;
-        Ok(provider)
+        verifier.fetch_keys().await?;
+        Ok(Provider {
+            client,
+            end_session,
+            client_id: client_id.to_string(),
+            http,
+            verifier,
+        })
     }
 
-    /// The issuer's origin (scheme, host and port), for the Content-Security-Policy.
-    pub fn issuer_origin(&self) -> String {
-        reqwest::Url::parse(&self.issuer)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_default()
+    /// Validates an access token (see [`Verifier::validate`]).
+    pub async fn validate(&self, token: &str) -> Result<User, TokenError> {
+        self.verifier.validate(token).await
+    }
+    /// Where to send the browser to sign in, with a fresh state, nonce and PKCE verifier.
+    pub fn authorize_url(&self) -> (String, CsrfToken, Nonce, PkceCodeVerifier) {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state, nonce) = self
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .add_scope(Scope::new("openid".into()))
+            .set_pkce_challenge(challenge)
+            .url();
+        (url.to_string(), state, nonce, verifier)
     }
 
+    /// Trades the authorization code for tokens; checks the ID token (signature, audience,
+    /// nonce, access token hash) and the access token.
+    pub async fn exchange_code(
+        &self,
+        code: String,
+        verifier: String,
+        nonce: &Nonce,
+    ) -> Result<Tokens, FlowError> {
+        let response = self
+            .client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| FlowError::Token(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier))
+            .request_async(&|r| send(self.http.clone(), r))
+            .await
+            .map_err(|e| FlowError::Token(describe(&e)))?;
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| FlowError::IdToken("none in the answer".into()))?;
+        let verifier = self.client.id_token_verifier();
+        let claims = id_token
+            .claims(&verifier, nonce)
+            .map_err(|e| FlowError::IdToken(e.to_string()))?;
+        if let Some(expected) = claims.access_token_hash() {
+            let id_error = |e: &dyn std::error::Error| FlowError::IdToken(e.to_string());
+            let alg = id_token.signing_alg().map_err(|e| id_error(&e))?;
+            let key = id_token.signing_key(&verifier).map_err(|e| id_error(&e))?;
+            let actual =
+                AccessTokenHash::from_token(response.access_token(), alg, key).map_err(|e| id_error(&e))?;
+            if actual != *expected {
+                return Err(FlowError::IdToken("access token hash does not match".into()));
+            }
+        }
+        let access = response.access_token().secret().clone();
+        let user = self.validate(&access).await?;
+        Ok(Tokens {
+            access,
+            refresh: response.refresh_token().map(|t| t.secret().clone()),
+            id: Some(id_token.to_string()),
+            user,
+        })
+    }
+
+    /// A new access token for a refresh token; fails when the Keycloak session has ended.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, FlowError> {
+        let refresh = RefreshToken::new(refresh_token.to_string());
+        let response = self
+            .client
+            .exchange_refresh_token(&refresh)
+            .map_err(|e| FlowError::Token(e.to_string()))?
+            .request_async(&|r| send(self.http.clone(), r))
+            .await
+            .map_err(|e| FlowError::Token(describe(&e)))?;
+        let access = response.access_token().secret().clone();
+        let user = self.validate(&access).await?;
+        Ok(Tokens {
+            access,
+            refresh: response.refresh_token().map(|t| t.secret().clone()),
+            id: response.id_token().map(|t| t.to_string()),
+            user,
+        })
+    }
+
+    /// RP-initiated logout: Keycloak's end-session URL with the ID token as hint.
+    pub fn logout_url(&self, id_token: Option<&str>, after: &str) -> Option<String> {
+        let endpoint = self.end_session.clone()?;
+        let mut request = LogoutRequest::from(endpoint);
+        if let Ok(after) = PostLogoutRedirectUrl::new(after.to_string()) {
+            request = request.set_post_logout_redirect_uri(after);
+        }
+        match id_token.and_then(|t| t.parse::<openidconnect::core::CoreIdToken>().ok()) {
+            Some(hint) => request = request.set_id_token_hint(&hint),
+            None => request = request.set_client_id(ClientId::new(self.client_id.clone())),
+        }
+        Some(request.http_get_url().to_string())
+    }
+}
+
+impl Verifier {
     async fn fetch_keys(&self) -> Result<(), String> {
         let set: JwkSet = self
             .http
@@ -321,99 +426,6 @@ impl Provider {
             expires: claims.exp,
         })
     }
-
-    /// Where to send the browser to sign in, with a fresh state, nonce and PKCE verifier.
-    pub fn authorize_url(&self) -> (String, CsrfToken, Nonce, PkceCodeVerifier) {
-        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let (url, state, nonce) = self
-            .client
-            .authorize_url(
-                CoreAuthenticationFlow::AuthorizationCode,
-                CsrfToken::new_random,
-                Nonce::new_random,
-            )
-            .add_scope(Scope::new("openid".into()))
-            .set_pkce_challenge(challenge)
-            .url();
-        (url.to_string(), state, nonce, verifier)
-    }
-
-    /// Trades the authorization code for tokens; checks the ID token (signature, audience,
-    /// nonce, access token hash) and the access token.
-    pub async fn exchange_code(
-        &self,
-        code: String,
-        verifier: String,
-        nonce: &Nonce,
-    ) -> Result<Tokens, FlowError> {
-        let response = self
-            .client
-            .exchange_code(AuthorizationCode::new(code))
-            .map_err(|e| FlowError::Token(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(verifier))
-            .request_async(&|r| send(self.http.clone(), r))
-            .await
-            .map_err(|e| FlowError::Token(describe(&e)))?;
-        let id_token = response
-            .id_token()
-            .ok_or_else(|| FlowError::IdToken("none in the answer".into()))?;
-        let verifier = self.client.id_token_verifier();
-        let claims = id_token
-            .claims(&verifier, nonce)
-            .map_err(|e| FlowError::IdToken(e.to_string()))?;
-        if let Some(expected) = claims.access_token_hash() {
-            let id_error = |e: &dyn std::error::Error| FlowError::IdToken(e.to_string());
-            let alg = id_token.signing_alg().map_err(|e| id_error(&e))?;
-            let key = id_token.signing_key(&verifier).map_err(|e| id_error(&e))?;
-            let actual =
-                AccessTokenHash::from_token(response.access_token(), alg, key).map_err(|e| id_error(&e))?;
-            if actual != *expected {
-                return Err(FlowError::IdToken("access token hash does not match".into()));
-            }
-        }
-        let access = response.access_token().secret().clone();
-        let user = self.validate(&access).await?;
-        Ok(Tokens {
-            access,
-            refresh: response.refresh_token().map(|t| t.secret().clone()),
-            id: Some(id_token.to_string()),
-            user,
-        })
-    }
-
-    /// A new access token for a refresh token; fails when the Keycloak session has ended.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, FlowError> {
-        let refresh = RefreshToken::new(refresh_token.to_string());
-        let response = self
-            .client
-            .exchange_refresh_token(&refresh)
-            .map_err(|e| FlowError::Token(e.to_string()))?
-            .request_async(&|r| send(self.http.clone(), r))
-            .await
-            .map_err(|e| FlowError::Token(describe(&e)))?;
-        let access = response.access_token().secret().clone();
-        let user = self.validate(&access).await?;
-        Ok(Tokens {
-            access,
-            refresh: response.refresh_token().map(|t| t.secret().clone()),
-            id: response.id_token().map(|t| t.to_string()),
-            user,
-        })
-    }
-
-    /// RP-initiated logout: Keycloak's end-session URL with the ID token as hint.
-    pub fn logout_url(&self, id_token: Option<&str>, after: &str) -> Option<String> {
-        let endpoint = self.end_session.clone()?;
-        let mut request = LogoutRequest::from(endpoint);
-        if let Ok(after) = PostLogoutRedirectUrl::new(after.to_string()) {
-            request = request.set_post_logout_redirect_uri(after);
-        }
-        match id_token.and_then(|t| t.parse::<openidconnect::core::CoreIdToken>().ok()) {
-            Some(hint) => request = request.set_id_token_hint(&hint),
-            None => request = request.set_client_id(ClientId::new(self.client_id.clone())),
-        }
-        Some(request.http_get_url().to_string())
-    }
 }
 
 /// The token endpoint's own error text when there is one (such as "invalid_grant: Token is not
@@ -427,4 +439,176 @@ fn describe<E: std::error::Error>(error: &E) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const ISSUER: &str = "http://keycloak.test/realms/compute";
+
+    /// A fresh RSA key pair (PEM) from openssl: private, public.
+    fn rsa_pair() -> (Vec<u8>, Vec<u8>) {
+        let run = |args: &[&str], input: Option<&[u8]>| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("openssl")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.unwrap_or_default())
+                .unwrap();
+            child.wait_with_output().unwrap().stdout
+        };
+        let private = run(
+            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            None,
+        );
+        let public = run(&["pkey", "-pubout"], Some(&private));
+        (private, public)
+    }
+
+    /// A verifier that trusts one key, "k1", and cannot fetch others.
+    fn verifier(public: &[u8]) -> Verifier {
+        let key = DecodingKey::from_rsa_pem(public).unwrap();
+        Verifier {
+            issuer: ISSUER.into(),
+            client_id: "compute-server".into(),
+            admin_role: "compute-admin".into(),
+            jwks_uri: "http://127.0.0.1:9/no-jwks".into(),
+            http: http_client(),
+            keys: RwLock::new(HashMap::from([("k1".to_string(), (key, Some(Algorithm::RS256)))])),
+            last_fetch: Mutex::new(Some(Instant::now())),
+        }
+    }
+
+    fn claims() -> Value {
+        let now = jsonwebtoken::get_current_timestamp();
+        json!({
+            "iss": ISSUER, "aud": ["compute-server", "account"], "azp": "compute-server", "typ": "Bearer",
+            "exp": now + 300, "iat": now, "nbf": now - 1,
+            "preferred_username": "alice", "groups": ["/students"],
+            "realm_access": {"roles": ["default-roles-compute"]},
+        })
+    }
+
+    fn sign(private: &[u8], kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        encode(&header, claims, &EncodingKey::from_rsa_pem(private).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_are_checked_claim_by_claim() {
+        let (private, public) = rsa_pair();
+        let v = verifier(&public);
+        let user = v.validate(&sign(&private, "k1", &claims())).await.unwrap();
+        assert_eq!(
+            (user.name.as_str(), user.groups.as_slice(), user.admin),
+            ("alice", &["students".to_string()][..], false)
+        );
+
+        let with = |change: &dyn Fn(&mut Value)| {
+            let mut c = claims();
+            change(&mut c);
+            sign(&private, "k1", &c)
+        };
+        let admin = with(&|c| c["realm_access"]["roles"] = json!(["compute-admin"]));
+        assert!(v.validate(&admin).await.unwrap().admin);
+        // aud alone or azp alone is enough.
+        let aud_only = with(&|c| c["azp"] = json!("other"));
+        assert!(v.validate(&aud_only).await.is_ok());
+        let azp_only = with(&|c| c["aud"] = json!("account"));
+        assert!(v.validate(&azp_only).await.is_ok());
+
+        let now = jsonwebtoken::get_current_timestamp();
+        for (what, token, expect) in [
+            (
+                "wrong issuer",
+                with(&|c| c["iss"] = json!("http://evil.test/realms/compute")),
+                "InvalidIssuer",
+            ),
+            (
+                "neither aud nor azp",
+                with(&|c| {
+                    c["aud"] = json!(["account"]);
+                    c["azp"] = json!("other")
+                }),
+                "not issued for compute-server",
+            ),
+            ("expired", with(&|c| c["exp"] = json!(now - 60)), "expired"),
+            (
+                "not yet valid",
+                with(&|c| c["nbf"] = json!(now + 60)),
+                "ImmatureSignature",
+            ),
+            (
+                "an ID token",
+                with(&|c| c["typ"] = json!("ID")),
+                "not an access token",
+            ),
+            (
+                "no username",
+                with(&|c| c["preferred_username"] = json!("")),
+                "no preferred_username",
+            ),
+            (
+                "no exp",
+                with(&|c| c.as_object_mut().unwrap().remove("exp").map(drop).unwrap()),
+                "not valid",
+            ),
+            (
+                "unknown key id",
+                sign(&private, "k2", &claims()),
+                "signing key is unknown",
+            ),
+        ] {
+            let error = v.validate(&token).await.expect_err(what).to_string();
+            assert!(error.contains(expect), "{what}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn forged_tokens_are_refused() {
+        let (private, public) = rsa_pair();
+        let (other, _) = rsa_pair();
+        let v = verifier(&public);
+        let b64 = |v: &Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+        };
+        let good = sign(&private, "k1", &claims());
+        let mut admin = claims();
+        admin["realm_access"]["roles"] = json!(["compute-admin"]);
+        let signature = good.rsplit('.').next().unwrap();
+        let tampered = format!(
+            "{}.{}.{signature}",
+            b64(&json!({"alg": "RS256", "kid": "k1"})),
+            b64(&admin)
+        );
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "kid": "k1"})),
+            b64(&claims())
+        );
+        let mut hs_header = Header::new(Algorithm::HS256);
+        hs_header.kid = Some("k1".into());
+        let hs = encode(&hs_header, &claims(), &EncodingKey::from_secret(&public)).unwrap();
+        for (what, token) in [
+            ("another key", sign(&other, "k1", &claims())),
+            ("tampered payload", tampered),
+            ("alg none", none),
+            ("HS256 with the public key as secret", hs),
+        ] {
+            assert!(v.validate(&token).await.is_err(), "{what} accepted");
+        }
+    }
 }
