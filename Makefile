@@ -32,3 +32,8 @@ crds:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+.PHONY: bench-bastion
+## bench-bastion: time to first byte through the bastion vs direct (BENCH_RUNS, default 30)
+bench-bastion:
+	@bash $(STACK) test --test bastion -- --ignored --nocapture bench_time_to_first_byte

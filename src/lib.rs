@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bastion;
 pub mod crd;
 pub mod health;
 pub mod scheduler;
@@ -56,6 +57,18 @@ pub enum Error {
 
     #[error("leader election: {0}")]
     Leader(String),
+
+    #[error("host key from {origin}: {reason}")]
+    HostKey { origin: String, reason: String },
+
+    #[error("user CA keys in {path}: {reason}")]
+    UserCa {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
+    #[error("the ComputeServer watch ended before it filled the cache")]
+    CacheGone,
 
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),

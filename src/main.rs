@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use compute_server::{Error, agent, crd, scheduler, telemetry, web};
+use compute_server::{Error, agent, bastion, crd, scheduler, telemetry, web};
 
 /// Self-service compute servers: one binary, several roles.
 #[derive(Parser)]
@@ -36,7 +36,7 @@ enum Role {
     /// Serve the web front and JSON API behind Keycloak.
     Web(web::Args),
     /// Serve the SSH jump host to users' own servers.
-    Bastion,
+    Bastion(bastion::Args),
     /// Run scheduler, agent and web in one process, for the quick start.
     AllInOne,
 }
@@ -51,7 +51,7 @@ async fn main() -> std::process::ExitCode {
         Role::Agent(args) => agent::run(args).await,
         Role::Scheduler(args) => scheduler::run(args).await,
         Role::Web(args) => web::run(args).await,
-        Role::Bastion => Err(Error::NotBuilt("bastion")),
+        Role::Bastion(args) => bastion::run(args).await,
         Role::AllInOne => Err(Error::NotBuilt("all-in-one")),
     };
     match result {

@@ -42,7 +42,7 @@ const LEADER_LEASE: &str = "compute-server-scheduler";
 /// A pass runs at least this often, so that Leases that run out are noticed.
 const TICK: Duration = Duration::from_secs(2);
 /// Writes in flight at once during a pass.
-const CONCURRENT_WRITES: usize = 32;
+const CONCURRENT_WRITES: usize = 64;
 
 /// Flags of `compute-server scheduler`.
 #[derive(clap::Args, Debug)]
@@ -632,11 +632,14 @@ impl Scheduler {
                 "labels": { NODE_LABEL: node },
             }
         });
-        api.patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
-            .await
-            .map_err(Error::Kube)?;
+        // The Event need not wait for the label: both go out at once.
+        let (name, params, patch) = (server.name_any(), self.params(), Patch::Merge(&patch));
+        let (labelled, ()) = tokio::join!(
+            api.patch(&name, &params, &patch),
+            self.event(server, EventType::Normal, "Scheduled", message),
+        );
+        labelled.map_err(Error::Kube)?;
         info!(server = %server.name_any(), namespace = server.namespace(), %node, "placed");
-        self.event(server, EventType::Normal, "Scheduled", message).await;
         Ok(())
     }
 

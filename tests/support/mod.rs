@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+mod bastion;
+#[allow(unused_imports)] // used by tests/bastion.rs only
+pub use bastion::Bastion;
+
 /// Where the real components of this test run answer.
 pub struct Stack {
     vars: HashMap<String, String>,

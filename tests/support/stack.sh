@@ -113,8 +113,12 @@ local_stack() {
     fi
   done
   start_role scheduler scheduler --metrics-address 127.0.0.1:0
+  # The host key stays in target/local across runs, so known_hosts entries stay valid.
+  start_role bastion bastion --listen 127.0.0.1:2222 --host-key-file "$state/bastion_host_key" \
+    --metrics-address 127.0.0.1:0
   COMPUTE_SERVER_SESSION_KEY="$(head -c 64 /dev/urandom | base64 -w0)" start_role web web \
-    --listen 127.0.0.1:8080 --public-url http://127.0.0.1:8080 --issuer-url "$KEYCLOAK_ISSUER"
+    --listen 127.0.0.1:8080 --public-url http://127.0.0.1:8080 --issuer-url "$KEYCLOAK_ISSUER" \
+    --bastion-address 127.0.0.1:2222
   cat <<BANNER
 
   compute-server local stack is up.
@@ -130,10 +134,11 @@ local_stack() {
                   (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
   Scheduler       places unpinned servers on the least allocated Ready node that fits
 
+  Bastion         ssh -J alice@127.0.0.1:2222 root@SERVER   (log: target/local/bastion.log)
+                  reaches alice's own servers in namespace compute; her key must be in one of
+                  their sshAuthorizedKeys. ProxyJump snippet and refusals: README "SSH access".
   Web front       http://127.0.0.1:8080   sign in as alice/alice, request a server, watch it start
                   JSON API: http://127.0.0.1:8080/api/v1/servers with a Keycloak access token
-
-  Not yet running: the bastion; it arrives with its issue.
   Ctrl-C stops everything.
 
 BANNER

@@ -1,0 +1,389 @@
+//! Who may log in and where they may jump: pure decisions over the cached ComputeServers.
+//!
+//! No I/O here: `session.rs` asks, these functions answer from a snapshot of the cache.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use russh::keys::ssh_key::Fingerprint;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, HashAlg, PublicKey};
+
+use crate::api::{ComputeServer, Phase};
+
+/// The only port a jump may ask for: the server's SSH daemon.
+pub const SSH_PORT: u32 = 22;
+
+/// Whether `key` is one of the `sshAuthorizedKeys` of a server that `user` owns.
+///
+/// Keys are compared by algorithm and key data; the comment is ignored. Entries that do not
+/// parse are skipped (the API server's schema already refuses most of them).
+pub fn user_has_key(servers: &[Arc<ComputeServer>], user: &str, key: &PublicKey) -> bool {
+    servers
+        .iter()
+        .filter(|server| server.spec.owner == user)
+        .flat_map(|server| &server.spec.ssh_authorized_keys)
+        .filter_map(|line| PublicKey::from_openssh(line).ok())
+        .any(|registered| registered.key_data() == key.key_data())
+}
+
+/// Whether `user` owns any server at all (for the audit log's reason, never for the client).
+pub fn user_is_known(servers: &[Arc<ComputeServer>], user: &str) -> bool {
+    servers.iter().any(|server| server.spec.owner == user)
+}
+
+/// Whether `cert` lets `user` log in at `now` (seconds since 1970): a user certificate signed
+/// by one of the trusted `cas`, valid now, naming `user` among its principals, with no
+/// critical options (this bastion enforces none, so it accepts none). The reason otherwise.
+///
+/// The client's possession of the certified key is checked by russh before this is asked.
+pub fn check_certificate(
+    cert: &Certificate,
+    user: &str,
+    cas: &[Fingerprint],
+    now: u64,
+) -> Result<(), &'static str> {
+    if cert.cert_type() != CertType::User {
+        return Err("a host certificate, not a user certificate");
+    }
+    if !cas.contains(&cert.signature_key().fingerprint(HashAlg::Sha256)) {
+        return Err("certificate signed by a CA this bastion does not trust");
+    }
+    cert.validate_at(now, cas)
+        .map_err(|_| "certificate expired, not yet valid, or badly signed")?;
+    if !cert.valid_principals().iter().any(|principal| principal == user) {
+        return Err("certificate is not for this user (not among its principals)");
+    }
+    if !cert.critical_options().is_empty() {
+        return Err("certificate has critical options, which this bastion does not enforce");
+    }
+    Ok(())
+}
+
+/// Where an allowed jump goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The server's name.
+    pub name: String,
+    /// The server's namespace.
+    pub namespace: String,
+    /// Host of its ssh endpoint (the node's address).
+    pub host: String,
+    /// Port of its ssh endpoint on the node.
+    pub port: u16,
+}
+
+/// Why a jump is refused, in words for the person at the keyboard.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No server of that name that the user may reach; also the answer for others' servers.
+    #[error("no server named {0} of yours")]
+    NoSuchServer(String),
+    #[error("you have servers named {name} in several namespaces: use one of {choices}")]
+    Ambiguous { name: String, choices: String },
+    #[error("server {0} is reachable on port 22 (ssh) only, not on port {1}")]
+    WrongPort(String, u32),
+    #[error("server {0} is stopped; start it first")]
+    Stopped(String),
+    #[error("server {name} is not running yet (phase {phase}); try again when it is Running")]
+    NotRunning { name: String, phase: String },
+    #[error("server {name} has failed: {message}")]
+    Failed { name: String, message: String },
+    #[error("server {0} has no ssh port")]
+    NoSshEndpoint(String),
+}
+
+/// Decides a `direct-tcpip` request from `user` to `host:port`.
+///
+/// `host` is a server name, or `name.namespace` when the name alone is ambiguous. Servers of
+/// others are invisible unless `admin`: asking for one gets the same answer as a server that
+/// does not exist.
+pub fn authorize(
+    servers: &[Arc<ComputeServer>],
+    user: &str,
+    admin: bool,
+    host: &str,
+    port: u32,
+) -> Result<Target, Refusal> {
+    let mut matches: Vec<&ComputeServer> = servers
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|server| admin || server.spec.owner == user)
+        .filter(|server| {
+            let (name, namespace) = (server.name_any(), server.namespace().unwrap_or_default());
+            name == host || format!("{name}.{namespace}") == host
+        })
+        .collect();
+    // `dev.team` may name the server `dev.team` and the server `dev` in namespace `team`:
+    // the exact name wins.
+    if matches.len() > 1 && matches.iter().any(|s| s.name_any() == host) {
+        matches.retain(|s| s.name_any() == host);
+    }
+    let server = match matches.as_slice() {
+        [] => return Err(Refusal::NoSuchServer(host.to_string())),
+        [one] => *one,
+        many => {
+            let mut choices: Vec<String> = many
+                .iter()
+                .map(|s| format!("{}.{}", s.name_any(), s.namespace().unwrap_or_default()))
+                .collect();
+            choices.sort();
+            return Err(Refusal::Ambiguous {
+                name: host.to_string(),
+                choices: choices.join(", "),
+            });
+        }
+    };
+    if port != SSH_PORT {
+        return Err(Refusal::WrongPort(host.to_string(), port));
+    }
+    let status = server.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(Phase::Running) if server.spec.running => {}
+        _ if !server.spec.running => return Err(Refusal::Stopped(host.to_string())),
+        Some(Phase::Stopped) => return Err(Refusal::Stopped(host.to_string())),
+        Some(Phase::Failed) => {
+            return Err(Refusal::Failed {
+                name: host.to_string(),
+                message: status.message.unwrap_or_else(|| "no reason given".into()),
+            });
+        }
+        phase => {
+            return Err(Refusal::NotRunning {
+                name: host.to_string(),
+                phase: phase.map_or("Pending".into(), |p| format!("{p:?}")),
+            });
+        }
+    }
+    // The endpoint named "ssh", or the one of the declared port 22 under another name.
+    let port_22_name = server
+        .spec
+        .ports
+        .iter()
+        .find(|p| p.container_port == SSH_PORT as i32)
+        .map(|p| p.name.as_str());
+    let endpoint = status
+        .endpoints
+        .iter()
+        .find(|e| e.name == "ssh")
+        .or_else(|| {
+            status
+                .endpoints
+                .iter()
+                .find(|e| Some(e.name.as_str()) == port_22_name)
+        })
+        .ok_or_else(|| Refusal::NoSshEndpoint(host.to_string()))?;
+    let port = u16::try_from(endpoint.port).map_err(|_| Refusal::NoSshEndpoint(host.to_string()))?;
+    Ok(Target {
+        name: server.name_any(),
+        namespace: server.namespace().unwrap_or_default(),
+        host: endpoint.host.clone(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEexMfT7UKd3SQgSHesCCzlKi8Znhm7WTyGhrmfJZ4r5 alice@laptop";
+    const OTHER_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJXcjkh/ndN7UKaY0/EGGWrQOZ2dIu3KvP0yzSTDCgf8 mallory@x";
+
+    /// A server `name` in `namespace` owned by `owner`, with `extra` YAML lines under spec/status.
+    fn server(namespace: &str, name: &str, owner: &str, spec: &str, status: &str) -> Arc<ComputeServer> {
+        let yaml = format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\n\
+             metadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec: {{owner: {owner}, profile: debian, sshAuthorizedKeys: ['{ALICE_KEY}'] {spec}}}\n\
+             status: {{{status}}}\n"
+        );
+        Arc::new(serde_yaml::from_str(&yaml).unwrap())
+    }
+
+    const RUNNING: &str = "phase: Running, endpoints: [{name: ssh, host: 10.0.0.5, port: 32768}]";
+
+    fn key(line: &str) -> PublicKey {
+        PublicKey::from_openssh(line).unwrap()
+    }
+
+    #[test]
+    fn a_registered_key_is_known_whatever_its_comment() {
+        let servers = vec![server("compute", "dev", "alice", "", RUNNING)];
+        let renamed = ALICE_KEY.replace("alice@laptop", "another comment");
+        assert!(user_has_key(&servers, "alice", &key(&renamed)));
+        assert!(!user_has_key(&servers, "alice", &key(OTHER_KEY)));
+        assert!(
+            !user_has_key(&servers, "bob", &key(ALICE_KEY)),
+            "alice's key is not bob's"
+        );
+        assert!(user_is_known(&servers, "alice"));
+        assert!(!user_is_known(&servers, "bob"));
+    }
+
+    /// A certificate for `key`, signed by `ca`, valid for `principals` from `after` to `before`.
+    fn certificate(
+        key: &PublicKey,
+        ca: &russh::keys::PrivateKey,
+        principals: &[&str],
+        (after, before): (u64, u64),
+        cert_type: CertType,
+    ) -> Certificate {
+        let mut builder =
+            russh::keys::ssh_key::certificate::Builder::new([7; 16], key.key_data().clone(), after, before)
+                .unwrap();
+        builder
+            .cert_type(cert_type)
+            .unwrap()
+            .key_id("alice via web")
+            .unwrap();
+        for principal in principals {
+            builder.valid_principal(*principal).unwrap();
+        }
+        if principals.is_empty() {
+            builder.all_principals_valid().unwrap();
+        }
+        builder.sign(ca).unwrap()
+    }
+
+    #[test]
+    fn a_user_certificate_from_a_trusted_ca_admits_its_principals_while_valid() {
+        use russh::keys::{Algorithm, PrivateKey};
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let other_ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let trusted = [ca.public_key().fingerprint(HashAlg::Sha256)];
+        let alice = key(ALICE_KEY);
+        let (now, hours) = (1_800_000_000, (1_799_990_000, 1_800_010_000));
+        let good = certificate(&alice, &ca, &["alice"], hours, CertType::User);
+        assert_eq!(check_certificate(&good, "alice", &trusted, now), Ok(()));
+        assert_eq!(
+            check_certificate(&good, "bob", &trusted, now),
+            Err("certificate is not for this user (not among its principals)")
+        );
+        assert_eq!(
+            check_certificate(&good, "alice", &trusted, 1_800_020_000),
+            Err("certificate expired, not yet valid, or badly signed")
+        );
+        let untrusted = certificate(&alice, &other_ca, &["alice"], hours, CertType::User);
+        assert_eq!(
+            check_certificate(&untrusted, "alice", &trusted, now),
+            Err("certificate signed by a CA this bastion does not trust")
+        );
+        let anyone = certificate(&alice, &ca, &[], hours, CertType::User);
+        assert!(
+            check_certificate(&anyone, "alice", &trusted, now).is_err(),
+            "no principals: no one"
+        );
+        let host = certificate(&alice, &ca, &["alice"], hours, CertType::Host);
+        assert!(check_certificate(&host, "alice", &trusted, now).is_err());
+    }
+
+    #[test]
+    fn alice_reaches_her_running_server_on_port_22() {
+        let servers = vec![server("compute", "dev", "alice", "", RUNNING)];
+        let target = authorize(&servers, "alice", false, "dev", 22).unwrap();
+        assert_eq!(
+            target,
+            Target {
+                name: "dev".into(),
+                namespace: "compute".into(),
+                host: "10.0.0.5".into(),
+                port: 32768
+            }
+        );
+        assert_eq!(authorize(&servers, "alice", false, "dev.compute", 22), Ok(target));
+    }
+
+    #[test]
+    fn another_users_server_looks_like_no_server_except_to_admins() {
+        let servers = vec![server("compute", "dev", "bob", "", RUNNING)];
+        let refusal = authorize(&servers, "alice", false, "dev", 22).unwrap_err();
+        assert_eq!(refusal.to_string(), "no server named dev of yours");
+        assert_eq!(
+            authorize(&servers, "alice", false, "nosuch", 22)
+                .unwrap_err()
+                .to_string(),
+            "no server named nosuch of yours"
+        );
+        assert!(authorize(&servers, "ops", true, "dev", 22).is_ok());
+    }
+
+    #[test]
+    fn only_port_22_is_reachable() {
+        let servers = vec![server("compute", "dev", "alice", "", RUNNING)];
+        assert_eq!(
+            authorize(&servers, "alice", false, "dev", 80)
+                .unwrap_err()
+                .to_string(),
+            "server dev is reachable on port 22 (ssh) only, not on port 80"
+        );
+    }
+
+    #[test]
+    fn a_stopped_or_unready_server_is_refused_with_what_to_do() {
+        let stopped = server("compute", "dev", "alice", ", running: false", "phase: Stopped");
+        assert_eq!(
+            authorize(&[stopped], "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
+            "server dev is stopped; start it first"
+        );
+        let creating = server("compute", "dev", "alice", "", "phase: Creating");
+        assert_eq!(
+            authorize(&[creating], "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
+            "server dev is not running yet (phase Creating); try again when it is Running"
+        );
+        let failed = server(
+            "compute",
+            "dev",
+            "alice",
+            "",
+            "phase: Failed, message: image gone",
+        );
+        assert_eq!(
+            authorize(&[failed], "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
+            "server dev has failed: image gone"
+        );
+        let no_ssh = server("compute", "web", "alice", "", "phase: Running");
+        assert_eq!(
+            authorize(&[no_ssh], "alice", false, "web", 22)
+                .unwrap_err()
+                .to_string(),
+            "server web has no ssh port"
+        );
+    }
+
+    #[test]
+    fn an_ssh_port_under_another_name_is_found_by_container_port() {
+        let servers = vec![server(
+            "compute",
+            "dev",
+            "alice",
+            ", ports: [{name: shell, containerPort: 22}]",
+            "phase: Running, endpoints: [{name: shell, host: node-a, port: 40000}]",
+        )];
+        let target = authorize(&servers, "alice", false, "dev", 22).unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("node-a", 40000));
+    }
+
+    #[test]
+    fn a_name_in_several_namespaces_needs_its_namespace() {
+        let servers = vec![
+            server("team-a", "dev", "alice", "", RUNNING),
+            server("team-b", "dev", "alice", "", RUNNING),
+        ];
+        assert_eq!(
+            authorize(&servers, "alice", false, "dev", 22)
+                .unwrap_err()
+                .to_string(),
+            "you have servers named dev in several namespaces: use one of dev.team-a, dev.team-b"
+        );
+        let target = authorize(&servers, "alice", false, "dev.team-b", 22).unwrap();
+        assert_eq!(target.namespace, "team-b");
+    }
+}

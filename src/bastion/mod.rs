@@ -1,0 +1,278 @@
+//! The `bastion` role: an SSH jump host (russh) that lets people reach their own servers,
+//! and only those, with plain OpenSSH: `ssh -J alice@bastion:2222 root@dev`.
+//!
+//! Logins are by public key only: the key must be in the `sshAuthorizedKeys` of a
+//! ComputeServer owned by the SSH user name ([`access`]). The servers come from a watch cache
+//! (kube-runtime reflector), not from an API call per login. A `direct-tcpip` request is
+//! allowed to port 22 of the user's own Running servers and piped to the server's ssh
+//! endpoint (`session.rs`); everything else is refused with a reason the user sees. The host
+//! key persists in a file or a Secret ([`host_key`]).
+
+pub mod access;
+pub mod host_key;
+mod metrics;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use russh::MethodKind;
+use russh::keys::HashAlg;
+use tracing::{debug, info, warn};
+
+use crate::api::ComputeServer;
+use crate::{Error, Result};
+
+/// How long a client may take from connecting to logging in.
+const LOGIN_GRACE: Duration = Duration::from_secs(60);
+
+/// Flags of `compute-server bastion`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("host_key").required(true).args(["host_key_file", "host_key_secret"])))]
+pub struct Args {
+    /// Where to accept SSH connections.
+    #[arg(long, env = "COMPUTE_SERVER_LISTEN", default_value = "0.0.0.0:2222")]
+    pub listen: SocketAddr,
+
+    /// File with the host key (OpenSSH format); an ed25519 key is made there (mode 0600) if
+    /// there is none. Give this or --host-key-secret.
+    #[arg(long, env = "COMPUTE_SERVER_HOST_KEY_FILE")]
+    pub host_key_file: Option<PathBuf>,
+
+    /// Secret in --namespace holding the host key (data key `ssh_host_ed25519_key`); made
+    /// with a new ed25519 key if missing. Give this or --host-key-file.
+    #[arg(long, env = "COMPUTE_SERVER_HOST_KEY_SECRET")]
+    pub host_key_secret: Option<String>,
+
+    /// Namespace of the ComputeServers users may reach, and of the host key Secret.
+    #[arg(long, env = "COMPUTE_SERVER_NAMESPACE", default_value = "compute")]
+    pub namespace: String,
+
+    /// Serve the ComputeServers of every namespace, not only --namespace; a name used in
+    /// several namespaces is then addressed as NAME.NAMESPACE.
+    #[arg(long, env = "COMPUTE_SERVER_ALL_NAMESPACES")]
+    pub all_namespaces: bool,
+
+    /// Usernames allowed to reach every server (comma-separated).
+    #[arg(long, env = "COMPUTE_SERVER_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<String>,
+
+    /// Address users reach the bastion at (HOST or HOST:PORT), shown in the hints it prints;
+    /// default: the address the client connected to.
+    #[arg(long, env = "COMPUTE_SERVER_BASTION_ADDRESS")]
+    pub bastion_address: Option<String>,
+
+    /// File of CA public keys (one per line, as sshd's TrustedUserCAKeys): user certificates
+    /// they signed are accepted for the users named in their principals, while valid, even
+    /// without a registered key.
+    #[arg(long, env = "COMPUTE_SERVER_USER_CA_KEYS")]
+    pub user_ca_keys: Option<PathBuf>,
+
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
+    pub metrics_address: SocketAddr,
+}
+
+/// Runs the bastion until SIGTERM or Ctrl-C: host key, metrics, the server cache, then SSH.
+pub async fn run(args: Args) -> Result<()> {
+    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let host_key = match (&args.host_key_file, &args.host_key_secret) {
+        (Some(path), None) => host_key::from_file(path)?,
+        (None, Some(name)) => host_key::from_secret(client.clone(), &args.namespace, name).await?,
+        _ => {
+            return Err(Error::HostKey {
+                origin: "the flags".into(),
+                reason: "give exactly one of --host-key-file and --host-key-secret".into(),
+            });
+        }
+    };
+    let host_fingerprint = host_key.public_key().fingerprint(HashAlg::Sha256);
+    let user_cas = match &args.user_ca_keys {
+        Some(path) => read_user_cas(path)?,
+        None => Vec::new(),
+    };
+
+    let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_bastion");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let ready_check: crate::health::ReadyCheck = {
+        let ready = ready.clone();
+        Arc::new(move || {
+            let ready = ready.load(Ordering::Relaxed);
+            Box::pin(async move {
+                match ready {
+                    true => Ok(()),
+                    false => Err("the ComputeServer cache is not filled yet".into()),
+                }
+            })
+        })
+    };
+    let health = crate::health::serve(
+        args.metrics_address,
+        crate::health::router(Arc::new(registry), ready_check),
+    );
+    let health = tokio::spawn(async move {
+        if let Err(error) = health.await {
+            tracing::error!(%error, "the metrics and health endpoints stopped");
+        }
+    });
+
+    let servers: Api<ComputeServer> = match args.all_namespaces {
+        true => Api::all(client),
+        false => Api::namespaced(client, &args.namespace),
+    };
+    let (store, writer) = reflector::store();
+    let watch = watcher(servers, watcher::Config::default())
+        .default_backoff()
+        // Only spec and status are read: keep the cache small.
+        .modify(|server| {
+            server.managed_fields_mut().clear();
+            server.annotations_mut().clear();
+        })
+        .reflect(writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                warn!(%error, "watching ComputeServers failed; retrying");
+            }
+        });
+    let watch = tokio::spawn(watch);
+    info!(namespace = %args.namespace, all_namespaces = args.all_namespaces, "filling the ComputeServer cache");
+    store.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    ready.store(true, Ordering::Relaxed);
+
+    let shared = Arc::new(session::Shared {
+        servers: store,
+        admins: args.admins.into_iter().filter(|a| !a.is_empty()).collect(),
+        metrics: metrics.clone(),
+        address: args.bastion_address,
+        user_cas,
+    });
+    let config = Arc::new(russh::server::Config {
+        methods: (&[MethodKind::PublicKey][..]).into(),
+        keys: vec![host_key],
+        // OpenSSH's first "none" probe is answered at once; real refusals take a second.
+        auth_rejection_time: Duration::from_secs(1),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        // A quiet interactive session through the jump is fine; a dead client is not.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    info!(listen = %args.listen, host_key = %host_fingerprint, "bastion ready for ssh -J USER@HOST:PORT root@SERVER");
+
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tokio::spawn(serve_connection(tcp, peer, config.clone(), shared.clone()));
+    }
+    info!("bastion stopping");
+    watch.abort();
+    health.abort();
+    Ok(())
+}
+
+/// The fingerprints of the CA keys in `path`; blank lines and `#` comments are skipped.
+fn read_user_cas(path: &std::path::Path) -> Result<Vec<russh::keys::ssh_key::Fingerprint>> {
+    let error = |reason: String| Error::UserCa {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut cas = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let key = russh::keys::PublicKey::from_openssh(line)
+            .map_err(|e| error(format!("key {} is not an SSH public key line ({e})", n + 1)))?;
+        let fingerprint = key.fingerprint(HashAlg::Sha256);
+        info!(ca = %fingerprint, "user certificates signed by this CA are accepted");
+        cas.push(fingerprint);
+    }
+    if cas.is_empty() {
+        return Err(error("it holds no CA public key".into()));
+    }
+    Ok(cas)
+}
+
+/// Runs one client connection to its end; a client that has not logged in within
+/// [`LOGIN_GRACE`] is disconnected.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<russh::server::Config>,
+    shared: Arc<session::Shared>,
+) {
+    let metrics = shared.metrics.clone();
+    metrics.connections.inc();
+    metrics.open_connections.inc();
+    let local = tcp.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    let _ = tcp.set_nodelay(true);
+    let connection = session::Connection::new(shared, peer, local);
+    let logged_in = connection.logged_in();
+    let result = async {
+        let session = tokio::time::timeout(LOGIN_GRACE, russh::server::run_stream(config, tcp, connection))
+            .await
+            .map_err(|_| russh::Error::ConnectionTimeout)??;
+        let handle = session.handle();
+        let grace = tokio::spawn(async move {
+            tokio::time::sleep(LOGIN_GRACE).await;
+            if !logged_in.load(Ordering::Relaxed) {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "no login in time".into(),
+                        String::new(),
+                    )
+                    .await;
+            }
+        });
+        let result = session.await;
+        grace.abort();
+        result
+    }
+    .await;
+    metrics.open_connections.dec();
+    if let Err(error) = result {
+        debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => term.recv().await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
