@@ -716,3 +716,61 @@ async fn health_readiness_and_metrics() {
     );
     assert!(metrics.contains("compute_server_web_http_request_duration_seconds_bucket{"));
 }
+
+/// `make bench-web`: wrk against alice's "My servers" page with a signed-in session, with
+/// 10,000 ComputeServers in the namespace (50 of them alice's). Prints req/s, latency
+/// percentiles and the web front's RSS.
+#[tokio::test]
+#[ignore = "a benchmark: make bench-web"]
+async fn bench_my_servers_with_10000_servers() {
+    install_crds();
+    let ns = TestNamespace::new("web-bench");
+    let total = 10_000;
+    for chunk in 0..total / 1000 {
+        let items: String = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let owner = if i % 200 == 0 { "alice".to_string() } else { format!("user-{}", i % 199) };
+                format!(
+                    "---\napiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: s-{i}\n  \
+                     namespace: {}\n  labels: {{computeserver.io/owner: {owner}}}\nspec: {{owner: {owner}, profile: tiny}}\n",
+                    ns.name
+                )
+            })
+            .collect();
+        kubectl_ok(&["create", "-f", "-", "-o", "name"], Some(&items));
+    }
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let alice = Browser::new();
+    alice.sign_in(&web, "alice").await;
+    let (_, _, page) = alice.get(&format!("{}/", web.url)).await;
+    assert_eq!(
+        page.matches("href=\"/servers/s-").count(),
+        50,
+        "alice's 50 servers: {page}"
+    );
+    let rss_before = support::status_kib(web.pid(), "VmRSS:");
+
+    let duration = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "20".into());
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{duration}s"), "--latency"])
+        .args(["-H", &format!("Cookie: {}", alice.cookies(&web))])
+        .arg(format!("{}/", web.url))
+        .output()
+        .expect("wrk (Debian's wrk; tests/support/stack.sh install adds it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("Requests/sec"),
+        "{report}"
+    );
+    assert!(!report.contains("Non-2xx"), "every answer was the page: {report}");
+    let rss_after = support::status_kib(web.pid(), "VmRSS:");
+    let peak = support::status_kib(web.pid(), "VmHWM:");
+    println!(
+        "\n{}\nMy servers (50 of {total} servers), 2 threads, 32 connections, {duration} s:\n{report}\n\
+         web RSS: {} MiB before, {} MiB after, peak {} MiB",
+        support::machine(),
+        rss_before / 1024,
+        rss_after / 1024,
+        peak / 1024
+    );
+}

@@ -61,11 +61,10 @@ impl Cache {
         );
         let me = cache.clone();
         tokio::spawn(async move {
-            let mut relist: Option<ByOwner> = None;
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(event) => me.index(event, &mut relist),
+                    Ok(event) => me.index(event),
                     Err(error) => warn!("watch of ComputeServers: {error}"),
                 }
             }
@@ -91,22 +90,20 @@ impl Cache {
     }
 
     /// Keeps the owner index in step with the store (already updated by the reflector).
-    fn index(&self, event: watcher::Event<ComputeServer>, relist: &mut Option<ByOwner>) {
+    fn index(&self, event: watcher::Event<ComputeServer>) {
         let label = |s: &ComputeServer| s.labels().get(OWNER_LABEL).cloned().unwrap_or_default();
         match event {
-            watcher::Event::Init => *relist = Some(ByOwner::new()),
-            watcher::Event::InitApply(server) => {
-                if let (Some(index), Some(stored)) = (relist.as_mut(), self.stored(&server.name_any())) {
+            // The store takes a relisted set only at InitDone: rebuild the index from it then.
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            watcher::Event::InitDone => {
+                let mut index = ByOwner::new();
+                for server in self.servers.state() {
                     index
                         .entry(label(&server))
                         .or_default()
-                        .insert(server.name_any(), stored);
+                        .insert(server.name_any(), server);
                 }
-            }
-            watcher::Event::InitDone => {
-                if let Some(index) = relist.take() {
-                    *self.by_owner.write().expect("index lock") = index;
-                }
+                *self.by_owner.write().expect("index lock") = index;
                 self.servers_synced.store(true, Ordering::Release);
             }
             watcher::Event::Apply(server) => {

@@ -572,6 +572,12 @@ impl WebFront {
     }
 }
 
+impl WebFront {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for WebFront {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -18,9 +18,9 @@ install() {
     step "Installing openssl, curl and openssh-client from the Debian archive"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl curl openssh-client
   }
-  command -v chromium >/dev/null && command -v chromedriver >/dev/null || {
-    step "Installing chromium and chromium-driver from the Debian archive (browser tests)"
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || {
+    step "Installing chromium, chromium-driver (browser tests) and wrk (web benchmark) from the Debian archive"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver wrk
   }
   bash "$SUPPORT_DIR/kube.sh" install
   bash "$SUPPORT_DIR/keycloak.sh" install
