@@ -715,6 +715,20 @@ async fn health_readiness_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("compute_server_web_http_request_duration_seconds_bucket{"));
+
+    // Unknown addresses: a JSON error under /api/, a page elsewhere.
+    let response = get("/api/v1/nothing").await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "not_found");
+    let response = get("/favicon.ico").await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("There is no page at this address.")
+    );
 }
 
 /// `make bench-web`: wrk against alice's "My servers" page with a signed-in session, with

@@ -26,11 +26,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/servers/{name}/stop", post(stop))
         .route("/api/v1/servers/{name}/start", post(start))
         .route("/api/v1/profiles", get(profiles))
-        .fallback(|| async {
-            ApiError(Problem::BadRequest(
-                "no such API call; see the README's table".into(),
-            ))
-        })
 }
 
 /// A [`Problem`] as the API answers it.

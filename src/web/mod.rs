@@ -22,7 +22,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use k8s_openapi::api::core::v1::Event;
 use kube::{Api, Client};
@@ -252,10 +252,26 @@ pub fn app(state: AppState) -> Router {
         .merge(browser)
         .merge(api::routes())
         .merge(pages::static_routes())
+        .fallback(not_found)
         .with_state(state.clone())
         .merge(crate::health::router(Arc::new(registry), ready))
         .route_layer(middleware::from_fn_with_state(metrics, metrics::track))
         .layer(middleware::from_fn_with_state(state, security_headers))
+}
+
+/// Unknown paths: JSON under /api/, a page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        let body =
+            serde_json::json!({"error": "not_found", "message": "no such API call; see the README's table"});
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    } else {
+        pages::message(
+            axum::http::StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no page at this address.",
+        )
+    }
 }
 
 async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
