@@ -2,7 +2,7 @@
 # tests/support/ on first use and cached in ~/.cache/compute-server.
 STACK := tests/support/stack.sh
 
-.PHONY: up down test bench install crds lint
+.PHONY: up down test bench install crds manifests image lint
 
 ## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server); Ctrl-C stops it
 up:
@@ -24,9 +24,19 @@ bench:
 install:
 	@bash $(STACK) install
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ (and the Helm chart's copy, then manifests/) from the Rust types
 crds:
 	cargo run --quiet -- crd --out-dir crds
+	cargo run --quiet -- crd --out-dir charts/compute-server/files/crds
+	@bash tests/support/manifests.sh write
+
+## manifests: regenerate manifests/ (plain YAML for kubectl apply -k) from the Helm chart
+manifests:
+	@bash tests/support/manifests.sh write
+
+## image: build the container image computeserver/compute-server:VERSION on local base images
+image:
+	@bash tests/support/image.sh build
 
 ## lint: rustfmt and clippy as CI would want them
 lint:

@@ -35,11 +35,15 @@ fn to_openssh(key: &PrivateKey, origin: &str) -> Result<String> {
         })
 }
 
+/// An unencrypted private key in OpenSSH form, or PKCS#8 PEM (`BEGIN PRIVATE KEY`, what
+/// `openssl genpkey` and Helm's `genPrivateKey` make).
 fn parse(text: &[u8], origin: &str) -> Result<PrivateKey> {
-    PrivateKey::from_openssh(text).map_err(|e| Error::HostKey {
+    let error = |e: String| Error::HostKey {
         origin: origin.into(),
-        reason: format!("not an unencrypted OpenSSH private key ({e})"),
-    })
+        reason: format!("not an unencrypted OpenSSH or PKCS#8 private key ({e})"),
+    };
+    let text = std::str::from_utf8(text).map_err(|e| error(e.to_string()))?;
+    russh::keys::decode_secret_key(text, None).map_err(|e| error(e.to_string()))
 }
 
 /// Reads the key in `path`, or makes a new ed25519 key there (mode 0600) if there is none.
@@ -151,9 +155,19 @@ mod tests {
         let error = from_file(&path).unwrap_err().to_string();
         assert!(error.contains("host_key"), "{error}");
         assert!(
-            error.contains("not an unencrypted OpenSSH private key"),
+            error.contains("not an unencrypted OpenSSH or PKCS#8 private key"),
             "{error}"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello", "left as it was");
+    }
+
+    #[test]
+    fn a_pkcs8_key_as_helm_makes_it_is_read() {
+        // `openssl genpkey -algorithm ed25519`; Helm's genPrivateKey "ed25519" writes the same form.
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEIP5/UImfS+INiWvREnUQVLTp/1kZXXCFoKLwTBE4J5QF\n\
+                   -----END PRIVATE KEY-----\n";
+        let key = parse(pem.as_bytes(), "test").unwrap();
+        assert_eq!(key.algorithm(), Algorithm::Ed25519);
     }
 }

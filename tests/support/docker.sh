@@ -333,6 +333,9 @@ cmd_node_stop() {
   rm -rf --one-file-system "$NODE_DIR" "$NODE_RUN"
 }
 
+# Sourced (by image.sh) for its functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 case "${1:-}" in
   install) cmd_install ;;
   start) cmd_start "${2:-}" ;;

@@ -223,6 +223,15 @@ impl Agent {
     /// An agent for `node` on local Docker engine `daemon` (see [`Stack::node_docker_host`]),
     /// with more flags, e.g. `["--lease-namespace", ns, "--lease-seconds", "8"]`.
     pub fn start_with(node: &str, daemon: usize, extra: &[&str]) -> Agent {
+        Agent::spawn(node, daemon, &Stack::get().kubeconfig(), extra)
+    }
+
+    /// An agent using `kubeconfig` (e.g. a ServiceAccount's token) and extra flags.
+    pub fn start_as(node: &str, kubeconfig: &std::path::Path, flags: &[&str]) -> Agent {
+        Agent::spawn(node, 1, kubeconfig, flags)
+    }
+
+    fn spawn(node: &str, daemon: usize, kubeconfig: &std::path::Path, extra: &[&str]) -> Agent {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
         let mut args = vec!["agent", "--node", node, "--metrics-address", &metrics];
@@ -232,10 +241,14 @@ impl Agent {
             .position(|a| *a == "--lease-namespace")
             .map(|i| extra[i + 1].to_string())
             .unwrap_or_else(|| "compute".into());
+        let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
         let child = start_role(
             &format!("agent-{node}"),
             &args,
-            &[("DOCKER_HOST", Stack::get().node_docker_host(daemon))],
+            &[
+                ("DOCKER_HOST", Stack::get().node_docker_host(daemon)),
+                ("KUBECONFIG", kubeconfig),
+            ],
         );
         Agent {
             child,

@@ -155,6 +155,9 @@ run_tests() {
   cargo_build
   trap 'down "$state"' EXIT
   up "$state"
+  # Built here, not inside tests/image.rs, so the long first build does not compete with the
+  # other tests for CPU; that test's own build is then a cache hit (and shows any failure).
+  bash "$SUPPORT_DIR/image.sh" build >/dev/null || info "the image build failed: tests/image.rs says why"
   step "Running the tests against the real stack (cargo test)"
   (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo test --locked --no-fail-fast "$@")
   info "tests finished in $((SECONDS - t0)) s in all"

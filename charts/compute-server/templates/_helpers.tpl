@@ -1,0 +1,150 @@
+{{/* Name of the release's objects: the release name, with the chart name unless it holds it. */}}
+{{- define "cs.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "cs.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* Selector labels of one role's pods; call with (dict "ctx" $ "role" "web"). */}}
+{{- define "cs.selector" -}}
+app.kubernetes.io/name: {{ .ctx.Chart.Name }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .role }}
+{{- end }}
+
+{{/* All labels of one role's objects; call with (dict "ctx" $ "role" "web"). */}}
+{{- define "cs.roleLabels" -}}
+{{ include "cs.labels" .ctx }}
+app.kubernetes.io/component: {{ .role }}
+{{- end }}
+
+{{/* Name of one role's objects (ServiceAccount, Deployment, Service, RBAC). */}}
+{{- define "cs.roleName" -}}
+{{- printf "%s-%s" (include "cs.fullname" .ctx) .role -}}
+{{- end }}
+
+{{- define "cs.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end }}
+
+{{- define "cs.serversNamespace" -}}
+{{- .Values.serversNamespace | default .Release.Namespace -}}
+{{- end }}
+
+{{- define "cs.leaseNamespace" -}}
+{{- .Values.leaseNamespace | default .Release.Namespace -}}
+{{- end }}
+
+{{/* The Lease the scheduler replicas elect their leader with. */}}
+{{- define "cs.schedulerLease" -}}
+compute-server-scheduler
+{{- end }}
+
+{{- define "cs.sessionKeySecret" -}}
+{{- .Values.web.sessionKey.existingSecret | default (printf "%s-web-session" (include "cs.fullname" .)) -}}
+{{- end }}
+
+{{- define "cs.hostKeySecret" -}}
+{{- .Values.bastion.hostKey.existingSecret | default (printf "%s-bastion-host-key" (include "cs.fullname" .)) -}}
+{{- end }}
+
+{{- define "cs.issuer" -}}
+{{- printf "%s/realms/%s" (trimSuffix "/" .Values.keycloak.url) .Values.keycloak.realm -}}
+{{- end }}
+
+{{- define "cs.publicUrl" -}}
+{{- if .Values.web.publicUrl -}}
+{{- .Values.web.publicUrl -}}
+{{- else if .Values.web.ingress.enabled -}}
+{{- printf "%s://%s" (ternary "https" "http" (ne .Values.web.ingress.tlsSecret "")) .Values.web.ingress.host -}}
+{{- else -}}
+http://127.0.0.1:{{ .Values.web.service.port }}
+{{- end -}}
+{{- end }}
+
+{{/* Pod security context of the roles that need nothing from their node. */}}
+{{- define "cs.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container security context of every role. */}}
+{{- define "cs.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* Environment every role shares. */}}
+{{- define "cs.commonEnv" -}}
+- name: COMPUTE_SERVER_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{/* Pod metadata shared by the roles; call with (dict "ctx" $ "role" "web"). */}}
+{{- define "cs.podMetadata" -}}
+labels:
+  {{- include "cs.roleLabels" . | nindent 2 }}
+  {{- with .ctx.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .ctx.Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling values of one role; call with the role's values. */}}
+{{- define "cs.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Liveness and readiness probes on a named port. */}}
+{{- define "cs.probes" -}}
+livenessProbe:
+  httpGet: {path: /healthz, port: {{ . }}}
+  periodSeconds: 10
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: {{ . }}}
+  periodSeconds: 5
+  failureThreshold: 2
+{{- end }}
+
+{{/* A map as k=v,k2=v2 (sorted). */}}
+{{- define "cs.pairs" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $k (toString $v)) }}
+{{- end }}
+{{- join "," $pairs -}}
+{{- end }}

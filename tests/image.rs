@@ -1,0 +1,73 @@
+//! The container image, built from the Dockerfile by tests/support/image.sh on locally made base
+//! images: it runs compute-server, as a non-root user, under the restrictions the chart sets.
+
+mod support;
+
+use support::{Stack, docker_cli};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_image_runs_compute_server_as_a_non_root_user() {
+    // `make test` builds the image before the tests start: here that is a cache hit.
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/image.sh"))
+        .arg("build")
+        .env("DOCKER_HOST", Stack::get().docker_host())
+        .output()
+        .expect("run image.sh");
+    assert!(
+        out.status.success(),
+        "image.sh build failed:\n{}",
+        text(&out.stderr)
+    );
+    let image = text(&out.stdout).trim().to_string();
+    assert_eq!(
+        image,
+        concat!("computeserver/compute-server:", env!("CARGO_PKG_VERSION"))
+    );
+
+    // As the chart runs it: read-only root, no capabilities, no privilege escalation.
+    let restricted = [
+        "run",
+        "--rm",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+    ];
+    let version = docker_cli(&[&restricted[..], &[&image, "--version"]].concat());
+    assert!(version.status.success(), "{}", text(&version.stderr));
+    assert_eq!(
+        text(&version.stdout),
+        concat!("compute-server ", env!("CARGO_PKG_VERSION"), "\n")
+    );
+    let crds = docker_cli(&[&restricted[..], &[&image, "crd"]].concat());
+    assert_eq!(
+        text(&crds.stdout)
+            .matches("kind: CustomResourceDefinition")
+            .count(),
+        3
+    );
+
+    // Non-root by default: the image says so, and the process cannot write where only root may.
+    let user = docker_cli(&["image", "inspect", "-f", "{{.Config.User}}", &image]);
+    assert_eq!(text(&user.stdout).trim(), "65532:65532");
+    let as_root_only = docker_cli(&["run", "--rm", &image, "crd", "--out-dir", "/"]);
+    assert!(!as_root_only.status.success());
+    assert!(
+        text(&as_root_only.stderr).contains("Permission denied"),
+        "{}",
+        text(&as_root_only.stderr)
+    );
+    let writable = docker_cli(&["run", "--rm", &image, "crd", "--out-dir", "/tmp"]);
+    assert!(writable.status.success(), "{}", text(&writable.stderr));
+
+    // Small: the binary, glibc and CA certificates.
+    let size = docker_cli(&["image", "inspect", "-f", "{{.Size}}", &image]);
+    let size: u64 = text(&size.stdout).trim().parse().unwrap();
+    assert!(size < 80 << 20, "the image is {} MB", size >> 20);
+}
