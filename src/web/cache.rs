@@ -170,6 +170,19 @@ impl Cache {
         self.stored(name)
     }
 
+    /// Waits (at most `timeout`) until the watch has brought server `name`, so that a page
+    /// shown right after creating it finds it.
+    pub async fn wait_for(&self, name: &str, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.server(name).is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Every profile, by name.
     pub fn profiles(&self) -> Vec<Arc<ComputeProfile>> {
         let mut all = self.profiles.state();

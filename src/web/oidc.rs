@@ -106,7 +106,13 @@ pub struct Verifier {
     http: reqwest::Client,
     keys: RwLock<HashMap<String, (DecodingKey, Option<Algorithm>)>>,
     last_fetch: Mutex<Option<Instant>>,
+    /// Tokens that passed every check, by their SHA-256, until they expire: a page view then
+    /// costs a hash instead of a signature check. Only successes are kept.
+    valid: std::sync::Mutex<HashMap<[u8; 32], User>>,
 }
+
+/// At most this many validated tokens are remembered (then the memory starts afresh).
+const VALID_CACHE: usize = 10_000;
 
 /// The claims of a Keycloak access token this front reads.
 #[derive(Deserialize)]
@@ -197,6 +203,7 @@ impl Provider {
             http: http.clone(),
             keys: RwLock::default(),
             last_fetch: Mutex::default(),
+            valid: Default::default(),
         };
         verifier.fetch_keys().await?;
         Ok(Provider {
@@ -367,6 +374,24 @@ impl Verifier {
     /// Validates an access token locally: signature by a realm key with an allowed algorithm,
     /// issuer, audience or authorized party, expiry and not-before.
     pub async fn validate(&self, token: &str) -> Result<User, TokenError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(user) = self.valid.lock().expect("token cache lock").get(&digest)
+            && user.expires + LEEWAY >= now
+        {
+            return Ok(user.clone());
+        }
+        let user = self.check(token).await?;
+        let mut valid = self.valid.lock().expect("token cache lock");
+        if valid.len() >= VALID_CACHE {
+            valid.clear();
+        }
+        valid.insert(digest, user.clone());
+        Ok(user)
+    }
+
+    async fn check(&self, token: &str) -> Result<User, TokenError> {
         let invalid = |e: jsonwebtoken::errors::Error| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid(e.to_string()),
@@ -487,6 +512,7 @@ mod tests {
             http: http_client(),
             keys: RwLock::new(HashMap::from([("k1".to_string(), (key, Some(Algorithm::RS256)))])),
             last_fetch: Mutex::new(Some(Instant::now())),
+            valid: Default::default(),
         }
     }
 
@@ -530,6 +556,17 @@ mod tests {
         assert!(v.validate(&azp_only).await.is_ok());
 
         let now = jsonwebtoken::get_current_timestamp();
+        // A token validated once is remembered, but not past its expiry.
+        v.valid.lock().unwrap().clear();
+        let good = sign(&private, "k1", &claims());
+        assert!(v.validate(&good).await.is_ok());
+        assert_eq!(v.valid.lock().unwrap().len(), 1);
+        for user in v.valid.lock().unwrap().values_mut() {
+            user.expires = now - LEEWAY - 1;
+        }
+        let again = v.validate(&good).await;
+        assert!(again.is_ok(), "checked afresh (the token itself is still valid)");
+        assert!(v.valid.lock().unwrap().values().all(|u| u.expires > now));
         for (what, token, expect) in [
             (
                 "wrong issuer",

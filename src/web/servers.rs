@@ -411,6 +411,13 @@ pub async fn create(
     match api.create(&PostParams::default(), &server).await {
         Ok(created) => {
             info!(user = %user.name, server = %created.name_any(), "server requested");
+            // The next page (or API call) reads the cache: let the watch catch up first.
+            if !cache
+                .wait_for(&created.name_any(), std::time::Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(server = %created.name_any(), "the watch has not shown a new server after 5 s");
+            }
             Ok(created)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Problem::Exists(format!(
