@@ -513,7 +513,7 @@ async fn metrics_and_health_endpoints_answer() {
         "{text}"
     );
     let running = "compute_server_agent_servers{phase=\"Running\"} 1";
-    let text = support::eventually_async("the heartbeat to count the server", 30, || async {
+    let text = support::eventually_async("the heartbeat to count the server", 60, || async {
         let (_, text) = get("/metrics").await;
         text.contains(running).then_some(text)
     })

@@ -243,7 +243,7 @@ pub async fn remove(server: &ComputeServer, ctx: &Context) -> Result<()> {
 pub async fn remove_orphans(
     ctx: &Context,
     containers: &[ContainerSummary],
-    servers: &[ComputeServer],
+    servers: &[std::sync::Arc<ComputeServer>],
 ) -> Result<usize> {
     let live: std::collections::HashSet<String> = servers.iter().filter_map(|s| s.uid()).collect();
     let uid = |labels: &Option<std::collections::HashMap<String, String>>| {

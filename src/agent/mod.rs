@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -27,6 +28,9 @@ use crate::{Error, Result};
 
 /// How often a healthy server is looked at again: Docker is not watched by the API server.
 const RESYNC: Duration = Duration::from_secs(30);
+/// Servers reconciled at once: Docker makes containers one or two at a time anyway, and
+/// each reconcile in flight holds its buffers.
+const CONCURRENT_RECONCILES: u16 = 16;
 
 /// Flags of `compute-server agent`.
 #[derive(clap::Args, Debug)]
@@ -85,6 +89,8 @@ pub struct Context {
     pub address: String,
     /// Reconcile counts and durations, servers by phase.
     pub metrics: metrics::Metrics,
+    /// This node's servers, as the controller's watch sees them.
+    pub servers: Store<ComputeServer>,
     /// Failed reconciles in a row per server uid, for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -114,7 +120,19 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_agent");
     let metrics = metrics::Metrics::register(&mut registry);
+    let selector = format!("{NODE_LABEL}={}", args.node);
+    // The controller's own cache, without managedFields (most of each object, never read).
+    let (servers, writer) = reflector::store();
+    let watch = watcher(
+        Api::<ComputeServer>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+    )
+    .default_backoff()
+    .modify(|server| server.managed_fields_mut().clear())
+    .reflect(writer)
+    .touched_objects();
     let ctx = Arc::new(Context {
+        servers: servers.clone(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -123,7 +141,6 @@ pub async fn run(args: Args) -> Result<()> {
         address: args.address,
         failures: Default::default(),
     });
-    let selector = format!("{NODE_LABEL}={}", args.node);
     info!(node = %args.node, %selector, "agent starting");
     let ready: crate::health::ReadyCheck = {
         let docker = ctx.docker.clone();
@@ -158,19 +175,17 @@ pub async fn run(args: Args) -> Result<()> {
         let ctx = ctx.clone();
         tokio::spawn(async move { node::heartbeat(&ctx, registration, docker_changed).await })
     };
-    Controller::new(
-        Api::<ComputeServer>::all(client),
-        watcher::Config::default().labels(&selector),
-    )
-    .reconcile_all_on(reconcile_all)
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            warn!(%error, "reconcile failed");
-        }
-    })
-    .await;
+    Controller::for_stream(watch, servers)
+        .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
+        .reconcile_all_on(reconcile_all)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
     heartbeat.abort();
     health.abort();
     Ok(())

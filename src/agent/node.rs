@@ -2,6 +2,7 @@
 //! and a Lease renewed as the node's heartbeat (as the kubelet does for Nodes).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -12,9 +13,7 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Context, plan};
-use crate::api::{
-    Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL,
-};
+use crate::api::{Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer};
 use crate::{Error, Result};
 
 const FIELD_MANAGER: &str = "compute-server-agent";
@@ -84,11 +83,10 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
     // Containers first, then servers: a container listed has its server listed too, unless
     // that server is gone; so a server created meanwhile is never taken for gone.
     let containers = super::docker::list_ours(ctx).await;
-    let servers = Api::<ComputeServer>::all(ctx.client.clone())
-        .list(&ListParams::default().labels(&format!("{NODE_LABEL}={}", ctx.node)))
-        .await
-        .map_err(Error::Kube)?
-        .items;
+    // The controller's cache, once it has loaded: a container listed above was made from a
+    // server in it, so a server created meanwhile is never taken for gone.
+    let _ = ctx.servers.wait_until_ready().await;
+    let servers = ctx.servers.state();
     match containers {
         Ok(containers) => {
             if let Err(error) = super::docker::remove_orphans(ctx, &containers, &servers).await {
@@ -145,7 +143,7 @@ pub fn lease_name(node: &str) -> String {
 async fn status(
     ctx: &Context,
     previous: Option<ComputeNodeStatus>,
-    servers: &[ComputeServer],
+    servers: &[Arc<ComputeServer>],
     gpus: i32,
 ) -> Result<ComputeNodeStatus> {
     let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
