@@ -43,6 +43,11 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
+.PHONY: bench-web
+## bench-web: wrk against "My servers" with 10,000 servers in the cluster (release build; BENCH_SECONDS, default 20)
+bench-web:
+	@bash $(STACK) test --release --test web -- --ignored --nocapture bench_my_servers
+
 .PHONY: bench-bastion
 ## bench-bastion: time to first byte through the bastion vs direct (BENCH_RUNS, default 30)
 bench-bastion:

@@ -11,6 +11,7 @@ pub mod crd;
 pub mod health;
 pub mod scheduler;
 pub mod telemetry;
+pub mod web;
 
 /// Errors of the binary's roles.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("{0}")]
+    Config(String),
 
     #[error("the `{0}` role is not built yet")]
     NotBuilt(&'static str),

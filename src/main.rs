@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use compute_server::{Error, agent, bastion, crd, scheduler, telemetry};
+use compute_server::{Error, agent, bastion, crd, scheduler, telemetry, web};
 
 /// Self-service compute servers: one binary, several roles.
 #[derive(Parser)]
@@ -34,7 +34,7 @@ enum Role {
     /// Place unscheduled ComputeServers on Ready ComputeNodes (leader-elected).
     Scheduler(scheduler::Args),
     /// Serve the web front and JSON API behind Keycloak.
-    Web,
+    Web(web::Args),
     /// Serve the SSH jump host to users' own servers.
     Bastion(bastion::Args),
     /// Run scheduler, agent and web in one process, for the quick start.
@@ -50,7 +50,7 @@ async fn main() -> std::process::ExitCode {
         Role::Crd { out_dir: Some(dir) } => crd::write_dir(&dir),
         Role::Agent(args) => agent::run(args).await,
         Role::Scheduler(args) => scheduler::run(args).await,
-        Role::Web => Err(Error::NotBuilt("web")),
+        Role::Web(args) => web::run(args).await,
         Role::Bastion(args) => bastion::run(args).await,
         Role::AllInOne => Err(Error::NotBuilt("all-in-one")),
     };

@@ -23,6 +23,26 @@ pub const GROUP: &str = "computeserver.io";
 pub const NODE_LABEL: &str = "computeserver.io/node";
 /// Label with the label-safe form of `spec.owner`; for filtering only.
 pub const OWNER_LABEL: &str = "computeserver.io/owner";
+/// The value of [`OWNER_LABEL`] for an owner: the name itself when it is a valid label value,
+/// else `u-` and the first 16 bytes of its SHA-256 in hex. For filtering only: authorization
+/// always compares `spec.owner`.
+pub fn owner_label(owner: &str) -> String {
+    let valid = !owner.is_empty()
+        && owner.len() <= 63
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && owner.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && owner.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        return owner.to_string();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(owner.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("u-{hex}")
+}
+
 /// Finalizer that keeps a server until its container is gone.
 pub const CONTAINER_FINALIZER: &str = "computeserver.io/container";
 
@@ -38,4 +58,21 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
     schema.insert("x-kubernetes-list-type".into(), "map".into());
     schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_label;
+
+    #[test]
+    fn owner_labels_are_the_name_when_valid_else_a_hash() {
+        assert_eq!(owner_label("alice"), "alice");
+        assert_eq!(owner_label("a.b_c-9"), "a.b_c-9");
+        let odd = owner_label("alice@example.org");
+        assert!(odd.starts_with("u-") && odd.len() == 34, "{odd}");
+        assert_eq!(odd, owner_label("alice@example.org"), "stable");
+        assert_ne!(odd, owner_label("bob@example.org"));
+        assert!(owner_label(&"x".repeat(64)).starts_with("u-"));
+        assert!(owner_label("-alice").starts_with("u-"));
+    }
 }

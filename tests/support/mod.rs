@@ -24,6 +24,8 @@ impl Stack {
     pub fn get() -> &'static Stack {
         static STACK: OnceLock<Stack> = OnceLock::new();
         STACK.get_or_init(|| {
+            // reqwest is built without a TLS provider of its own (as in the binary): use ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let path = std::env::var("COMPUTE_SERVER_TEST_ENV").unwrap_or_else(|_| {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/target/test/env").to_string()
             });
@@ -539,4 +541,83 @@ pub async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// A `compute-server web` process on a free port of 127.0.0.1, for servers of `namespace`,
+/// signing in through the stack's Keycloak; stopped when dropped.
+pub struct WebFront {
+    child: std::process::Child,
+    /// Its base URL, such as http://127.0.0.1:41234 (also its public URL).
+    pub url: String,
+}
+
+impl WebFront {
+    /// A front with Keycloak client `client_id` (the realm has `compute-server` and
+    /// `compute-server-short`, whose access tokens last 10 s); waits until /readyz answers.
+    pub fn start(namespace: &str, client_id: &str, extra: &[&str]) -> WebFront {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "web",
+            "--listen",
+            &listen,
+            "--public-url",
+            &url,
+            "--issuer-url",
+            Stack::get().keycloak_issuer(),
+            "--client-id",
+            client_id,
+            "--namespace",
+            namespace,
+        ];
+        args.extend_from_slice(extra);
+        let child = start_role(&format!("web-{namespace}-{client_id}"), &args, &[]);
+        let web = WebFront { child, url };
+        let ready = format!("{}/readyz", web.url);
+        eventually("the web front to be ready", 60, || {
+            let out = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &ready])
+                .status();
+            out.is_ok_and(|s| s.success()).then_some(())
+        });
+        web
+    }
+}
+
+impl WebFront {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WebFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An access token for `user` from the stack's Keycloak (password grant) through `client_id`.
+pub async fn access_token(client_id: &str, user: &str) -> String {
+    let url = format!("{}/protocol/openid-connect/token", Stack::get().keycloak_issuer());
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", client_id),
+            ("username", user),
+            ("password", user),
+            ("scope", "openid"),
+        ])
+        .send()
+        .await
+        .expect("Keycloak answers")
+        .json()
+        .await
+        .expect("JSON from Keycloak");
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token for {user}: {body}"))
+        .to_string()
 }

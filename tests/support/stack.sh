@@ -18,6 +18,10 @@ install() {
     step "Installing openssl, curl and openssh-client from the Debian archive"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl curl openssh-client
   }
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || {
+    step "Installing chromium, chromium-driver (browser tests) and wrk (web benchmark) from the Debian archive"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver wrk
+  }
   bash "$SUPPORT_DIR/kube.sh" install
   bash "$SUPPORT_DIR/keycloak.sh" install
   info "everything installed ($((SECONDS - t0)) s)"
@@ -112,6 +116,9 @@ local_stack() {
   # The host key stays in target/local across runs, so known_hosts entries stay valid.
   start_role bastion bastion --listen 127.0.0.1:2222 --host-key-file "$state/bastion_host_key" \
     --metrics-address 127.0.0.1:0
+  COMPUTE_SERVER_SESSION_KEY="$(head -c 64 /dev/urandom | base64 -w0)" start_role web web \
+    --listen 127.0.0.1:8080 --public-url http://127.0.0.1:8080 --issuer-url "$KEYCLOAK_ISSUER" \
+    --bastion-address 127.0.0.1:2222
   cat <<BANNER
 
   compute-server local stack is up.
@@ -130,8 +137,8 @@ local_stack() {
   Bastion         ssh -J alice@127.0.0.1:2222 root@SERVER   (log: target/local/bastion.log)
                   reaches alice's own servers in namespace compute; her key must be in one of
                   their sshAuthorizedKeys. ProxyJump snippet and refusals: README "SSH access".
-
-  Not yet running: the web front (http://127.0.0.1:8080); it arrives with its issue.
+  Web front       http://127.0.0.1:8080   sign in as alice/alice, request a server, watch it start
+                  JSON API: http://127.0.0.1:8080/api/v1/servers with a Keycloak access token
   Ctrl-C stops everything.
 
 BANNER

@@ -1,0 +1,211 @@
+//! The JSON API under `/api/v1/`, for scripts and CLIs: `Authorization: Bearer <access token>`
+//! only (cookies are never read here, so a browser session cannot be ridden by another site),
+//! errors as `{"error": "...", "message": "..."}`.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::AppState;
+use super::oidc::User;
+use super::servers::{self, Action, NewServer, Problem, ServerView};
+use crate::api::Resources;
+
+/// The API's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/servers", get(list).post(create))
+        .route("/api/v1/servers/{name}", get(one).delete(delete))
+        .route("/api/v1/servers/{name}/stop", post(stop))
+        .route("/api/v1/servers/{name}/start", post(start))
+        .route("/api/v1/profiles", get(profiles))
+}
+
+/// A [`Problem`] as the API answers it.
+pub struct ApiError(pub Problem);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.0.status();
+        let mut body = json!({"error": code, "message": self.0.message()});
+        if let Problem::Invalid(fields) = &self.0 {
+            body["fields"] = json!(fields);
+        }
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> Self {
+        ApiError(problem)
+    }
+}
+
+/// The caller, from a valid `Authorization: Bearer` access token.
+pub struct Bearer(pub User);
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| {
+                ApiError(Problem::Unauthorized(
+                    "send an access token from Keycloak: Authorization: Bearer <token>".into(),
+                ))
+            })?;
+        let oidc = state.oidc.get().ok_or_else(|| {
+            ApiError(Problem::Unavailable(
+                "Keycloak has not answered yet; try again soon".into(),
+            ))
+        })?;
+        oidc.validate(token)
+            .await
+            .map(Bearer)
+            .map_err(|e| ApiError(Problem::Unauthorized(e.to_string())))
+    }
+}
+
+fn ready(state: &AppState) -> Result<(), ApiError> {
+    if state.cache.synced() {
+        Ok(())
+    } else {
+        Err(ApiError(Problem::Unavailable(
+            "still loading the servers; try again soon".into(),
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+struct OwnerQuery {
+    owner: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Query(query): Query<OwnerQuery>,
+) -> Result<Json<Vec<ServerView>>, ApiError> {
+    ready(&state)?;
+    let servers = servers::list(&state.cache, &user, query.owner.as_deref())?;
+    Ok(Json(
+        servers
+            .iter()
+            .map(|s| ServerView::new(s, state.bastion.as_deref()))
+            .collect(),
+    ))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<Json<ServerView>, ApiError> {
+    ready(&state)?;
+    let server = servers::visible(&state.cache, &user, &name)?;
+    Ok(Json(ServerView::new(&server, state.bastion.as_deref())))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    body: Result<Json<NewServer>, JsonRejection>,
+) -> Result<(StatusCode, Json<ServerView>), ApiError> {
+    ready(&state)?;
+    let Json(new) = body.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
+    let server = servers::create(&state.servers, &state.cache, &user, new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ServerView::new(&server, state.bastion.as_deref())),
+    ))
+}
+
+async fn change(state: &AppState, user: &User, name: &str, action: Action) -> Result<Response, ApiError> {
+    ready(state)?;
+    let changed = servers::act(&state.servers, &state.cache, user, name, action).await?;
+    Ok(match changed {
+        Some(server) => Json(ServerView::new(&server, state.bastion.as_deref())).into_response(),
+        None => (
+            StatusCode::ACCEPTED,
+            Json(json!({"name": name, "message": "deleting: the server is gone once its container is removed"})),
+        )
+            .into_response(),
+    })
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    change(&state, &user, &name, Action::Stop).await
+}
+
+async fn start(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    change(&state, &user, &name, Action::Start).await
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    change(&state, &user, &name, Action::Delete).await
+}
+
+/// A profile as the API shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProfileView {
+    name: String,
+    display_name: Option<String>,
+    description: Option<String>,
+    default_resources: Resources,
+    max_resources: Resources,
+    max_servers_per_user: Option<i32>,
+}
+
+async fn profiles(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+) -> Result<Json<Vec<ProfileView>>, ApiError> {
+    ready(&state)?;
+    Ok(Json(
+        servers::profiles_for(&state.cache, &user)
+            .iter()
+            .map(|p| ProfileView {
+                name: p.name_any(),
+                display_name: p.spec.display_name.clone(),
+                description: p.spec.description.clone(),
+                default_resources: p.spec.default_resources.clone(),
+                max_resources: p.spec.max_resources.clone(),
+                max_servers_per_user: p.spec.max_servers_per_user,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,203 @@
+//! The watch cache: kube-runtime reflectors over the ComputeServers of the namespace and over
+//! the ComputeProfiles, an index of servers by owner label, and a broadcast of every change for
+//! the live status pages. Pages and the API read from here: no API call per page view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use crate::api::{ComputeProfile, ComputeServer, OWNER_LABEL, owner_label};
+
+/// A change to a server, for the live status pages.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Created or changed: its current state.
+    Applied(Arc<ComputeServer>),
+    /// Gone: its name.
+    Deleted(String),
+}
+
+type ByOwner = HashMap<String, BTreeMap<String, Arc<ComputeServer>>>;
+
+/// What the web front knows of the cluster, kept current by watches.
+pub struct Cache {
+    namespace: String,
+    servers: Store<ComputeServer>,
+    profiles: Store<ComputeProfile>,
+    /// Owner label → server name → server (the same `Arc`s as in the store).
+    by_owner: RwLock<ByOwner>,
+    servers_synced: AtomicBool,
+    profiles_synced: AtomicBool,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Cache {
+    /// Starts the watches in the background; [`Cache::synced`] says when they have listed all.
+    pub fn start(client: Client, namespace: &str) -> Arc<Cache> {
+        let (servers, server_writer) = reflector::store();
+        let (profiles, profile_writer) = reflector::store();
+        let cache = Arc::new(Cache {
+            namespace: namespace.to_string(),
+            servers,
+            profiles,
+            by_owner: RwLock::default(),
+            servers_synced: AtomicBool::new(false),
+            profiles_synced: AtomicBool::new(false),
+            changes: broadcast::channel(1024).0,
+        });
+
+        let api: Api<ComputeServer> = Api::namespaced(client.clone(), namespace);
+        // managedFields are never shown: dropping them keeps a cache of 10,000 servers small.
+        let watch = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|server| server.managed_fields_mut().clear());
+        let stream = reflector::reflector(server_writer, watch);
+        let me = cache.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(event) => me.index(event),
+                    Err(error) => warn!("watch of ComputeServers: {error}"),
+                }
+            }
+        });
+
+        let api: Api<ComputeProfile> = Api::all(client);
+        let watch = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|profile| profile.managed_fields_mut().clear());
+        let stream = reflector::reflector(profile_writer, watch);
+        let me = cache.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => me.profiles_synced.store(true, Ordering::Release),
+                    Ok(_) => {}
+                    Err(error) => warn!("watch of ComputeProfiles: {error}"),
+                }
+            }
+        });
+        cache
+    }
+
+    /// Keeps the owner index in step with the store (already updated by the reflector).
+    fn index(&self, event: watcher::Event<ComputeServer>) {
+        let label = |s: &ComputeServer| s.labels().get(OWNER_LABEL).cloned().unwrap_or_default();
+        match event {
+            // The store takes a relisted set only at InitDone: rebuild the index from it then.
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            watcher::Event::InitDone => {
+                let mut index = ByOwner::new();
+                for server in self.servers.state() {
+                    index
+                        .entry(label(&server))
+                        .or_default()
+                        .insert(server.name_any(), server);
+                }
+                *self.by_owner.write().expect("index lock") = index;
+                self.servers_synced.store(true, Ordering::Release);
+            }
+            watcher::Event::Apply(server) => {
+                let name = server.name_any();
+                let Some(stored) = self.stored(&name) else { return };
+                {
+                    let mut index = self.by_owner.write().expect("index lock");
+                    index.values_mut().for_each(|servers| {
+                        servers.remove(&name);
+                    });
+                    index
+                        .entry(label(&server))
+                        .or_default()
+                        .insert(name, stored.clone());
+                }
+                let _ = self.changes.send(Change::Applied(stored));
+            }
+            watcher::Event::Delete(server) => {
+                let name = server.name_any();
+                {
+                    let mut index = self.by_owner.write().expect("index lock");
+                    if let Some(servers) = index.get_mut(&label(&server)) {
+                        servers.remove(&name);
+                    }
+                }
+                let _ = self.changes.send(Change::Deleted(name));
+            }
+        }
+    }
+
+    fn stored(&self, name: &str) -> Option<Arc<ComputeServer>> {
+        self.servers.get(&ObjectRef::new(name).within(&self.namespace))
+    }
+
+    /// Whether both watches have listed everything once.
+    pub fn synced(&self) -> bool {
+        self.servers_synced.load(Ordering::Acquire) && self.profiles_synced.load(Ordering::Acquire)
+    }
+
+    /// The servers whose `spec.owner` is `owner`, by name (found through the owner label).
+    pub fn owned_by(&self, owner: &str) -> Vec<Arc<ComputeServer>> {
+        let index = self.by_owner.read().expect("index lock");
+        index
+            .get(&owner_label(owner))
+            .map(|servers| {
+                servers
+                    .values()
+                    .filter(|s| s.spec.owner == owner)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every server of the namespace, by owner and name (for admins).
+    pub fn all(&self) -> Vec<Arc<ComputeServer>> {
+        let mut all = self.servers.state();
+        all.sort_by(|a, b| (&a.spec.owner, a.name_any()).cmp(&(&b.spec.owner, b.name_any())));
+        all
+    }
+
+    /// One server by name, whoever owns it; callers check the owner.
+    pub fn server(&self, name: &str) -> Option<Arc<ComputeServer>> {
+        self.stored(name)
+    }
+
+    /// Waits (at most `timeout`) until the watch has brought server `name`, so that a page
+    /// shown right after creating it finds it.
+    pub async fn wait_for(&self, name: &str, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.server(name).is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Every profile, by name.
+    pub fn profiles(&self) -> Vec<Arc<ComputeProfile>> {
+        let mut all = self.profiles.state();
+        all.sort_by_key(|p| p.name_any());
+        all
+    }
+
+    /// Changes to servers from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// The namespace the servers live in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}

@@ -1,0 +1,317 @@
+//! The `web` role: Keycloak sign-in, the pages people use to request, watch, stop, start and
+//! delete their own servers, and the JSON API for scripts. Stateless: sessions live in
+//! encrypted cookies, servers and profiles in a watch cache, so replicas share nothing but the
+//! session key.
+//!
+//! [`oidc`] speaks to Keycloak, [`session`] keeps the browser session, [`cache`] watches the
+//! cluster, [`servers`] holds the rules both [`pages`] and [`api`] follow.
+
+pub mod api;
+pub mod cache;
+mod metrics;
+pub mod oidc;
+pub mod pages;
+pub mod servers;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use k8s_openapi::api::core::v1::Event;
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use crate::api::ComputeServer;
+use crate::{Error, Result};
+use cache::Cache;
+use oidc::Provider;
+use session::Cookies;
+
+/// Flags of `compute-server web`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where to serve the pages, the API, /healthz, /readyz and /metrics.
+    #[arg(long, env = "COMPUTE_SERVER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// The URL people reach this front at; sign-in comes back to {public-url}/auth/callback.
+    #[arg(
+        long,
+        env = "COMPUTE_SERVER_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+
+    /// The Keycloak realm's issuer URL, such as https://keycloak.example.org/realms/compute.
+    #[arg(long, env = "COMPUTE_SERVER_OIDC_ISSUER")]
+    pub issuer_url: String,
+
+    /// The Keycloak client of this front.
+    #[arg(long, env = "COMPUTE_SERVER_OIDC_CLIENT_ID", default_value = "compute-server")]
+    pub client_id: String,
+
+    /// The client's secret: set for a confidential client, leave out for a public one.
+    #[arg(long, env = "COMPUTE_SERVER_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+
+    /// Base64 of at least 64 random bytes that encrypt the session cookies; replicas must share
+    /// it. Without it a random key is made, and sessions end when the process does.
+    #[arg(long, env = "COMPUTE_SERVER_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
+
+    /// Namespace where servers are created and listed.
+    #[arg(long, env = "COMPUTE_SERVER_NAMESPACE", default_value = "compute")]
+    pub namespace: String,
+
+    /// Keycloak realm role whose holders see and manage everyone's servers.
+    #[arg(long, env = "COMPUTE_SERVER_ADMIN_ROLE", default_value = "compute-admin")]
+    pub admin_role: String,
+
+    /// The bastion's address (host:port), shown in SSH commands: ssh -J user@ADDRESS root@server.
+    #[arg(long, env = "COMPUTE_SERVER_BASTION_ADDRESS")]
+    pub bastion_address: Option<String>,
+}
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Servers and profiles, from the watches.
+    pub cache: Arc<Cache>,
+    /// The realm, once its discovery document has been read.
+    pub oidc: Arc<OnceLock<Provider>>,
+    /// Session cookie names, attributes and key.
+    pub cookies: Arc<Cookies>,
+    /// ComputeServers of the namespace, for changes.
+    pub servers: Api<ComputeServer>,
+    /// Events of the namespace, for the detail page.
+    pub events: Api<Event>,
+    /// The public URL without a trailing slash.
+    pub public_url: Arc<str>,
+    /// The bastion's address for SSH commands.
+    pub bastion: Option<Arc<str>>,
+    /// The Content-Security-Policy header.
+    csp: HeaderValue,
+}
+
+fn config(text: String) -> Error {
+    Error::Config(text)
+}
+
+/// Whether cookies may go without `Secure`: only for plain http on the loopback interface.
+fn plain_local(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    url.scheme() == "http"
+        && (host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()))
+}
+
+fn session_key(text: Option<&str>) -> Result<cookie::Key> {
+    match text {
+        Some(text) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| config(format!("--session-key is not base64: {e}")))?;
+            cookie::Key::try_from(bytes.as_slice()).map_err(|_| {
+                config(format!(
+                    "--session-key must hold at least 64 bytes; it has {}",
+                    bytes.len()
+                ))
+            })
+        }
+        None => {
+            warn!(
+                "no --session-key: made a random one; sessions end on restart, and replicas must share one key"
+            );
+            Ok(cookie::Key::generate())
+        }
+    }
+}
+
+/// Runs the web front until the process is told to stop.
+pub async fn run(args: Args) -> Result<()> {
+    let public = reqwest::Url::parse(&args.public_url)
+        .map_err(|e| config(format!("--public-url {}: {e}", args.public_url)))?;
+    let public_url: Arc<str> = args.public_url.trim_end_matches('/').into();
+    let issuer = reqwest::Url::parse(&args.issuer_url)
+        .map_err(|e| config(format!("--issuer-url {}: {e}", args.issuer_url)))?;
+    let secure = !plain_local(&public);
+    if public.scheme() == "http" && secure {
+        warn!(
+            "--public-url is plain http but not local: browsers will not send the Secure session cookie back"
+        );
+    }
+    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let cache = Cache::start(client.clone(), &args.namespace);
+    let oidc = Arc::new(OnceLock::new());
+    let state = AppState {
+        cache,
+        oidc: oidc.clone(),
+        cookies: Arc::new(Cookies::new(session_key(args.session_key.as_deref())?, secure)),
+        servers: Api::namespaced(client.clone(), &args.namespace),
+        events: Api::namespaced(client, &args.namespace),
+        public_url: public_url.clone(),
+        bastion: args.bastion_address.as_deref().map(Arc::from),
+        csp: csp(&issuer.origin().ascii_serialization()),
+    };
+
+    tokio::spawn(async move {
+        let redirect = format!("{public_url}/auth/callback");
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match Provider::discover(
+                &args.issuer_url,
+                &args.client_id,
+                args.client_secret.as_deref(),
+                &redirect,
+                &args.admin_role,
+            )
+            .await
+            {
+                Ok(provider) => {
+                    info!(issuer = %args.issuer_url, client = %args.client_id, "OpenID Connect discovery done");
+                    let _ = oidc.set(provider);
+                    return;
+                }
+                Err(error) => {
+                    warn!("{error}; trying again in {} s", wait.as_secs());
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+
+    let router = app(state);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    info!("web front on http://{}", args.listen);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(|source| Error::Listen {
+            addr: args.listen,
+            source,
+        })
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn csp(issuer_origin: &str) -> HeaderValue {
+    // form-action: the sign-out form is answered with a redirect to Keycloak.
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+         form-action 'self' {issuer_origin}; frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
+}
+
+/// The whole front: pages (with the session middleware), sign-in, the API, static files,
+/// /healthz, /readyz and /metrics; security headers and request metrics on everything.
+pub fn app(state: AppState) -> Router {
+    let mut registry = Registry::with_prefix("compute_server_web");
+    let metrics = metrics::Metrics::new(&mut registry);
+    let ready_state = state.clone();
+    let ready: crate::health::ReadyCheck = Arc::new(move || {
+        let state = ready_state.clone();
+        Box::pin(async move {
+            match (state.cache.synced(), state.oidc.get().is_some()) {
+                (true, true) => Ok(()),
+                (false, _) => {
+                    Err("the watches of ComputeServers and ComputeProfiles have not synced yet".into())
+                }
+                (_, false) => Err("Keycloak's discovery document is not loaded yet".into()),
+            }
+        })
+    });
+    let browser = pages::routes()
+        .merge(session::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), session::layer));
+    Router::new()
+        .merge(browser)
+        .merge(api::routes())
+        .merge(pages::static_routes())
+        .fallback(not_found)
+        .with_state(state.clone())
+        .merge(crate::health::router(Arc::new(registry), ready))
+        .route_layer(middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(middleware::from_fn_with_state(state, security_headers))
+}
+
+/// Unknown paths: JSON under /api/, a page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        let body =
+            serde_json::json!({"error": "not_found", "message": "no such API call; see the README's table"});
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    } else {
+        pages::message(
+            axum::http::StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no page at this address.",
+        )
+    }
+}
+
+async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, state.csp.clone());
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        // Pages show one person's servers: no shared caches.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_go_without_secure_only_on_plain_local_http() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert!(plain_local(&url("http://127.0.0.1:8080")));
+        assert!(plain_local(&url("http://localhost:8080")));
+        assert!(plain_local(&url("http://[::1]:8080")));
+        assert!(!plain_local(&url("https://127.0.0.1:8080")));
+        assert!(!plain_local(&url("http://compute.example.org")));
+        assert!(!plain_local(&url("http://localhost.example.org")));
+    }
+
+    #[test]
+    fn session_keys_need_64_bytes() {
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        assert!(session_key(Some(&b64(64))).is_ok());
+        let error = session_key(Some(&b64(32))).unwrap_err().to_string();
+        assert!(error.contains("at least 64 bytes"), "{error}");
+        assert!(session_key(Some("not base64!")).is_err());
+    }
+}

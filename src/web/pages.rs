@@ -1,0 +1,668 @@
+//! The browser pages, rendered on the server with maud (which escapes every value): my
+//! servers, the request form, a server's detail with live status, and the admin list.
+//! No inline script: the little JavaScript there is comes from /static/app.js.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
+use kube::api::ListParams;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use super::AppState;
+use super::cache::Change;
+use super::servers::{self, Action, FieldError, NewResources, NewServer, Problem};
+use super::session::{MaybeSession, Session, SignedIn};
+use crate::api::{ComputeProfile, ComputeServer, EnvVar};
+
+/// The page routes (behind the session middleware).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/servers/new", get(new_form))
+        .route("/servers", post(create))
+        .route("/servers/{name}", get(detail))
+        .route("/servers/{name}/events", get(live))
+        .route("/servers/{name}/{action}", post(act))
+        .route("/admin", get(admin))
+}
+
+/// The stylesheet and script, compiled in.
+pub fn static_routes() -> Router<AppState> {
+    let cache = "public, max-age=3600";
+    Router::new()
+        .route(
+            "/static/app.css",
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+                        (header::CACHE_CONTROL, cache),
+                    ],
+                    include_str!("static/app.css"),
+                )
+            }),
+        )
+        .route(
+            "/static/app.js",
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, cache),
+                    ],
+                    include_str!("static/app.js"),
+                )
+            }),
+        )
+}
+
+fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · compute-server" }
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "compute-server" }
+                    @if let Some(session) = session {
+                        nav {
+                            a href="/" { "My servers" }
+                            a href="/servers/new" { "Request a server" }
+                            @if session.user.admin { a href="/admin" { "All servers" } }
+                        }
+                        div.who {
+                            span.user { (session.user.name) }
+                            form method="post" action="/auth/logout" {
+                                input type="hidden" name="csrf" value=(session.csrf);
+                                button.link type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn page(status: StatusCode, title: &str, session: Option<&Session>, body: Markup) -> Response {
+    (status, layout(title, session, body)).into_response()
+}
+
+/// A page with a heading and one message.
+pub fn message(status: StatusCode, title: &str, text: &str) -> Response {
+    page(
+        status,
+        title,
+        None,
+        html! { section.card { h1 { (title) } p { (text) } p { a href="/" { "Back to the start" } } } },
+    )
+}
+
+/// Signing in went wrong: say so and offer to try again.
+pub fn sign_in_failed(why: &str) -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in failed",
+        None,
+        html! {
+            section.card {
+                h1 { "Sign-in failed" }
+                p { (why) }
+                p { a.button href="/auth/login" { "Try again" } }
+            }
+        },
+    )
+}
+
+/// A form came without this session's CSRF token: nothing was done.
+pub fn bad_csrf() -> Response {
+    message(
+        StatusCode::FORBIDDEN,
+        "Form expired",
+        "This form does not belong to your current session, so nothing was done. Reload the page and try again.",
+    )
+}
+
+fn problem_page(session: &Session, problem: Problem) -> Response {
+    let (status, _) = problem.status();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let title = match problem {
+        Problem::NotFound(_) => "Not found",
+        Problem::Forbidden(_) => "Not allowed",
+        _ => "Something went wrong",
+    };
+    page(
+        status,
+        title,
+        Some(session),
+        html! { section.card { h1 { (title) } p { (problem.message()) } p { a href="/" { "Back to my servers" } } } },
+    )
+}
+
+/// "3m", "2h", "5d": how long ago the server was made.
+fn age(server: &ComputeServer) -> String {
+    let Some(created) = &server.metadata.creation_timestamp else {
+        return "—".into();
+    };
+    let seconds = jiff::Timestamp::now().duration_since(created.0).as_secs().max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// "1 CPU · 512Mi": what was asked, else the profile's default.
+fn size(server: &ComputeServer, profiles: &[Arc<ComputeProfile>]) -> String {
+    let defaults = server
+        .spec
+        .profile
+        .as_ref()
+        .and_then(|name| profiles.iter().find(|p| p.name_any() == *name))
+        .map(|p| p.spec.default_resources.clone())
+        .unwrap_or_default();
+    let res = &server.spec.resources;
+    let cpu = res
+        .cpu
+        .as_ref()
+        .or(defaults.cpu.as_ref())
+        .map(|q| q.0.as_str())
+        .unwrap_or("?");
+    let memory = res
+        .memory
+        .as_ref()
+        .or(defaults.memory.as_ref())
+        .map(|q| q.0.as_str())
+        .unwrap_or("?");
+    let gpus = res.gpus.or(defaults.gpus).unwrap_or(0);
+    let mut text = format!("{cpu} CPU · {memory}");
+    if gpus > 0 {
+        text.push_str(&format!(" · {gpus} GPU"));
+    }
+    text
+}
+
+fn phase_badge(phase: &str) -> Markup {
+    html! { span class={ "phase phase-" (phase.to_lowercase()) } data-field="phase" { (phase) } }
+}
+
+fn servers_table(state: &AppState, list: &[Arc<ComputeServer>], with_owner: bool) -> Markup {
+    let profiles = state.cache.profiles();
+    html! {
+        table.servers {
+            thead { tr {
+                th { "Name" }
+                @if with_owner { th { "Owner" } }
+                th { "Profile" } th { "Phase" } th { "Node" } th { "Size" } th { "Age" } th { "SSH" }
+            } }
+            tbody {
+                @for server in list {
+                    @let name = server.name_any();
+                    tr {
+                        td { a href={ "/servers/" (name) } { (name) } }
+                        @if with_owner { td { a href={ "/admin?owner=" (server.spec.owner) } { (server.spec.owner) } } }
+                        td { (server.spec.profile.as_deref().unwrap_or("—")) }
+                        td { (phase_badge(&servers::phase(server))) }
+                        td { (server.status.as_ref().and_then(|s| s.node.as_deref()).unwrap_or("—")) }
+                        td { (size(server, &profiles)) }
+                        td { (age(server)) }
+                        td {
+                            @match servers::ssh_command(server, state.bastion.as_deref(), &server.spec.owner) {
+                                Some(cmd) => code.ssh { (cmd) },
+                                None => span.muted { "—" },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn home(
+    State(state): State<AppState>,
+    axum::Extension(MaybeSession(session)): axum::Extension<MaybeSession>,
+) -> Response {
+    let Some(session) = session else {
+        return page(
+            StatusCode::OK,
+            "Welcome",
+            None,
+            html! {
+                section.card.welcome {
+                    h1 { "Your own compute server, now" }
+                    p { "Sign in with your organisation's account to request a server, see your servers and reach them over SSH." }
+                    p { a.button href="/auth/login" { "Sign in" } }
+                }
+            },
+        );
+    };
+    let mine = state.cache.owned_by(&session.user.name);
+    page(
+        StatusCode::OK,
+        "My servers",
+        Some(&session),
+        html! {
+            div.heading {
+                h1 { "My servers" }
+                a.button href="/servers/new" { "Request a server" }
+            }
+            @if !state.cache.synced() {
+                p.notice { "Still loading the servers; reload in a moment." }
+            } @else if mine.is_empty() {
+                section.card.empty {
+                    p { "You have no servers yet." }
+                    p { a href="/servers/new" { "Request your first one" } }
+                }
+            } @else {
+                (servers_table(&state, &mine, false))
+            }
+        },
+    )
+}
+
+/// What the request form shows back after a refusal.
+#[derive(Deserialize, Default)]
+struct RequestForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    profile: String,
+    #[serde(default)]
+    cpu: String,
+    #[serde(default)]
+    memory: String,
+    #[serde(default)]
+    ssh_keys: String,
+}
+
+fn field_error(errors: &[FieldError], field: &str) -> Markup {
+    html! {
+        @for e in errors.iter().filter(|e| e.field == field) {
+            p.error id={ "error-" (field) } { (e.message) }
+        }
+    }
+}
+
+fn request_page(
+    state: &AppState,
+    session: &Session,
+    form: &RequestForm,
+    errors: &[FieldError],
+    notice: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let profiles = servers::profiles_for(&state.cache, &session.user);
+    let chosen = if form.profile.is_empty() {
+        profiles.first().map(|p| p.name_any()).unwrap_or_default()
+    } else {
+        form.profile.clone()
+    };
+    let others: Vec<&FieldError> = errors
+        .iter()
+        .filter(|e| !["name", "profile", "cpu", "memory", "gpus", "sshAuthorizedKeys"].contains(&e.field))
+        .collect();
+    page(
+        status,
+        "Request a server",
+        Some(session),
+        html! {
+            h1 { "Request a server" }
+            @if let Some(notice) = notice { p.notice.error role="alert" { (notice) } }
+            @for e in others { p.notice.error role="alert" { (e.message) } }
+            @if profiles.is_empty() {
+                section.card { p { "There is no profile you may use. Ask the admins to give your group one." } }
+            } @else {
+                form.request method="post" action="/servers" novalidate {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    fieldset {
+                        legend { "Profile" }
+                        @for p in &profiles {
+                            @let name = p.name_any();
+                            label.profile {
+                                input type="radio" name="profile" value=(name) checked[name == chosen];
+                                span {
+                                    strong { (p.spec.display_name.as_deref().unwrap_or(&name)) }
+                                    @if let Some(d) = &p.spec.description { span.muted { (d) } }
+                                    span.limits {
+                                        "default " (fmt_res(&p.spec.default_resources))
+                                        " · up to " (fmt_res(&p.spec.max_resources))
+                                        @if let Some(max) = p.spec.max_servers_per_user { " · " (max) " per person" }
+                                    }
+                                }
+                            }
+                        }
+                        (field_error(errors, "profile"))
+                    }
+                    label for="name" { "Name " span.muted { "(optional)" } }
+                    input #name type="text" name="name" value=(form.name) placeholder="dev" maxlength="63" autocomplete="off";
+                    (field_error(errors, "name"))
+                    div.row {
+                        div {
+                            label for="cpu" { "CPUs " span.muted { "(empty: the profile's default)" } }
+                            input #cpu type="text" name="cpu" value=(form.cpu) placeholder="1";
+                            (field_error(errors, "cpu"))
+                        }
+                        div {
+                            label for="memory" { "Memory " span.muted { "(such as 512Mi or 2Gi)" } }
+                            input #memory type="text" name="memory" value=(form.memory) placeholder="512Mi";
+                            (field_error(errors, "memory"))
+                        }
+                    }
+                    (field_error(errors, "gpus"))
+                    label for="ssh_keys" { "SSH public key " span.muted { "(optional; one per line)" } }
+                    textarea #ssh_keys name="ssh_keys" rows="3" placeholder="ssh-ed25519 AAAAC3Nza... you@laptop" { (form.ssh_keys) }
+                    (field_error(errors, "sshAuthorizedKeys"))
+                    button.button type="submit" { "Request" }
+                }
+            }
+        },
+    )
+}
+
+fn fmt_res(r: &crate::api::Resources) -> String {
+    let cpu = r.cpu.as_ref().map(|q| q.0.as_str()).unwrap_or("any");
+    let mem = r.memory.as_ref().map(|q| q.0.as_str()).unwrap_or("any");
+    format!("{cpu} CPU, {mem}")
+}
+
+async fn new_form(State(state): State<AppState>, SignedIn(session): SignedIn) -> Response {
+    request_page(
+        &state,
+        &session,
+        &RequestForm::default(),
+        &[],
+        None,
+        StatusCode::OK,
+    )
+}
+
+async fn create(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Form(form): Form<RequestForm>,
+) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    let new = NewServer {
+        name: Some(form.name.clone()),
+        profile: form.profile.clone(),
+        resources: NewResources {
+            cpu: Some(form.cpu.trim().to_string()).filter(|s| !s.is_empty()),
+            memory: Some(form.memory.trim().to_string()).filter(|s| !s.is_empty()),
+            gpus: None,
+        },
+        ssh_authorized_keys: form.ssh_keys.lines().map(str::to_string).collect(),
+        env: Vec::<EnvVar>::new(),
+    };
+    match servers::create(&state.servers, &state.cache, &session.user, new).await {
+        Ok(server) => Redirect::to(&format!("/servers/{}", server.name_any())).into_response(),
+        Err(Problem::Invalid(errors)) => request_page(
+            &state,
+            &session,
+            &form,
+            &errors,
+            Some("Please correct the fields marked below.".into()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        Err(problem @ (Problem::Limit(_) | Problem::Exists(_))) => request_page(
+            &state,
+            &session,
+            &form,
+            &[],
+            Some(problem.message()),
+            StatusCode::CONFLICT,
+        ),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+async fn events_of(state: &AppState, server: &ComputeServer) -> Vec<Event> {
+    let params = ListParams::default().fields(&format!("involvedObject.name={}", server.name_any()));
+    let mut events: Vec<Event> = match state.events.list(&params).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.uid == server.uid())
+            .collect(),
+        Err(error) => {
+            tracing::warn!("list events: {error}");
+            vec![]
+        }
+    };
+    let when = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+    };
+    events.sort_by_key(|e| std::cmp::Reverse(when(e)));
+    events.truncate(20);
+    events
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Path(name): Path<String>,
+) -> Response {
+    let server = match servers::visible(&state.cache, &session.user, &name) {
+        Ok(server) => server,
+        Err(problem) => return problem_page(&session, problem),
+    };
+    let events = events_of(&state, &server).await;
+    let status = server.status.clone().unwrap_or_default();
+    let phase = servers::phase(&server);
+    let ssh = servers::ssh_command(&server, state.bastion.as_deref(), &server.spec.owner);
+    let profiles = state.cache.profiles();
+    let running = server.spec.running.to_string();
+    page(
+        StatusCode::OK,
+        &name,
+        Some(&session),
+        html! {
+            div.heading data-events={ "/servers/" (name) "/events" } {
+                h1 { (name) " " (phase_badge(&phase)) }
+                div.actions {
+                    form method="post" action={ "/servers/" (name) "/stop" } data-when-running="true" hidden[running != "true"] {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button.button.secondary type="submit" { "Stop" }
+                    }
+                    form method="post" action={ "/servers/" (name) "/start" } data-when-running="false" hidden[running != "false"] {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button.button.secondary type="submit" { "Start" }
+                    }
+                    form method="post" action={ "/servers/" (name) "/delete" } data-confirm={ "Delete " (name) " and its data?" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button.button.danger type="submit" { "Delete" }
+                    }
+                }
+            }
+            p.message data-field="message" { (status.message.as_deref().unwrap_or("Waiting for the scheduler to choose a node.")) }
+            section.card {
+                dl.facts {
+                    dt { "Owner" } dd { (server.spec.owner) }
+                    dt { "Profile" } dd { (server.spec.profile.as_deref().unwrap_or("—")) }
+                    dt { "Size" } dd { (size(&server, &profiles)) }
+                    dt { "Node" } dd data-field="node" { (status.node.as_deref().unwrap_or("—")) }
+                    dt { "Age" } dd { (age(&server)) }
+                    dt { "SSH" } dd { code.ssh data-field="ssh" { (ssh.as_deref().unwrap_or("—")) } }
+                }
+            }
+            h2 { "Events" }
+            @if events.is_empty() {
+                p.muted { "No events yet." }
+            } @else {
+                table.events {
+                    thead { tr { th { "Type" } th { "Reason" } th { "Message" } th { "Count" } } }
+                    tbody {
+                        @for e in &events {
+                            tr class=[e.type_.as_deref().map(|t| t.to_lowercase())] {
+                                td { (e.type_.as_deref().unwrap_or("")) }
+                                td { (e.reason.as_deref().unwrap_or("")) }
+                                td { (e.message.as_deref().unwrap_or("")) }
+                                td { (e.count.unwrap_or(1)) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The status fields the detail page updates live.
+fn status_json(server: &ComputeServer, bastion: Option<&str>) -> String {
+    let status = server.status.clone().unwrap_or_default();
+    serde_json::json!({
+        "phase": servers::phase(server),
+        "message": status.message.unwrap_or_else(|| "Waiting for the scheduler to choose a node.".into()),
+        "node": status.node.unwrap_or_else(|| "—".into()),
+        "ssh": servers::ssh_command(server, bastion, &server.spec.owner).unwrap_or_else(|| "—".into()),
+        "running": server.spec.running,
+    })
+    .to_string()
+}
+
+/// Server-sent events with the server's status, from the watch cache: one now, then one per
+/// change; `deleted` when it is gone.
+async fn live(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Path(name): Path<String>,
+) -> Response {
+    let changes = state.cache.subscribe();
+    let server = match servers::visible(&state.cache, &session.user, &name) {
+        Ok(server) => server,
+        Err(problem) => return problem_page(&session, problem),
+    };
+    let bastion = state.bastion.clone();
+    let first = SseEvent::default()
+        .event("status")
+        .data(status_json(&server, bastion.as_deref()));
+    let user = session.user;
+    let cache = state.cache.clone();
+    let updates = futures::stream::unfold(Some(changes), move |changes| {
+        let (name, user, cache, bastion) = (name.clone(), user.clone(), cache.clone(), bastion.clone());
+        async move {
+            let mut changes = changes?;
+            loop {
+                let server = match changes.recv().await {
+                    Ok(Change::Applied(s)) if s.name_any() == name => s,
+                    Ok(Change::Deleted(n)) if n == name => {
+                        return Some((SseEvent::default().event("deleted").data("{}"), None));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match cache.server(&name) {
+                        Some(s) => s,
+                        None => continue,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                if !(user.admin || server.spec.owner == user.name) {
+                    return None;
+                }
+                let event = SseEvent::default()
+                    .event("status")
+                    .data(status_json(&server, bastion.as_deref()));
+                return Some((event, Some(changes)));
+            }
+        }
+    });
+    let stream = futures::stream::once(async { first })
+        .chain(updates)
+        .map(Ok::<_, Infallible>);
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn act(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let action = match action.as_str() {
+        "stop" => Action::Stop,
+        "start" => Action::Start,
+        "delete" => Action::Delete,
+        _ => return problem_page(&session, Problem::NotFound(name)),
+    };
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    match servers::act(&state.servers, &state.cache, &session.user, &name, action).await {
+        Ok(_) if action == Action::Delete => Redirect::to("/").into_response(),
+        Ok(_) => Redirect::to(&format!("/servers/{name}")).into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+#[derive(Deserialize)]
+struct OwnerQuery {
+    owner: Option<String>,
+}
+
+async fn admin(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Query(query): Query<OwnerQuery>,
+) -> Response {
+    if !session.user.admin {
+        return problem_page(
+            &session,
+            Problem::Forbidden("This page is for admins (the compute-admin role).".into()),
+        );
+    }
+    let owner = query.owner.unwrap_or_default();
+    let list = match servers::list(&state.cache, &session.user, Some(owner.trim())) {
+        Ok(list) => list,
+        Err(problem) => return problem_page(&session, problem),
+    };
+    page(
+        StatusCode::OK,
+        "All servers",
+        Some(&session),
+        html! {
+            div.heading {
+                h1 { "All servers" }
+                form.filter method="get" action="/admin" {
+                    label for="owner" { "Owner" }
+                    input #owner type="text" name="owner" value=(owner) placeholder="everyone";
+                    button.button.secondary type="submit" { "Filter" }
+                }
+            }
+            p.muted {
+                (list.len()) @if list.len() == 1 { " server" } @else { " servers" }
+                @if !owner.is_empty() { " of " (owner) }
+            }
+            (servers_table(&state, &list, true))
+        },
+    )
+}

@@ -1,0 +1,666 @@
+//! What a user may do with servers, shared by the pages and the JSON API: see their own (admins:
+//! all), request one within a profile's bounds and limits, stop, start and delete. The owner
+//! always comes from the verified token; someone else's server is "not found".
+
+use std::sync::Arc;
+
+use base64::Engine;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, ResourceExt};
+use kube_quantity::ParsedQuantity;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info};
+
+use super::cache::Cache;
+use super::oidc::User;
+use crate::api::{
+    ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, owner_label,
+};
+
+/// Why a request was refused, in words for the person who made it.
+#[derive(Debug)]
+pub enum Problem {
+    /// No valid token or session (401).
+    Unauthorized(String),
+    /// The request itself is malformed (400).
+    BadRequest(String),
+    /// Not allowed for this user (403).
+    Forbidden(String),
+    /// No such server for this user (404): also for someone else's server.
+    NotFound(String),
+    /// A server of that name exists already (409).
+    Exists(String),
+    /// A per-user limit of the profile is reached (409).
+    Limit(String),
+    /// Fields with bad values, each with its message (422).
+    Invalid(Vec<FieldError>),
+    /// Not ready to serve yet (503).
+    Unavailable(String),
+    /// The Kubernetes API failed; details only in the log (500).
+    Internal,
+}
+
+/// A field's name (as in the JSON API and the form) and what is wrong with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    /// HTTP status and machine-readable code.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Problem::BadRequest(_) => (400, "bad_request"),
+            Problem::Unauthorized(_) => (401, "unauthorized"),
+            Problem::Forbidden(_) => (403, "forbidden"),
+            Problem::NotFound(_) => (404, "not_found"),
+            Problem::Exists(_) => (409, "already_exists"),
+            Problem::Limit(_) => (409, "limit_reached"),
+            Problem::Invalid(_) => (422, "invalid"),
+            Problem::Unavailable(_) => (503, "unavailable"),
+            Problem::Internal => (500, "internal"),
+        }
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> String {
+        match self {
+            Problem::BadRequest(m)
+            | Problem::Unauthorized(m)
+            | Problem::Forbidden(m)
+            | Problem::Exists(m)
+            | Problem::Limit(m)
+            | Problem::Unavailable(m) => m.clone(),
+            Problem::NotFound(name) => format!("you have no server named \"{name}\""),
+            Problem::Invalid(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Problem::Internal => "something went wrong on our side; try again, or ask the admins".into(),
+        }
+    }
+}
+
+fn internal(what: &str, e: kube::Error) -> Problem {
+    error!("{what}: {e}");
+    Problem::Internal
+}
+
+/// A request for a new server: the JSON API's body, and the form's fields.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewServer {
+    /// Optional; made from the profile's name when empty.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub profile: String,
+    #[serde(default)]
+    pub resources: NewResources,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+/// Sizes as given: numbers or quantity strings, unset for the profile's default.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct NewResources {
+    #[serde(default, deserialize_with = "quantity_text")]
+    pub cpu: Option<String>,
+    #[serde(default, deserialize_with = "quantity_text")]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub gpus: Option<i32>,
+}
+
+fn quantity_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText {
+        Num(serde_json::Number),
+        Text(String),
+    }
+    Ok(match Option::<NumOrText>::deserialize(d)? {
+        None => None,
+        Some(NumOrText::Num(n)) => Some(n.to_string()),
+        Some(NumOrText::Text(t)) if t.trim().is_empty() => None,
+        Some(NumOrText::Text(t)) => Some(t.trim().to_string()),
+    })
+}
+
+/// Whether `user` may use `profile`: everyone when it names no groups; admins always.
+pub fn may_use(user: &User, profile: &ComputeProfile) -> bool {
+    let allowed = &profile.spec.allowed_groups;
+    user.admin
+        || allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|g| user.groups.iter().any(|mine| mine == g.trim_start_matches('/')))
+}
+
+/// The profiles `user` may use.
+pub fn profiles_for(cache: &Cache, user: &User) -> Vec<Arc<ComputeProfile>> {
+    cache
+        .profiles()
+        .into_iter()
+        .filter(|p| may_use(user, p))
+        .collect()
+}
+
+/// The server `name` if `user` may see it (theirs, or any for admins); else "not found".
+pub fn visible(cache: &Cache, user: &User, name: &str) -> Result<Arc<ComputeServer>, Problem> {
+    cache
+        .server(name)
+        .filter(|s| user.admin || s.spec.owner == user.name)
+        .ok_or_else(|| Problem::NotFound(name.to_string()))
+}
+
+/// The servers `user` sees: their own, or (admins) everyone's or one owner's.
+pub fn list(cache: &Cache, user: &User, owner: Option<&str>) -> Result<Vec<Arc<ComputeServer>>, Problem> {
+    match owner.filter(|o| !o.is_empty()) {
+        Some(o) if o == user.name => Ok(cache.owned_by(o)),
+        Some(o) if user.admin => Ok(cache.owned_by(o)),
+        Some(_) => Err(Problem::Forbidden(
+            "only admins may list other people's servers".into(),
+        )),
+        None if user.admin => Ok(cache.all()),
+        None => Ok(cache.owned_by(&user.name)),
+    }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+}
+
+/// Whether `line` is one SSH public key as in an authorized_keys file, without options.
+pub fn is_ssh_key(line: &str) -> bool {
+    const TYPES: [&str; 6] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+    ];
+    if line.contains(['\n', '\r']) {
+        return false;
+    }
+    let mut parts = line.splitn(3, ' ');
+    let (Some(kind), Some(data)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    // The key's own first field repeats its type: a pasted key of another type is caught too.
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap_or_default();
+    TYPES.contains(&kind)
+        && data.starts_with("AAAA")
+        && decoded.len() > 4 + kind.len()
+        && decoded[4..4 + kind.len()] == *kind.as_bytes()
+}
+
+fn parse_quantity(field: &'static str, text: &str, errors: &mut Vec<FieldError>) -> Option<ParsedQuantity> {
+    let example = if field == "cpu" {
+        "\"2\" or \"500m\""
+    } else {
+        "\"512Mi\" or \"4Gi\""
+    };
+    match ParsedQuantity::try_from(&Quantity(text.to_string())) {
+        Ok(q) if q > ParsedQuantity::default() => Some(q),
+        Ok(_) => {
+            errors.push(FieldError {
+                field,
+                message: format!("{field} must be more than zero"),
+            });
+            None
+        }
+        Err(_) => {
+            errors.push(FieldError {
+                field,
+                message: format!("\"{text}\" is not a size; write it like {example}"),
+            });
+            None
+        }
+    }
+}
+
+/// Checks a request against the profile and builds the server; every bad field is reported.
+pub fn build(
+    user: &User,
+    new: NewServer,
+    profiles: &[Arc<ComputeProfile>],
+) -> Result<ComputeServer, Problem> {
+    let mut errors = Vec::new();
+    let profile = profiles.iter().find(|p| p.name_any() == new.profile);
+    let Some(profile) = profile else {
+        let names: Vec<String> = profiles.iter().map(|p| p.name_any()).collect();
+        let message = if new.profile.is_empty() {
+            "choose a profile".to_string()
+        } else if names.is_empty() {
+            format!(
+                "there is no profile \"{}\" you may use, and no other",
+                new.profile
+            )
+        } else {
+            format!(
+                "there is no profile \"{}\" you may use; choose one of: {}",
+                new.profile,
+                names.join(", ")
+            )
+        };
+        return Err(Problem::Invalid(vec![FieldError {
+            field: "profile",
+            message,
+        }]));
+    };
+    let name = match new.name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => format!("{}-{}", profile.name_any(), random_suffix()),
+    };
+    if !is_dns_label(&name) {
+        errors.push(FieldError {
+            field: "name",
+            message:
+                "use 1 to 63 lowercase letters, digits and dashes, starting with a letter, such as \"dev-1\""
+                    .into(),
+        });
+    }
+
+    let max = &profile.spec.max_resources;
+    let mut check = |field: &'static str, text: Option<&str>, limit: &Option<Quantity>| {
+        let text = text?;
+        let asked = parse_quantity(field, text, &mut errors)?;
+        if let Some(limit) = limit
+            && let Ok(limit_q) = ParsedQuantity::try_from(limit)
+            && asked > limit_q
+        {
+            errors.push(FieldError {
+                field,
+                message: format!(
+                    "at most {} for profile {}; you asked for {text}",
+                    limit.0,
+                    profile.name_any()
+                ),
+            });
+            return None;
+        }
+        Some(Quantity(text.to_string()))
+    };
+    let cpu = check("cpu", new.resources.cpu.as_deref(), &max.cpu);
+    let memory = check("memory", new.resources.memory.as_deref(), &max.memory);
+    let gpus = new.resources.gpus;
+    if let Some(g) = gpus {
+        let limit = max.gpus.unwrap_or(0);
+        if g < 0 || g > limit {
+            errors.push(FieldError {
+                field: "gpus",
+                message: format!("profile {} allows 0 to {limit} GPUs", profile.name_any()),
+            });
+        }
+    }
+
+    let keys: Vec<String> = new
+        .ssh_authorized_keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if let Some(bad) = keys.iter().position(|k| !is_ssh_key(k)) {
+        errors.push(FieldError {
+            field: "sshAuthorizedKeys",
+            message: format!(
+                "key {} is not an SSH public key line; paste the contents of ~/.ssh/id_ed25519.pub, such as \"ssh-ed25519 AAAAC3Nza... you@laptop\"",
+                bad + 1
+            ),
+        });
+    }
+    if keys.len() > 32 {
+        errors.push(FieldError {
+            field: "sshAuthorizedKeys",
+            message: "at most 32 keys".into(),
+        });
+    }
+    for (i, var) in new.env.iter().enumerate() {
+        let valid = !var.name.is_empty()
+            && var.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !var.name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid || new.env[..i].iter().any(|e| e.name == var.name) {
+            errors.push(FieldError {
+                field: "env",
+                message: format!(
+                    "\"{}\" must be a unique name of letters, digits and underscores, such as MY_VAR",
+                    var.name
+                ),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::Invalid(errors));
+    }
+
+    let mut server = ComputeServer::new(
+        &name,
+        ComputeServerSpec {
+            owner: user.name.clone(),
+            profile: Some(profile.name_any()),
+            image: None,
+            command: vec![],
+            env: new.env,
+            resources: Resources { cpu, memory, gpus },
+            ssh_authorized_keys: keys,
+            ports: vec![],
+            running: true,
+            node_selector: Default::default(),
+        },
+    );
+    server
+        .labels_mut()
+        .insert(OWNER_LABEL.into(), owner_label(&user.name));
+    Ok(server)
+}
+
+fn random_suffix() -> String {
+    let token = openidconnect::CsrfToken::new_random();
+    token
+        .secret()
+        .bytes()
+        .filter(|b| b.is_ascii_alphanumeric())
+        .map(|b| (b as char).to_ascii_lowercase())
+        .take(5)
+        .collect()
+}
+
+/// Creates a server for `user` after checking the profile's per-user limit against the API
+/// (not the cache, so two quick requests cannot both slip under it).
+pub async fn create(
+    api: &Api<ComputeServer>,
+    cache: &Cache,
+    user: &User,
+    new: NewServer,
+) -> Result<ComputeServer, Problem> {
+    let profiles = profiles_for(cache, user);
+    let server = build(user, new, &profiles)?;
+    let profile_name = server.spec.profile.clone().unwrap_or_default();
+    let profile = profiles.iter().find(|p| p.name_any() == profile_name);
+    if let Some(limit) = profile.and_then(|p| p.spec.max_servers_per_user) {
+        let selector = format!("{OWNER_LABEL}={}", owner_label(&user.name));
+        let same_profile = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| internal("list servers", e))?
+            .items
+            .iter()
+            .filter(|s| s.spec.owner == user.name && s.spec.profile.as_deref() == Some(&profile_name))
+            .count();
+        if same_profile >= limit as usize {
+            return Err(Problem::Limit(format!(
+                "you have {same_profile} servers of profile {profile_name} already, and its limit (maxServersPerUser) is {limit}; delete one first"
+            )));
+        }
+    }
+    match api.create(&PostParams::default(), &server).await {
+        Ok(created) => {
+            info!(user = %user.name, server = %created.name_any(), "server requested");
+            // The next page (or API call) reads the cache: let the watch catch up first.
+            if !cache
+                .wait_for(&created.name_any(), std::time::Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(server = %created.name_any(), "the watch has not shown a new server after 5 s");
+            }
+            Ok(created)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Problem::Exists(format!(
+            "a server named \"{}\" exists already; choose another name",
+            server.name_any()
+        ))),
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            // The API server's own validation (CEL rules): its message is for people.
+            Err(Problem::Invalid(vec![FieldError {
+                field: "server",
+                message: status.message,
+            }]))
+        }
+        Err(e) => Err(internal("create server", e)),
+    }
+}
+
+/// What a user can do to an existing server.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    Stop,
+    Start,
+    Delete,
+}
+
+/// Stops, starts or deletes a server `user` may see. The change is made only if the object is
+/// still the one that was checked (its owner for stop/start, its uid for delete).
+pub async fn act(
+    api: &Api<ComputeServer>,
+    cache: &Cache,
+    user: &User,
+    name: &str,
+    action: Action,
+) -> Result<Option<ComputeServer>, Problem> {
+    let server = visible(cache, user, name)?;
+    let result = match action {
+        Action::Stop | Action::Start => {
+            let patch = serde_json::json!([
+                {"op": "test", "path": "/spec/owner", "value": server.spec.owner},
+                {"op": "replace", "path": "/spec/running", "value": action == Action::Start},
+            ]);
+            let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+            api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .map(Some)
+        }
+        Action::Delete => {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: server.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(name, &params).await.map(|_| None)
+        }
+    };
+    match result {
+        Ok(changed) => {
+            info!(user = %user.name, server = %name, ?action, "server changed");
+            Ok(changed)
+        }
+        // Gone, or replaced by another object of the same name since the check.
+        Err(kube::Error::Api(status)) if [404, 409, 422].contains(&status.code) => {
+            Err(Problem::NotFound(name.to_string()))
+        }
+        Err(e) => Err(internal("change server", e)),
+    }
+}
+
+/// A server as the JSON API shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerView {
+    pub name: String,
+    pub owner: String,
+    pub profile: Option<String>,
+    pub resources: Resources,
+    pub running: bool,
+    pub phase: String,
+    pub node: Option<String>,
+    pub message: Option<String>,
+    pub ssh: Option<String>,
+    pub created: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub status: Option<crate::api::ComputeServerStatus>,
+}
+
+/// The phase to show: the status's, or Pending before anything wrote one.
+pub fn phase(server: &ComputeServer) -> String {
+    if server.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    server
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "Pending".into())
+}
+
+/// The command that reaches the server over SSH: through the bastion when there is one, else
+/// straight to the published port.
+pub fn ssh_command(server: &ComputeServer, bastion: Option<&str>, user: &str) -> Option<String> {
+    let status = server.status.as_ref()?;
+    if status.phase != Some(crate::api::Phase::Running) {
+        return None;
+    }
+    match bastion {
+        Some(bastion) => Some(format!("ssh -J {user}@{bastion} root@{}", server.name_any())),
+        None => {
+            let ep = status.endpoints.iter().find(|e| e.name == "ssh")?;
+            Some(format!("ssh -p {} root@{}", ep.port, ep.host))
+        }
+    }
+}
+
+impl ServerView {
+    pub fn new(server: &ComputeServer, bastion: Option<&str>) -> ServerView {
+        ServerView {
+            name: server.name_any(),
+            owner: server.spec.owner.clone(),
+            profile: server.spec.profile.clone(),
+            resources: server.spec.resources.clone(),
+            running: server.spec.running,
+            phase: phase(server),
+            node: server.status.as_ref().and_then(|s| s.node.clone()),
+            message: server.status.as_ref().and_then(|s| s.message.clone()),
+            ssh: ssh_command(server, bastion, &server.spec.owner),
+            created: server
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
+            ssh_authorized_keys: server.spec.ssh_authorized_keys.clone(),
+            status: server.status.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> User {
+        User {
+            name: "alice".into(),
+            groups: vec!["students".into()],
+            admin: false,
+            expires: 0,
+        }
+    }
+
+    fn profile(yaml: &str) -> Arc<ComputeProfile> {
+        Arc::new(serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn debian() -> Arc<ComputeProfile> {
+        profile(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {name: debian}\n\
+             spec: {image: d, defaultResources: {cpu: '1', memory: 512Mi}, maxResources: {cpu: '2', memory: 4Gi}}",
+        )
+    }
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
+
+    #[test]
+    fn a_good_request_becomes_a_server_owned_by_the_caller() {
+        let new = NewServer {
+            name: Some("dev".into()),
+            profile: "debian".into(),
+            resources: NewResources {
+                cpu: Some("2".into()),
+                memory: Some("1Gi".into()),
+                gpus: None,
+            },
+            ssh_authorized_keys: vec![KEY.into(), " ".into()],
+            env: vec![],
+        };
+        let server = build(&alice(), new, &[debian()]).unwrap();
+        assert_eq!(server.spec.owner, "alice");
+        assert_eq!(server.labels()[OWNER_LABEL], "alice");
+        assert_eq!(server.spec.ssh_authorized_keys, [KEY]);
+        assert_eq!(server.spec.resources.cpu, Some(Quantity("2".into())));
+    }
+
+    #[test]
+    fn every_bad_field_gets_its_own_message() {
+        let new = NewServer {
+            name: Some("Dev_1".into()),
+            profile: "debian".into(),
+            resources: NewResources {
+                cpu: Some("3".into()),
+                memory: Some("lots".into()),
+                gpus: Some(1),
+            },
+            ssh_authorized_keys: vec!["ssh-ed25519 not-a-key".into()],
+            env: vec![EnvVar {
+                name: "1X".into(),
+                value: String::new(),
+            }],
+        };
+        let Err(Problem::Invalid(errors)) = build(&alice(), new, &[debian()]) else {
+            panic!("refused")
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["name", "cpu", "memory", "gpus", "sshAuthorizedKeys", "env"]
+        );
+        assert!(
+            errors[1].message.contains("at most 2 for profile debian"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn profiles_follow_groups() {
+        let staff = profile(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {name: gpu}\n\
+             spec: {image: d, allowedGroups: [staff]}",
+        );
+        assert!(!may_use(&alice(), &staff));
+        assert!(may_use(&alice(), &debian()));
+        let new = NewServer {
+            profile: "gpu".into(),
+            ..NewServer::default()
+        };
+        let Err(Problem::Invalid(errors)) = build(&alice(), new, &[debian()]) else {
+            panic!("refused")
+        };
+        assert_eq!(errors[0].field, "profile");
+        assert!(errors[0].message.contains("choose one of: debian"));
+    }
+
+    #[test]
+    fn ssh_keys_are_checked_line_by_line() {
+        assert!(is_ssh_key(KEY));
+        assert!(!is_ssh_key(
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        ));
+        assert!(!is_ssh_key("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(!is_ssh_key(&format!("{KEY}\nssh-ed25519 AAAA")));
+    }
+}

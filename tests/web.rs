@@ -1,0 +1,790 @@
+//! The web front against the real apiserver and real Keycloak: the JSON API as alice, bob and
+//! ops with Keycloak's own tokens, tokens that must be refused, the browser-less sign-in flow
+//! (redirects and Keycloak's login form), refresh when the access token expires, sign-out, and
+//! the pages refusing what is not the caller's.
+
+mod support;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Stack, TestNamespace, WebFront, access_token, install_crds, kubectl, kubectl_ok};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A client without cookies, for the API.
+fn api() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn call(method: reqwest::Method, url: String, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = api().request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the web front answers");
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// The server as the apiserver has it (kubectl), to check that nothing changed.
+fn stored(ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl(&["get", "csrv", "-n", ns, name, "-o", "json"], None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn the_api_serves_each_user_their_own_servers_and_admins_everyones() {
+    install_crds();
+    let ns = TestNamespace::new("web-api");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let (alice, bob, ops) = (
+        access_token("compute-server", "alice").await,
+        access_token("compute-server", "bob").await,
+        access_token("compute-server", "ops").await,
+    );
+    let servers = format!("{}/api/v1/servers", web.url);
+    use reqwest::Method as M;
+
+    let (status, created) = call(
+        M::POST,
+        servers.clone(),
+        &alice,
+        Some(json!({"name": "alice-box", "profile": "tiny", "resources": {"cpu": "500m", "memory": 128}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["owner"], "alice");
+    assert_eq!(created["phase"], "Pending");
+    let object = stored(&ns.name, "alice-box").expect("created in the cluster");
+    assert_eq!(object["spec"]["owner"], "alice");
+    assert_eq!(object["metadata"]["labels"]["computeserver.io/owner"], "alice");
+    assert_eq!(
+        object["spec"]["resources"],
+        json!({"cpu": "500m", "memory": "128"})
+    );
+    let (status, _) = call(
+        M::POST,
+        servers.clone(),
+        &bob,
+        Some(json!({"name": "bob-box", "profile": "tiny"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Each sees their own (the cache may need a moment for the new objects).
+    let list_of = |token: String, query: &'static str| {
+        let url = format!("{servers}{query}");
+        async move { call(M::GET, url, &token, None).await }
+    };
+    support::eventually_async("alice to see her server", 10, || async {
+        let (_, list) = list_of(alice.clone(), "").await;
+        (names(&list) == ["alice-box"]).then_some(())
+    })
+    .await;
+    let (_, list) = list_of(bob.clone(), "").await;
+    assert_eq!(names(&list), ["bob-box"]);
+    let (status, one) = call(M::GET, format!("{servers}/alice-box"), &alice, None).await;
+    assert_eq!(
+        (status, one["name"].as_str()),
+        (StatusCode::OK, Some("alice-box"))
+    );
+
+    // Admins see everyone's, or one owner's; others may not ask for someone else's.
+    let (_, list) = list_of(ops.clone(), "").await;
+    assert_eq!(names(&list), ["alice-box", "bob-box"]);
+    let (_, list) = list_of(ops.clone(), "?owner=alice").await;
+    assert_eq!(names(&list), ["alice-box"]);
+    let (status, error) = list_of(bob.clone(), "?owner=alice").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
+    assert_eq!(error["error"], "forbidden");
+
+    // Bob cannot read, stop, start or delete alice's server: 404, and the object is untouched.
+    let before = stored(&ns.name, "alice-box").unwrap();
+    for (method, path) in [
+        (M::GET, ""),
+        (M::POST, "/stop"),
+        (M::POST, "/start"),
+        (M::DELETE, ""),
+    ] {
+        let (status, error) = call(method.clone(), format!("{servers}/alice-box{path}"), &bob, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {error}");
+        assert_eq!(error["error"], "not_found");
+        assert_eq!(error["message"], "you have no server named \"alice-box\"");
+    }
+    assert_eq!(
+        stored(&ns.name, "alice-box").unwrap(),
+        before,
+        "bob changed nothing"
+    );
+
+    // Alice stops and starts her own; ops may too.
+    let (status, stopped) = call(M::POST, format!("{servers}/alice-box/stop"), &alice, None).await;
+    assert_eq!(
+        (status, &stopped["running"]),
+        (StatusCode::OK, &json!(false)),
+        "{stopped}"
+    );
+    assert_eq!(stored(&ns.name, "alice-box").unwrap()["spec"]["running"], false);
+    let (status, _) = call(M::POST, format!("{servers}/alice-box/start"), &ops, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored(&ns.name, "alice-box").unwrap()["spec"]["running"], true);
+
+    // Alice deletes hers; then it is not found.
+    let (status, _) = call(M::DELETE, format!("{servers}/alice-box"), &alice, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    support::eventually("alice-box to be gone", 30, || {
+        stored(&ns.name, "alice-box").is_none().then_some(())
+    });
+    support::eventually_async("the cache to forget alice-box", 10, || async {
+        let (status, _) = call(M::GET, format!("{servers}/alice-box"), &alice, None).await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(stored(&ns.name, "bob-box").is_some());
+
+    // Profiles: everyone may use the two local ones.
+    let (status, profiles) = call(M::GET, format!("{}/api/v1/profiles", web.url), &bob, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(names(&profiles), ["debian", "tiny"]);
+}
+
+#[tokio::test]
+async fn the_api_refuses_bad_requests_with_field_messages_and_enforces_the_per_user_limit() {
+    install_crds();
+    let ns = TestNamespace::new("web-create");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let carol = access_token("compute-server", "carol").await;
+    let servers = format!("{}/api/v1/servers", web.url);
+    let post = |body: Value| call(reqwest::Method::POST, servers.clone(), &carol, Some(body));
+
+    let (status, error) = post(json!({
+        "name": "Bad_Name", "profile": "debian",
+        "resources": {"cpu": "8", "memory": "lots"},
+        "sshAuthorizedKeys": ["not a key"],
+    }))
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"], "invalid");
+    let fields: Vec<&str> = error["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "cpu", "memory", "sshAuthorizedKeys"]);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("cpu: at most 2 for profile debian; you asked for 8"),
+        "{error}"
+    );
+
+    let (status, error) = post(json!({"profile": "gpu-large"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        error["message"],
+        "profile: there is no profile \"gpu-large\" you may use; choose one of: debian, tiny"
+    );
+
+    // The owner comes from the token only: a body naming one is refused outright.
+    let (status, error) = post(json!({"name": "x", "profile": "tiny", "owner": "alice"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `owner`"),
+        "{error}"
+    );
+    let (status, _) = call(reqwest::Method::POST, servers.clone(), &carol, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        kubectl_ok(&["get", "csrv", "-n", &ns.name, "-o", "name"], None),
+        "",
+        "nothing was made"
+    );
+
+    // debian allows 2 per person; a name taken is a conflict too.
+    for name in ["one", "two"] {
+        let (status, body) = post(json!({"name": name, "profile": "debian"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, error) = post(json!({"name": "three", "profile": "debian"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"], "limit_reached");
+    assert_eq!(
+        error["message"],
+        "you have 2 servers of profile debian already, and its limit (maxServersPerUser) is 2; delete one first"
+    );
+    let (status, error) = post(json!({"name": "one", "profile": "tiny"})).await;
+    assert_eq!(
+        (status, &error["error"]),
+        (StatusCode::CONFLICT, &json!("already_exists"))
+    );
+    assert!(stored(&ns.name, "three").is_none());
+}
+
+/// A fresh RSA key (PEM) from openssl, to sign tokens Keycloak never made.
+fn foreign_key() -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn parts(token: &str) -> (Value, Value) {
+    let mut it = token.split('.');
+    let header = serde_json::from_slice(&B64.decode(it.next().unwrap()).unwrap()).unwrap();
+    let claims = serde_json::from_slice(&B64.decode(it.next().unwrap()).unwrap()).unwrap();
+    (header, claims)
+}
+
+#[tokio::test]
+async fn the_api_refuses_tokens_it_cannot_trust() {
+    install_crds();
+    let ns = TestNamespace::new("web-tokens");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let alice = access_token("compute-server", "alice").await;
+    let servers = format!("{}/api/v1/servers", web.url);
+    let (header, claims) = parts(&alice);
+    let signature = alice.rsplit('.').next().unwrap();
+    let encode = |v: &Value| B64.encode(serde_json::to_vec(v).unwrap());
+
+    // A key of our own, once with Keycloak's key id and once with its own.
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&foreign_key()).unwrap();
+    let mut forged_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    forged_header.kid = header["kid"].as_str().map(String::from);
+    let forged_same_kid = jsonwebtoken::encode(&forged_header, &claims, &key).unwrap();
+    forged_header.kid = Some("someone-elses-key".into());
+    let forged_other_kid = jsonwebtoken::encode(&forged_header, &claims, &key).unwrap();
+
+    let none = format!(
+        "{}.{}.",
+        encode(&json!({"alg": "none", "typ": "JWT"})),
+        encode(&claims)
+    );
+    let mut bob_claims = claims.clone();
+    bob_claims["preferred_username"] = json!("ops");
+    bob_claims["realm_access"] = json!({"roles": ["compute-admin"]});
+    let tampered = format!("{}.{}.{signature}", encode(&header), encode(&bob_claims));
+    // HS256 "signed" with the public key id: the classic algorithm confusion.
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            kid: header["kid"].as_str().map(String::from),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"guessable"),
+    )
+    .unwrap();
+    // Real Keycloak tokens, but for another client (aud and azp are not compute-server), and
+    // from another realm (another issuer, signed by that realm's key).
+    let other_client = access_token("admin-cli", "alice").await;
+    let (_, other_claims) = parts(&other_client);
+    assert_ne!(other_claims["azp"], "compute-server");
+    let other_realm = {
+        let url = Stack::get()
+            .keycloak_issuer()
+            .replace("/realms/compute", "/realms/master/protocol/openid-connect/token");
+        let body: Value = reqwest::Client::new()
+            .post(url)
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", "admin"),
+                ("password", "admin"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    };
+
+    for (what, token, expect) in [
+        (
+            "signed by another key with Keycloak's key id",
+            forged_same_kid.as_str(),
+            "InvalidSignature",
+        ),
+        (
+            "signed by an unknown key",
+            forged_other_kid.as_str(),
+            "signing key is unknown",
+        ),
+        ("alg none", none.as_str(), "not valid"),
+        ("tampered payload", tampered.as_str(), "InvalidSignature"),
+        ("HS256 algorithm confusion", hs.as_str(), "not allowed"),
+        (
+            "for another client (wrong audience)",
+            other_client.as_str(),
+            "not issued for compute-server",
+        ),
+        ("from another realm (wrong issuer)", other_realm.as_str(), ""),
+        ("garbage", "abc", "not valid"),
+    ] {
+        let (status, error) = call(reqwest::Method::GET, servers.clone(), token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {error}");
+        assert_eq!(error["error"], "unauthorized", "{what}");
+        assert!(
+            error["message"].as_str().unwrap().contains(expect),
+            "{what}: {error}"
+        );
+        // A forged admin token must not create anything either.
+        let (status, _) = call(
+            reqwest::Method::POST,
+            servers.clone(),
+            token,
+            Some(json!({"name": "forged", "profile": "tiny"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    let response = api().get(&servers).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert!(stored(&ns.name, "forged").is_none());
+
+    // The real token still works: the refusals above were about the tokens.
+    let (status, _) = call(reqwest::Method::GET, servers.clone(), &alice, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A browser without a browser: a cookie store, following redirects.
+struct Browser {
+    client: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .build()
+            .unwrap();
+        Browser { client, jar }
+    }
+
+    async fn get(&self, url: &str) -> (StatusCode, String, String) {
+        let response = self.client.get(url).send().await.expect("answers");
+        let (status, at) = (response.status(), response.url().to_string());
+        (status, at, response.text().await.unwrap())
+    }
+
+    async fn post(&self, url: &str, form: &[(&str, &str)]) -> (StatusCode, String, String) {
+        let response = self.client.post(url).form(form).send().await.expect("answers");
+        let (status, at) = (response.status(), response.url().to_string());
+        (status, at, response.text().await.unwrap())
+    }
+
+    /// Signs in as `user` through Keycloak's login form; returns the page it lands on.
+    async fn sign_in(&self, web: &WebFront, user: &str) -> String {
+        let (status, at, page) = self.get(&format!("{}/servers/new", web.url)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            at.starts_with(Stack::get().keycloak_issuer()),
+            "sent to Keycloak: {at}"
+        );
+        let action = login_action(&page);
+        let (status, at, page) = self
+            .post(&action, &[("username", user), ("password", user)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(at, format!("{}/servers/new", web.url), "back where it started");
+        page
+    }
+
+    /// The cookies the browser holds for the web front, as a Cookie header.
+    fn cookies(&self, web: &WebFront) -> String {
+        use reqwest::cookie::CookieStore;
+        self.jar
+            .cookies(&web.url.parse().unwrap())
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The action URL of Keycloak's login form.
+fn login_action(page: &str) -> String {
+    let form = &page[page.find("id=\"kc-form-login\"").expect("Keycloak's login form")..];
+    let start = form.find("action=\"").unwrap() + 8;
+    let end = start + form[start..].find('"').unwrap();
+    form[start..end].replace("&amp;", "&")
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &str) -> String {
+    let start = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    let end = start + page[start..].find('"').unwrap();
+    page[start..end].to_string()
+}
+
+#[tokio::test]
+async fn signing_in_through_keycloak_lands_on_the_page_and_the_pages_refuse_others() {
+    install_crds();
+    let ns = TestNamespace::new("web-pages");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let alice = Browser::new();
+    let page = alice.sign_in(&web, "alice").await;
+    assert!(
+        page.contains("Request a server") && page.contains(">alice<"),
+        "{page}"
+    );
+    assert!(page.contains("Debian with SSH") && page.contains("Tiny (busybox)"));
+    let cookies = alice.cookies(&web);
+    assert!(cookies.contains("cs-session="), "{cookies}");
+    assert!(
+        !cookies.contains("cs-login="),
+        "the login cookie is gone: {cookies}"
+    );
+
+    // Request a server with the form; a bad field is shown next to it, and nothing is made.
+    let token = csrf(&page);
+    let form = |name: &'static str, cpu: &'static str| {
+        vec![
+            ("csrf", token.clone()),
+            ("profile", "tiny".to_string()),
+            ("name", name.to_string()),
+            ("cpu", cpu.to_string()),
+            ("memory", String::new()),
+            ("ssh_keys", String::new()),
+        ]
+    };
+    let as_refs = |f: &[(&'static str, String)]| f.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
+    let response = alice
+        .client
+        .post(format!("{}/servers", web.url))
+        .form(&as_refs(&form("mine", "4")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("<p class=\"error\" id=\"error-cpu\">at most 1 for profile tiny; you asked for 4</p>"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"mine\""), "the form keeps what was typed");
+    assert!(stored(&ns.name, "mine").is_none());
+
+    let response = alice
+        .client
+        .post(format!("{}/servers", web.url))
+        .form(&as_refs(&form("mine", "")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.url().path(), "/servers/mine");
+    assert_eq!(stored(&ns.name, "mine").unwrap()["spec"]["owner"], "alice");
+
+    // A state-changing form without this session's CSRF token does nothing.
+    for bad in [vec![], vec![("csrf", "forged".to_string())]] {
+        let response = alice
+            .client
+            .post(format!("{}/servers/mine/stop", web.url))
+            .form(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(response.text().await.unwrap().contains("nothing was done"));
+    }
+    let mut missing = form("other", "");
+    missing.retain(|(k, _)| *k != "csrf");
+    let response = alice
+        .client
+        .post(format!("{}/servers", web.url))
+        .form(&as_refs(&missing))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(stored(&ns.name, "other").is_none());
+    assert_eq!(stored(&ns.name, "mine").unwrap()["spec"]["running"], true);
+
+    // My servers lists it (from the watch cache).
+    support::eventually_async("my servers to list mine", 10, || async {
+        let (_, _, page) = alice.get(&format!("{}/", web.url)).await;
+        page.contains("href=\"/servers/mine\"").then_some(())
+    })
+    .await;
+
+    // Bob signs in; alice's server is "not found" for him by page, and his forms change nothing.
+    let bob = Browser::new();
+    let bob_page = bob.sign_in(&web, "bob").await;
+    let bob_csrf = csrf(&bob_page);
+    let (_, _, home) = bob.get(&format!("{}/", web.url)).await;
+    assert!(!home.contains("/servers/mine"), "bob's list has no alice server");
+    let before = stored(&ns.name, "mine").unwrap();
+    let (status, _, page) = bob.get(&format!("{}/servers/mine", web.url)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("you have no server named"), "{page}");
+    let (status, _, _) = bob.get(&format!("{}/servers/mine/events", web.url)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for action in ["stop", "start", "delete"] {
+        let (status, _, page) = bob
+            .post(
+                &format!("{}/servers/mine/{action}", web.url),
+                &[("csrf", &bob_csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{action}: {page}");
+    }
+    let (status, _, _) = bob.get(&format!("{}/admin", web.url)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(stored(&ns.name, "mine").unwrap(), before, "bob changed nothing");
+
+    // Alice's own stop works, with her token; and a token of alice's is no good in bob's session.
+    let (status, at, _) = alice
+        .post(
+            &format!("{}/servers/mine/stop", web.url),
+            &[("csrf", &csrf(&page_of(&alice, &web).await))],
+        )
+        .await;
+    assert_eq!(
+        (status, at),
+        (StatusCode::OK, format!("{}/servers/mine", web.url))
+    );
+    assert_eq!(stored(&ns.name, "mine").unwrap()["spec"]["running"], false);
+    let (status, _, _) = bob
+        .post(
+            &format!("{}/servers/mine/start", web.url),
+            &[("csrf", &csrf(&page_of(&alice, &web).await))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "alice's CSRF token is not bob's");
+    assert_eq!(stored(&ns.name, "mine").unwrap()["spec"]["running"], false);
+
+    // The pages carry the security headers.
+    let response = alice.client.get(format!("{}/", web.url)).send().await.unwrap();
+    let headers = response.headers();
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(headers.contains_key("referrer-policy"));
+
+    // The API takes Bearer tokens only: the browser's session cookie is not enough.
+    let response = api()
+        .get(format!("{}/api/v1/servers", web.url))
+        .header("cookie", alice.cookies(&web))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn page_of(browser: &Browser, web: &WebFront) -> String {
+    browser.get(&format!("{}/", web.url)).await.2
+}
+
+#[tokio::test]
+async fn the_session_renews_its_token_ends_when_keycloak_does_and_signs_out() {
+    install_crds();
+    let ns = TestNamespace::new("web-session");
+    // compute-server-short: access tokens last 10 s.
+    let web = WebFront::start(&ns.name, "compute-server-short", &[]);
+    let api_token = access_token("compute-server-short", "alice").await;
+    let alice = Browser::new();
+    alice.sign_in(&web, "alice").await;
+    let first = alice.cookies(&web);
+
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+
+    // The API refuses the expired token; the page renews the session's with the refresh token.
+    let (status, error) = call(
+        reqwest::Method::GET,
+        format!("{}/api/v1/servers", web.url),
+        &api_token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error["message"], "the token has expired");
+    let response = alice.client.get(format!("{}/", web.url)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("cs-session=")),
+        "a renewed session cookie"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("My servers") && page.contains(">alice<"), "{page}");
+    let renewed = alice.cookies(&web);
+    assert_ne!(first, renewed);
+
+    // Sign out: the cookies go, Keycloak's session ends, and the browser is back at the start.
+    let (status, at, page) = alice
+        .post(&format!("{}/auth/logout", web.url), &[("csrf", &csrf(&page))])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(at, format!("{}/", web.url));
+    assert!(page.contains("Sign in"), "{page}");
+    assert!(!alice.cookies(&web).contains("cs-session="));
+    let (_, at, page) = alice.get(&format!("{}/servers/new", web.url)).await;
+    assert!(
+        at.starts_with(Stack::get().keycloak_issuer()),
+        "Keycloak asks again: {at}"
+    );
+    assert!(page.contains("kc-form-login"));
+
+    // The cookie from before signing out: once its access token expires, the refresh fails
+    // (Keycloak ended the session), so the session ends.
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let response = api()
+        .get(format!("{}/servers/new", web.url))
+        .header("cookie", renewed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        response.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/auth/login")
+    );
+    assert!(
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("cs-session=;")),
+        "the old session cookie is cleared"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    install_crds();
+    let ns = TestNamespace::new("web-health");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let get = |path: &str| reqwest::get(format!("{}{path}", web.url));
+    assert_eq!(get("/healthz").await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
+    let alice = access_token("compute-server", "alice").await;
+    call(
+        reqwest::Method::GET,
+        format!("{}/api/v1/servers/nope", web.url),
+        &alice,
+        None,
+    )
+    .await;
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(
+            "compute_server_web_http_requests_total{route=\"/api/v1/servers/{name}\",method=\"GET\",status=\"404\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("compute_server_web_http_request_duration_seconds_bucket{"));
+
+    // Unknown addresses: a JSON error under /api/, a page elsewhere.
+    let response = get("/api/v1/nothing").await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "not_found");
+    let response = get("/favicon.ico").await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("There is no page at this address.")
+    );
+}
+
+/// `make bench-web`: wrk against alice's "My servers" page with a signed-in session, with
+/// 10,000 ComputeServers in the namespace (50 of them alice's). Prints req/s, latency
+/// percentiles and the web front's RSS.
+#[tokio::test]
+#[ignore = "a benchmark: make bench-web"]
+async fn bench_my_servers_with_10000_servers() {
+    install_crds();
+    let ns = TestNamespace::new("web-bench");
+    let total = 10_000;
+    for chunk in 0..total / 1000 {
+        let items: String = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let owner = if i % 200 == 0 { "alice".to_string() } else { format!("user-{}", i % 199) };
+                format!(
+                    "---\napiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: s-{i}\n  \
+                     namespace: {}\n  labels: {{computeserver.io/owner: {owner}}}\nspec: {{owner: {owner}, profile: tiny}}\n",
+                    ns.name
+                )
+            })
+            .collect();
+        kubectl_ok(&["create", "-f", "-", "-o", "name"], Some(&items));
+    }
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let alice = Browser::new();
+    alice.sign_in(&web, "alice").await;
+    let (_, _, page) = alice.get(&format!("{}/", web.url)).await;
+    assert_eq!(
+        page.matches("href=\"/servers/s-").count(),
+        50,
+        "alice's 50 servers: {page}"
+    );
+    let rss_before = support::status_kib(web.pid(), "VmRSS:");
+
+    let duration = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "20".into());
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{duration}s"), "--latency"])
+        .args(["-H", &format!("Cookie: {}", alice.cookies(&web))])
+        .arg(format!("{}/", web.url))
+        .output()
+        .expect("wrk (Debian's wrk; tests/support/stack.sh install adds it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("Requests/sec"),
+        "{report}"
+    );
+    assert!(!report.contains("Non-2xx"), "every answer was the page: {report}");
+    let rss_after = support::status_kib(web.pid(), "VmRSS:");
+    let peak = support::status_kib(web.pid(), "VmHWM:");
+    println!(
+        "\n{}\nMy servers (50 of {total} servers), 2 threads, 32 connections, {duration} s:\n{report}\n\
+         web RSS: {} MiB before, {} MiB after, peak {} MiB",
+        support::machine(),
+        rss_before / 1024,
+        rss_after / 1024,
+        peak / 1024
+    );
+}
