@@ -104,6 +104,15 @@ async fn raw(docker: &bollard::Docker, n: usize, in_flight: usize) -> Run {
         let _ = docker
             .remove_container(&format!("{prefix}-{i}"), Some(options))
             .await;
+        // The body mounts a named data volume, as the agent's does: remove it too.
+        let mut s = server(&format!("{prefix}-{i}"), "raw");
+        s.metadata.namespace = Some("bench".into());
+        let _ = docker
+            .remove_volume(
+                &plan::volume_name(&s),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await;
     }
     Run { latencies, wall }
 }
