@@ -14,12 +14,15 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 # The dependencies first, in a layer of their own, built against an empty crate: editing the
 # sources then rebuilds only compute-server itself. (The classic builder of Docker 20.10 has no
 # cache mounts; this layer is the cache.)
-# (benches/: Cargo.toml names them, so the manifest needs them; they are small and rarely change.)
 COPY Cargo.toml Cargo.lock ./
-COPY benches benches
-RUN mkdir src \
+# Cargo.toml names the benchmarks: empty ones stand in, so that this layer depends on
+# Cargo.toml and Cargo.lock only.
+RUN mkdir -p src benches \
  && echo 'fn main() {}' >src/main.rs \
  && touch src/lib.rs \
+ && for bench in $(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -vx compute-server); do \
+      echo 'fn main() {}' >"benches/$bench.rs"; \
+    done \
  && cargo build --release --locked --bin compute-server \
  && rm -rf src target/release/compute-server* target/release/deps/compute_server-* \
       target/release/deps/libcompute_server-* target/release/.fingerprint/compute-server-*
