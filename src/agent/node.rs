@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
@@ -195,15 +195,13 @@ async fn status(
         .clone()
         .err()
         .unwrap_or_else(|| "agent reports in and Docker answers".into());
-    let status = if ready.is_ok() { "True" } else { "False" };
-    let since = previous
-        .and_then(|s| {
-            s.conditions
-                .into_iter()
-                .find(|c| c.type_ == CONDITION_READY && c.status == status)
-        })
-        .map(|c| c.last_transition_time)
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    let reason = if ready.is_ok() {
+        "AgentReady"
+    } else {
+        "DockerUnreachable"
+    };
+    let current = previous.map(|s| s.conditions).unwrap_or_default();
+    let condition = crate::api::condition(&current, CONDITION_READY, ready.is_ok(), reason, &message, None);
     Ok(ComputeNodeStatus {
         capacity,
         allocated: Amounts {
@@ -214,18 +212,6 @@ async fn status(
         servers: servers.len() as i32,
         address: Some(ctx.address.clone()),
         docker_version,
-        conditions: vec![Condition {
-            type_: CONDITION_READY.into(),
-            status: status.into(),
-            reason: if ready.is_ok() {
-                "AgentReady"
-            } else {
-                "DockerUnreachable"
-            }
-            .into(),
-            message,
-            observed_generation: None,
-            last_transition_time: since,
-        }],
+        conditions: vec![condition],
     })
 }

@@ -18,26 +18,19 @@ pub fn differs(server: &ComputeServer, phase: Phase, message: &str) -> bool {
 
 /// The Ready condition, keeping its transition time while its status stays the same.
 fn ready(server: &ComputeServer, ready: bool, reason: &str, message: &str) -> Condition {
-    let status = if ready { "True" } else { "False" };
-    let previous = server
+    let current = server
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY))
-        .filter(|c| c.status == status);
-    Condition {
-        type_: CONDITION_READY.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: server.metadata.generation,
-        last_transition_time: previous
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(now),
-    }
-}
-
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    crate::api::condition(
+        current,
+        CONDITION_READY,
+        ready,
+        reason,
+        message,
+        server.metadata.generation,
+    )
 }
 
 /// Status fields every report shares, with the other conditions (Scheduled) kept.

@@ -51,6 +51,33 @@ pub const CONDITION_SCHEDULED: &str = "Scheduled";
 /// Condition type: the server's container runs as asked.
 pub const CONDITION_READY: &str = "Ready";
 
+/// A condition of `type_`, keeping the transition time of the one in `current` while its
+/// status stays the same (as Kubernetes' own conditions do).
+pub fn condition(
+    current: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let status = if status { "True" } else { "False" };
+    let since = current
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation,
+        last_transition_time: since,
+    }
+}
+
 /// Schema for a list of conditions keyed by `type`, as Kubernetes' own types have them.
 pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     use schemars::JsonSchema;

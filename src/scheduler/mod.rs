@@ -724,27 +724,21 @@ fn scheduled_condition(server: &ComputeServer) -> Option<&Condition> {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_SCHEDULED))
 }
 
-/// A condition, keeping its transition time while its status stays the same.
+/// A condition of the server, keeping its transition time while its status stays the same.
 fn condition(server: &ComputeServer, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let since = server
+    let current = server
         .status
         .as_ref()
-        .and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-        })
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: server.metadata.generation,
-        last_transition_time: since,
-    }
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    crate::api::condition(
+        current,
+        type_,
+        status,
+        reason,
+        message,
+        server.metadata.generation,
+    )
 }
 
 /// The server's conditions with `condition` in place of the one of its type.
