@@ -29,9 +29,6 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
-    #[error("the `{0}` role is not built yet")]
-    NotBuilt(&'static str),
-
     #[error("could not serve on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -54,6 +51,12 @@ pub enum Error {
 
     #[error("container {0} disappeared while it was being set up")]
     Gone(String),
+
+    #[error("{0}")]
+    VolumeConflict(String),
+
+    #[error("servers' firewall: {0}")]
+    Firewall(String),
 
     #[error("leader election: {0}")]
     Leader(String),

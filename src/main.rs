@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use compute_server::{Error, agent, bastion, crd, scheduler, telemetry, web};
+use compute_server::{agent, bastion, crd, scheduler, telemetry, web};
 
 /// Self-service compute servers: one binary, several roles.
 #[derive(Parser)]
@@ -30,15 +30,13 @@ enum Role {
         out_dir: Option<PathBuf>,
     },
     /// Run the node agent: reconcile this node's ComputeServers into Docker containers.
-    Agent(agent::Args),
+    Agent(agent::Cli),
     /// Place unscheduled ComputeServers on Ready ComputeNodes (leader-elected).
     Scheduler(scheduler::Args),
     /// Serve the web front and JSON API behind Keycloak.
     Web(web::Args),
     /// Serve the SSH jump host to users' own servers.
     Bastion(bastion::Args),
-    /// Run scheduler, agent and web in one process, for the quick start.
-    AllInOne,
 }
 
 #[tokio::main]
@@ -48,11 +46,10 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.role {
         Role::Crd { out_dir: None } => crd::all_yaml().map(|yaml| print!("{yaml}")),
         Role::Crd { out_dir: Some(dir) } => crd::write_dir(&dir),
-        Role::Agent(args) => agent::run(args).await,
+        Role::Agent(cli) => agent::main(cli).await,
         Role::Scheduler(args) => scheduler::run(args).await,
         Role::Web(args) => web::run(args).await,
         Role::Bastion(args) => bastion::run(args).await,
-        Role::AllInOne => Err(Error::NotBuilt("all-in-one")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,18 +2,18 @@
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerInspectResponse, ContainerState, ContainerSummary, VolumeCreateRequest};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptions, ListVolumesOptions,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptions, ListContainersOptions,
+    ListVolumesOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::TryStreamExt;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::plan::{self, Plan, SPEC_HASH_LABEL, UID_LABEL};
-use super::{Context, status};
+use super::plan::{self, Plan, SPEC_HASH_LABEL};
+use super::{Context, decide, status};
 use crate::api::{ComputeServer, NODE_LABEL};
 use crate::{Error, Result};
 
@@ -58,134 +58,220 @@ pub struct Observed {
     pub container: ContainerInspectResponse,
     /// Something worth telling the user beyond the phase, such as why it was restarted.
     pub note: Option<String>,
+    /// How the container ended, when it is stopped though the server should run.
+    pub end: Option<decide::End>,
+    /// The last lines of its log, when its program failed.
+    pub log_tail: Option<String>,
 }
 
 /// Makes the container match the plan: create it (pulling the image, making the data
 /// volume) or recreate it when it is stale, then start or stop it per `spec.running`.
+/// Each step reads what Docker shows, asks [`decide`] and carries out the answer.
 pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Result<Observed> {
     let docker = &ctx.docker;
-    let desired = plan::container(server, plan);
-    let label = |c: &ContainerInspectResponse, key: &str| {
-        c.config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(key).cloned())
-    };
+    let desired = plan::container(server, plan, &ctx.host);
+    let desired_hash = desired
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SPEC_HASH_LABEL).cloned())
+        .unwrap_or_default();
     let mut note = None;
-    let mut current = inspect(docker, &plan.container_name).await?;
-    if let Some(container) = &current {
-        let stale = if label(container, UID_LABEL) != server.uid() {
-            Some("a container of an earlier server with this name was left behind; replaced it")
-        } else if label(container, SPEC_HASH_LABEL)
-            != desired
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SPEC_HASH_LABEL).cloned())
-        {
-            Some("the server's image, size or settings changed; recreated its container (data volume kept)")
-        } else {
-            None
-        };
-        if let Some(why) = stale {
+    let current = inspect(docker, &plan.container_name).await?;
+    let create = match decide::existing(server, &desired_hash, current.as_ref()) {
+        decide::Existing::Keep => false,
+        decide::Existing::Replace(why) => {
             remove_container(docker, &plan.container_name).await?;
             ctx.event(server, EventType::Normal, "Recreated", why.into())
                 .await;
-            current = None;
+            true
         }
-    } else if server
-        .status
-        .as_ref()
-        .and_then(|s| s.container_id.as_ref())
-        .is_some()
-    {
-        let why = "the container was removed outside compute-server; created it again (data volume kept)";
-        ctx.event(server, EventType::Warning, "Recreated", why.into())
-            .await;
-        note = Some(why.to_string());
-    }
-
-    if current.is_none() {
-        ensure_image(server, plan, ctx).await?;
-        let volume = VolumeCreateRequest {
-            name: Some(plan.volume_name.clone()),
-            labels: Some(plan::labels(server)),
-            ..Default::default()
-        };
-        docker.create_volume(volume).await.map_err(Error::Docker)?;
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&plan.container_name)
-            .build();
-        match docker.create_container(Some(options), desired).await {
-            Ok(_) => {}
-            // Created meanwhile by an earlier pass of ours: the name makes that safe.
-            Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {}
-            Err(error) => return Err(Error::Docker(error)),
+        decide::Existing::Missing { removed_by_hand } => {
+            if removed_by_hand {
+                let why =
+                    "the container was removed outside compute-server; created it again (data volume kept)";
+                ctx.event(server, EventType::Warning, "Recreated", why.into())
+                    .await;
+                note = Some(why.to_string());
+            }
+            true
         }
-        info!(container = %plan.container_name, image = %plan.image, "container created");
-        ctx.event(
-            server,
-            EventType::Normal,
-            "Created",
-            format!("created container {} from {}", plan.container_name, plan.image),
-        )
-        .await;
+    };
+    if create {
+        create_container(server, plan, desired, ctx).await?;
     }
 
     let container = inspect_existing(docker, &plan.container_name).await?;
     let state = container.state.clone().unwrap_or_default();
-    let running = state.running.unwrap_or(false);
-    if server.spec.running && !running {
-        if let Some(exit) = exit_message(&state, plan) {
-            let why = format!("{exit}; started it again");
-            ctx.event(server, EventType::Warning, "Restarted", why.clone())
-                .await;
-            note = Some(why);
+    let end = match stopped_though_running(server, &state) {
+        true => Some(decide::end(&state, killed(docker, &container).await)),
+        false => None,
+    };
+    match decide::run(server, &state, end.as_ref()) {
+        decide::Run::Leave => {
+            let log_tail = match &end {
+                Some(decide::End::Program { code, .. }) if *code != 0 => {
+                    log_tail(docker, &plan.container_name).await
+                }
+                _ => None,
+            };
+            return Ok(Observed {
+                container,
+                note,
+                end,
+                log_tail,
+            });
         }
-        docker
-            .start_container(&plan.container_name, None)
-            .await
-            .map_err(Error::Docker)?;
-        ctx.event(
-            server,
-            EventType::Normal,
-            "Started",
-            format!("started container {}", plan.container_name),
-        )
-        .await;
-    } else if !server.spec.running && running {
-        let options = StopContainerOptionsBuilder::default().t(10).build();
-        docker
-            .stop_container(&plan.container_name, Some(options))
-            .await
-            .map_err(Error::Docker)?;
-        ctx.event(
-            server,
-            EventType::Normal,
-            "Stopped",
-            "stopped on request; container and data kept".into(),
-        )
-        .await;
-    } else {
-        // Nothing changed since the inspect above.
-        return Ok(Observed { container, note });
+        decide::Run::Start(why) => {
+            if let Some(why) = why {
+                ctx.event(server, EventType::Warning, "Restarted", why.clone())
+                    .await;
+                note = Some(why);
+            }
+            docker
+                .start_container(&plan.container_name, None)
+                .await
+                .map_err(Error::Docker)?;
+            ctx.event(
+                server,
+                EventType::Normal,
+                "Started",
+                format!("started container {}", plan.container_name),
+            )
+            .await;
+        }
+        decide::Run::Stop => {
+            let options = StopContainerOptionsBuilder::default().t(10).build();
+            docker
+                .stop_container(&plan.container_name, Some(options))
+                .await
+                .map_err(Error::Docker)?;
+            ctx.event(
+                server,
+                EventType::Normal,
+                "Stopped",
+                "stopped on request; container and data kept".into(),
+            )
+            .await;
+        }
     }
     let container = inspect_existing(docker, &plan.container_name).await?;
-    Ok(Observed { container, note })
+    let state = container.state.clone().unwrap_or_default();
+    // A program that ends at once, just started by this pass, is seen here already.
+    let (end, log_tail) = if stopped_though_running(server, &state) {
+        let end = decide::end(&state, Some(false));
+        let tail = match &end {
+            decide::End::Program { code, .. } if *code != 0 => log_tail(docker, &plan.container_name).await,
+            _ => None,
+        };
+        (Some(end), tail)
+    } else {
+        (None, None)
+    };
+    Ok(Observed {
+        container,
+        note,
+        end,
+        log_tail,
+    })
 }
 
-/// Why a container that ran is no longer running, in plain words; None if it never ran.
-pub fn exit_message(state: &ContainerState, plan: &Plan) -> Option<String> {
-    // Docker reports a container that never ran as finished at year 1.
-    state.finished_at.as_deref().filter(|t| !t.starts_with("0001-"))?;
-    let code = state.exit_code.unwrap_or_default();
-    Some(if state.oom_killed == Some(true) {
-        format!(
-            "container exited with code {code}: out of memory (limit {})",
-            plan.memory
-        )
+/// The server should run, and its container neither runs nor is being restarted by Docker.
+fn stopped_though_running(server: &ComputeServer, state: &bollard::models::ContainerState) -> bool {
+    server.spec.running && state.running != Some(true) && state.restarting != Some(true)
+}
+
+/// Makes the container: the image (pulled if missing), the data volume (only one made for
+/// this server is mounted), then the container itself.
+async fn create_container(
+    server: &ComputeServer,
+    plan: &Plan,
+    desired: bollard::models::ContainerCreateBody,
+    ctx: &Context,
+) -> Result<()> {
+    let docker = &ctx.docker;
+    ensure_image(server, plan, ctx).await?;
+    let volume = match docker.inspect_volume(&plan.volume_name).await {
+        Ok(volume) => Some(volume),
+        Err(error) if not_found(&error) => None,
+        Err(error) => return Err(Error::Docker(error)),
+    };
+    match decide::volume(server, &ctx.node, volume.as_ref()) {
+        decide::VolumeUse::Mount => {}
+        decide::VolumeUse::Create => {
+            let volume = VolumeCreateRequest {
+                name: Some(plan.volume_name.clone()),
+                labels: Some(plan::labels(server)),
+                ..Default::default()
+            };
+            docker.create_volume(volume).await.map_err(Error::Docker)?;
+        }
+        decide::VolumeUse::Refuse(why) => {
+            warn!(volume = %plan.volume_name, "{why}");
+            if server.status.as_ref().and_then(|s| s.message.as_deref()) != Some(why.as_str()) {
+                ctx.event(server, EventType::Warning, "VolumeConflict", why.clone())
+                    .await;
+            }
+            return Err(Error::VolumeConflict(why));
+        }
+    }
+    let options = CreateContainerOptionsBuilder::default()
+        .name(&plan.container_name)
+        .build();
+    match docker.create_container(Some(options), desired).await {
+        Ok(_) => {}
+        // Created meanwhile by an earlier pass of ours: the name makes that safe.
+        Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {}
+        Err(error) => return Err(Error::Docker(error)),
+    }
+    info!(container = %plan.container_name, image = %plan.image, "container created");
+    ctx.event(
+        server,
+        EventType::Normal,
+        "Created",
+        format!("created container {} from {}", plan.container_name, plan.image),
+    )
+    .await;
+    Ok(())
+}
+
+/// Whether Docker's event log shows the stopped container being killed (`docker stop`, `docker
+/// kill`) during its last run, only its death, or nothing (the log is gone: Docker restarted).
+async fn killed(docker: &Docker, container: &ContainerInspectResponse) -> Option<bool> {
+    let state = container.state.as_ref()?;
+    let time = |t: Option<&String>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let started = time(state.started_at.as_ref())?;
+    let finished = time(state.finished_at.as_ref())?;
+    let filters = std::collections::HashMap::from([
+        ("container".to_string(), vec![container.id.clone()?]),
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["kill".to_string(), "die".to_string()]),
+    ]);
+    let options = EventsOptions {
+        since: Some(started.as_second().to_string()),
+        until: Some((finished.as_second() + 2).to_string()),
+        filters: Some(filters),
+    };
+    let events: Vec<_> = docker.events(Some(options)).try_collect().await.ok()?;
+    let action = |name: &str| events.iter().any(|e| e.action.as_deref() == Some(name));
+    if action("kill") {
+        Some(true)
+    } else if action("die") {
+        Some(false)
     } else {
-        format!("container exited with code {code}")
-    })
+        None
+    }
+}
+
+/// The last lines the container wrote, for the message of a program that failed.
+async fn log_tail(docker: &Docker, name: &str) -> Option<String> {
+    let options = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .tail("5")
+        .build();
+    let chunks: Vec<_> = docker.logs(name, Some(options)).try_collect().await.ok()?;
+    let text: String = chunks.iter().map(|c| c.to_string()).collect();
+    Some(decide::log_tail(&text, 3))
 }
 
 /// Pulls the image if this node lacks it, telling the user while it does.
@@ -238,56 +324,59 @@ pub async fn remove(server: &ComputeServer, ctx: &Context) -> Result<()> {
     remove_volume(&ctx.docker, &plan::volume_name(server)).await
 }
 
-/// Removes this node's containers and volumes whose ComputeServer is gone (`servers`, listed
-/// after the containers, holds every server placed here). Returns how many containers went.
-pub async fn remove_orphans(
+/// What the sweep of this node's containers and volumes did and found.
+pub struct Sweep {
+    /// Data volumes whose server is gone: kept, reported on the ComputeNode.
+    pub orphaned_volumes: Vec<bollard::models::Volume>,
+    /// The API server shows none of this node's servers: nothing was removed.
+    pub held: Option<String>,
+}
+
+/// Removes this node's containers whose ComputeServer is gone (`servers`, listed after the
+/// containers, holds every server placed here) and lists the data volumes whose server is gone,
+/// which are kept: data goes only with its server's deletion, or an admin's `agent prune`.
+pub async fn sweep(
     ctx: &Context,
     containers: &[ContainerSummary],
     servers: &[std::sync::Arc<ComputeServer>],
-) -> Result<usize> {
+) -> Result<Sweep> {
     let live: std::collections::HashSet<String> = servers.iter().filter_map(|s| s.uid()).collect();
-    let uid = |labels: &Option<std::collections::HashMap<String, String>>| {
-        labels
-            .as_ref()
-            .and_then(|l| l.get(UID_LABEL).cloned())
-            .unwrap_or_default()
-    };
-    let mut removed = 0;
-    for container in containers.iter().filter(|c| !live.contains(&uid(&c.labels))) {
-        let name = container
-            .names
-            .iter()
-            .flatten()
-            .next()
-            .map(|n| n.trim_start_matches('/').to_string());
-        let Some(name) = name else { continue };
-        info!(container = %name, "removing orphan: its ComputeServer is gone");
-        remove_container(&ctx.docker, &name).await?;
-        removed += 1;
+    let volumes = list_volumes(&ctx.docker, &ctx.node).await?;
+    let found = decide::sweep(containers, &volumes, &live);
+    if let Some(why) = &found.hold {
+        return Ok(Sweep {
+            orphaned_volumes: found.orphaned_volumes,
+            held: Some(why.clone()),
+        });
     }
-    let volumes = ctx
-        .docker
+    for name in &found.remove {
+        info!(container = %name, "removing orphan: its ComputeServer is gone (its data volume is kept)");
+        remove_container(&ctx.docker, name).await?;
+    }
+    Ok(Sweep {
+        orphaned_volumes: found.orphaned_volumes,
+        held: None,
+    })
+}
+
+/// This node's data volumes (made by compute-server for servers placed here).
+pub async fn list_volumes(docker: &Docker, node: &str) -> Result<Vec<bollard::models::Volume>> {
+    let volumes = docker
         .list_volumes(Some(ListVolumesOptions {
-            filters: Some(ours(&ctx.node)),
+            filters: Some(ours(node)),
         }))
         .await
         .map_err(Error::Docker)?;
-    for volume in volumes
-        .volumes
-        .iter()
-        .flatten()
-        .filter(|v| !live.contains(&uid(&Some(v.labels.clone()))))
-    {
-        match remove_volume(&ctx.docker, &volume.name).await {
-            Err(error) => warn!(%error, volume = %volume.name, "could not remove an orphaned volume"),
-            Ok(()) => info!(volume = %volume.name, "removed orphaned volume"),
-        }
-    }
-    Ok(removed)
+    Ok(volumes.volumes.unwrap_or_default())
+}
+
+/// Removes one data volume (for `agent prune`); what is already gone is fine.
+pub async fn prune_volume(docker: &Docker, name: &str) -> Result<()> {
+    remove_volume(docker, name).await
 }
 
 /// Filters for what this agent made on its node.
-fn ours(node: &str) -> std::collections::HashMap<String, Vec<String>> {
+pub fn ours(node: &str) -> std::collections::HashMap<String, Vec<String>> {
     let labels = vec![
         format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY),
         format!("{NODE_LABEL}={node}"),
@@ -312,6 +401,7 @@ pub async fn list_ours(ctx: &Context) -> Result<Vec<ContainerSummary>> {
 pub fn explain(error: &Error, plan: &Plan, node: &str) -> String {
     match error {
         Error::Pull { image, source } => format!("could not pull image {image}: {}", docker_reason(source)),
+        Error::VolumeConflict(why) => why.clone(),
         Error::Docker(source) => match source {
             DockerError::DockerResponseServerError { message, .. } => {
                 format!("Docker on node {node} refused: {message}")

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Servers on this node by phase, as of the last heartbeat.
     pub servers: Family<PhaseLabel, Gauge>,
+    /// Data volumes kept whose server is gone, as of the last heartbeat.
+    pub orphaned_volumes: Gauge,
+    /// 1 while the sweep holds back because the API server shows none of this node's servers.
+    pub sweep_held: Gauge,
 }
 
 impl Metrics {
@@ -31,6 +35,8 @@ impl Metrics {
             failures: Counter::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             servers: Family::default(),
+            orphaned_volumes: Gauge::default(),
+            sweep_held: Gauge::default(),
         };
         registry.register("reconciles", "Reconcile passes run", metrics.reconciles.clone());
         registry.register(
@@ -47,6 +53,16 @@ impl Metrics {
             "servers",
             "ComputeServers on this node by phase",
             metrics.servers.clone(),
+        );
+        registry.register(
+            "orphaned_volumes",
+            "Data volumes kept on this node whose ComputeServer is gone (compute-server agent prune removes them)",
+            metrics.orphaned_volumes.clone(),
+        );
+        registry.register(
+            "sweep_held",
+            "1 while nothing is removed because the API server shows none of this node's servers",
+            metrics.sweep_held.clone(),
         );
         metrics
     }

@@ -5,10 +5,13 @@
 //! ([`docker`]), then write status ([`status`]). Every step is idempotent: the container's
 //! deterministic name and labels let a restarted agent adopt what it made.
 
+pub mod decide;
 mod docker;
 mod metrics;
+pub mod network;
 pub mod node;
 pub mod plan;
+mod prune;
 mod status;
 
 use std::sync::Arc;
@@ -32,6 +35,51 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// each reconcile in flight holds its buffers.
 const CONCURRENT_RECONCILES: u16 = 16;
 
+/// `compute-server agent`: run the agent, or one of its admin commands.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: Args,
+}
+
+/// Admin commands run on a node, beside its agent.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Remove the data volumes of servers that are gone (listed in the ComputeNode's
+    /// status.orphanedVolumes), orphaned for longer than --older-than. Says what it removed.
+    Prune(prune::Args),
+    /// Remove the servers' Docker networks of this engine and their firewall rules (once the
+    /// node's servers are gone: a network still in use keeps its rules).
+    Uninstall {
+        /// The Docker engine to clean up.
+        #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+        docker_host: String,
+    },
+}
+
+/// Runs the agent, or the admin command asked for.
+pub async fn main(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => run(cli.run).await,
+        Some(Command::Prune(args)) => prune::run(args).await,
+        Some(Command::Uninstall { docker_host }) => {
+            let docker = docker::connect(&docker_host).await?;
+            let done = network::uninstall(&docker).await?;
+            if done.is_empty() {
+                println!("nothing to remove: no servers' network or firewall rules of compute-server here");
+            }
+            for line in done {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Flags of `compute-server agent`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -46,6 +94,11 @@ pub struct Args {
     /// Host name or address users reach this node's published ports at.
     #[arg(long, env = "COMPUTE_SERVER_NODE_ADDRESS", default_value = "127.0.0.1")]
     pub address: String,
+
+    /// The only address servers' ports are published on (default: --address when it is an IP
+    /// address). Never all interfaces, unless you ask for 0.0.0.0 here.
+    #[arg(long, env = "COMPUTE_SERVER_PUBLISH_ADDRESS")]
+    pub publish_address: Option<std::net::IpAddr>,
 
     /// Labels of this node's ComputeNode, for nodeSelector: `--label gpu=true` (repeatable).
     #[arg(long = "label", env = "COMPUTE_SERVER_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
@@ -87,6 +140,10 @@ pub struct Context {
     pub node: String,
     /// Where users reach this node's published ports.
     pub address: String,
+    /// Where ports are published and which network each server joins.
+    pub host: plan::Host,
+    /// The servers' networks and their firewall, checked on every heartbeat.
+    pub bridges: Vec<network::Bridge>,
     /// Reconcile counts and durations, servers by phase.
     pub metrics: metrics::Metrics,
     /// This node's servers, as the controller's watch sees them.
@@ -112,8 +169,35 @@ impl Context {
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    let publish_address = match (args.publish_address, args.address.parse::<std::net::IpAddr>()) {
+        (Some(address), _) | (None, Ok(address)) => address,
+        (None, Err(_)) => {
+            return Err(Error::Config(format!(
+                "--address {} is a host name: give --publish-address, the IP address of this node that \
+                 servers' ports are published on",
+                args.address
+            )));
+        }
+    };
     let client = Client::try_default().await.map_err(Error::Kube)?;
     let docker = docker::connect(&args.docker_host).await?;
+    // No server starts on a network that is not closed.
+    let bridges = network::setup(&docker, &publish_address.to_string()).await?;
+    let network_of = |egress: crate::api::Egress| {
+        bridges
+            .iter()
+            .find(|b| b.egress == egress)
+            .map(|b| b.network.clone())
+            .unwrap_or_default()
+    };
+    let host = plan::Host {
+        publish_address: publish_address.to_string(),
+        networks: (
+            network_of(crate::api::Egress::Internet),
+            network_of(crate::api::Egress::None),
+        ),
+        ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
+    };
     let reporter = Reporter {
         controller: "compute-server-agent".into(),
         instance: Some(args.node.clone()),
@@ -134,6 +218,8 @@ pub async fn run(args: Args) -> Result<()> {
         docker,
         node: args.node.clone(),
         address: args.address,
+        host,
+        bridges,
         failures: Default::default(),
     });
     info!(node = %args.node, %selector, "agent starting");
@@ -260,7 +346,11 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
         }
         Err(error) => {
             let message = docker::explain(&error, &plan, &ctx.node);
-            status::write(server, ctx, status::failed(server, ctx, "DockerError", message)).await?;
+            let reason = match error {
+                Error::VolumeConflict(_) => "VolumeConflict",
+                _ => "DockerError",
+            };
+            status::write(server, ctx, status::failed(server, ctx, reason, message)).await?;
             Err(error)
         }
     }

@@ -5,17 +5,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bollard::models::Volume;
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Context, plan};
+use crate::api::size::{self, Request};
 use crate::api::{
     Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL,
+    OrphanedVolume, lease_name,
 };
 use crate::{Error, Result};
 
@@ -100,14 +105,34 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
             .map(Arc::new)
             .collect()
     };
-    match containers {
-        Ok(containers) => {
-            if let Err(error) = super::docker::remove_orphans(ctx, &containers, &servers).await {
-                warn!(%error, "could not remove orphaned containers");
+    let swept = match containers {
+        Ok(containers) => match super::docker::sweep(ctx, &containers, &servers).await {
+            Ok(swept) => Some(swept),
+            Err(error) => {
+                warn!(%error, "could not sweep orphaned containers");
+                None
             }
+        },
+        Err(error) => {
+            warn!(%error, "could not list this node's containers");
+            None
         }
-        Err(error) => warn!(%error, "could not list this node's containers"),
-    }
+    };
+    let previous_orphans = previous
+        .as_ref()
+        .map(|s| s.orphaned_volumes.clone())
+        .unwrap_or_default();
+    let orphaned_volumes = match &swept {
+        Some(swept) => {
+            ctx.metrics.sweep_held.set(swept.held.is_some().into());
+            if let Some(why) = &swept.held {
+                error!("{why}");
+            }
+            orphans(&swept.orphaned_volumes, &previous_orphans, Timestamp::now())
+        }
+        None => previous_orphans,
+    };
+    ctx.metrics.orphaned_volumes.set(orphaned_volumes.len() as i64);
     ctx.metrics.servers.clear();
     for server in &servers {
         let phase = server
@@ -121,7 +146,9 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
             .get_or_create(&super::metrics::PhaseLabel { phase })
             .inc();
     }
-    let status = status(ctx, previous, &servers, *gpus).await?;
+    let firewall = super::network::check(&ctx.bridges).await;
+    let mut status = status(ctx, previous, &servers, *gpus, firewall).await?;
+    status.orphaned_volumes = orphaned_volumes;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes
         .patch_status(&ctx.node, &params, &Patch::Apply(&patch))
@@ -148,30 +175,59 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
     Ok(())
 }
 
-/// The Lease a node renews: `computenode-<name>`.
-pub fn lease_name(node: &str) -> String {
-    format!("computenode-{node}")
+/// The node's orphaned volumes for its status: each kept with the time it was first seen
+/// orphaned (`previous`), newly seen ones logged; at most [`MAX_ORPHANS_LISTED`], oldest first.
+fn orphans(volumes: &[Volume], previous: &[OrphanedVolume], now: Timestamp) -> Vec<OrphanedVolume> {
+    let mut listed: Vec<OrphanedVolume> = volumes
+        .iter()
+        .map(|volume| {
+            let label = |key: &str| volume.labels.get(key).cloned().unwrap_or_default();
+            let since = previous.iter().find(|p| p.volume == volume.name).map(|p| p.orphaned_since.clone());
+            let entry = OrphanedVolume {
+                volume: volume.name.clone(),
+                server: label(plan::NAME_LABEL),
+                namespace: label(plan::NAMESPACE_LABEL),
+                uid: label(plan::UID_LABEL),
+                created_at: volume.created_at.as_deref().and_then(|t| t.parse().ok()).map(Time),
+                orphaned_since: since.clone().unwrap_or(Time(now)),
+            };
+            if since.is_none() {
+                info!(
+                    volume = %entry.volume, server = %format!("{}/{}", entry.namespace, entry.server), uid = %entry.uid,
+                    "kept the data volume of a server that is gone; `compute-server agent prune` removes it"
+                );
+            }
+            entry
+        })
+        .collect();
+    listed.sort_by(|a, b| (&a.orphaned_since.0, &a.volume).cmp(&(&b.orphaned_since.0, &b.volume)));
+    listed.truncate(MAX_ORPHANS_LISTED);
+    listed
 }
+
+/// Orphaned volumes listed in a ComputeNode's status; the metric counts them all.
+const MAX_ORPHANS_LISTED: usize = 100;
 
 async fn status(
     ctx: &Context,
     previous: Option<ComputeNodeStatus>,
     servers: &[Arc<ComputeServer>],
     gpus: i32,
+    firewall: std::result::Result<(), String>,
 ) -> Result<ComputeNodeStatus> {
     let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
         .map_err(Error::Kube)?;
-    let mut used = plan::Request::default();
+    let mut used = Request::default();
     for server in servers {
         let profile = server
             .spec
             .profile
             .as_ref()
             .and_then(|p| profiles.iter().find(|q| &q.name_any() == p));
-        if let Ok(plan) = plan::plan(server, profile) {
-            used += plan.request();
+        if let Ok(request) = size::request(server, profile) {
+            used += request;
         }
     }
 
@@ -179,7 +235,7 @@ async fn status(
         Ok(info) => (
             Amounts {
                 cpu: info.ncpu.map(|n| Quantity(n.to_string())),
-                memory: info.mem_total.map(|m| Quantity(format!("{}Mi", m >> 20))),
+                memory: info.mem_total.map(size::memory_quantity),
                 gpus: Some(gpus),
             },
             info.server_version,
@@ -191,27 +247,31 @@ async fn status(
             Err(format!("Docker does not answer: {error}")),
         ),
     };
+    let (reason, ready) = match (ready, firewall) {
+        (Err(docker), _) => ("DockerUnreachable", Err(docker)),
+        (Ok(()), Err(firewall)) => (
+            "FirewallMissing",
+            Err(format!("the servers' firewall is not in place: {firewall}")),
+        ),
+        (Ok(()), Ok(())) => ("AgentReady", Ok(())),
+    };
     let message = ready
         .clone()
         .err()
-        .unwrap_or_else(|| "agent reports in and Docker answers".into());
-    let reason = if ready.is_ok() {
-        "AgentReady"
-    } else {
-        "DockerUnreachable"
-    };
+        .unwrap_or_else(|| "agent reports in, Docker answers and the servers' firewall is in place".into());
     let current = previous.map(|s| s.conditions).unwrap_or_default();
     let condition = crate::api::condition(&current, CONDITION_READY, ready.is_ok(), reason, &message, None);
     Ok(ComputeNodeStatus {
         capacity,
         allocated: Amounts {
-            cpu: Some(Quantity(format!("{}m", used.nano_cpus / 1_000_000))),
-            memory: Some(Quantity(format!("{}Mi", used.memory_bytes >> 20))),
+            cpu: Some(size::cpu_quantity(used.nano_cpus)),
+            memory: Some(size::memory_quantity(used.memory_bytes)),
             gpus: Some(used.gpus as i32),
         },
         servers: servers.len() as i32,
         address: Some(ctx.address.clone()),
         docker_version,
         conditions: vec![condition],
+        orphaned_volumes: vec![],
     })
 }

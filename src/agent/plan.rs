@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use bollard::models::{
     ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube_quantity::ParsedQuantity;
 
-use crate::api::{ComputeProfile, ComputeServer, NODE_LABEL, OWNER_LABEL, Port};
+use crate::api::size::{self, Request};
+use crate::api::{ComputeProfile, ComputeServer, Egress, NODE_LABEL, OWNER_LABEL, Port};
 
 /// Labels on every container and volume of ours.
 pub const UID_LABEL: &str = "computeserver.io/uid";
@@ -21,11 +20,10 @@ pub const MANAGED_BY: &str = "compute-server";
 /// Hash of the desired container: a container whose label differs is recreated.
 pub const SPEC_HASH_LABEL: &str = "computeserver.io/spec-hash";
 
-/// Size used when neither the server nor its profile asks for one.
-const FALLBACK_CPU: &str = "1";
-const FALLBACK_MEMORY: &str = "512Mi";
 /// Processes a server may run at once: enough for a shell session, not for a fork bomb.
-const PIDS_LIMIT: i64 = 1024;
+pub const PIDS_LIMIT: i64 = 1024;
+/// Restarts Docker makes after non-zero exits before it gives up (CIS Docker Benchmark 5.14).
+const MAX_RESTARTS_ON_FAILURE: i64 = 5;
 /// Capabilities left after dropping all: what sshd needs to log a user in (see
 /// ENVIRONMENT-NOTES: SETUID, SETGID, SYS_CHROOT, AUDIT_WRITE) and what root needs to
 /// own files it installs (CHOWN, FOWNER, DAC_OVERRIDE), nothing that reaches the host.
@@ -45,57 +43,25 @@ pub struct Plan {
     pub container_name: String,
     pub volume_name: String,
     pub image: String,
-    pub nano_cpus: i64,
-    pub memory_bytes: i64,
+    /// The server's command, else the profile's; empty: the image's own.
+    pub command: Vec<String>,
+    /// Exact limits: nano-CPUs, bytes, GPUs; CPU and memory are never zero.
+    pub request: Request,
+    /// The memory as asked for, for messages ("out of memory (limit 1.5Gi)").
     pub memory: String,
-    pub gpus: i64,
     pub ports: Vec<Port>,
     pub data_path: String,
-}
-
-/// What a server takes from its node once its profile is applied: the scheduler places by
-/// it and the agent reports the sum as the node's `status.allocated`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Request {
-    pub nano_cpus: i64,
-    pub memory_bytes: i64,
-    pub gpus: i64,
-}
-
-impl std::ops::AddAssign for Request {
-    fn add_assign(&mut self, other: Request) {
-        self.nano_cpus += other.nano_cpus;
-        self.memory_bytes += other.memory_bytes;
-        self.gpus += other.gpus;
-    }
-}
-
-impl Plan {
-    pub fn request(&self) -> Request {
-        Request {
-            nano_cpus: self.nano_cpus,
-            memory_bytes: self.memory_bytes,
-            gpus: self.gpus,
-        }
-    }
+    pub restart: crate::api::RestartPolicy,
+    pub egress: Egress,
 }
 
 /// Why a server cannot be planned; shown to the user in status.message.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Refusal {
-    #[error("profile {0:?} does not exist; ask an admin, or pick one from `kubectl get computeprofiles`")]
-    NoProfile(String),
     #[error("no image: set spec.image, or use a profile that has one")]
     NoImage,
-    #[error("{what} {asked} is more than profile {profile:?} allows ({max}); ask for less")]
-    TooBig {
-        what: &'static str,
-        asked: String,
-        max: String,
-        profile: String,
-    },
-    #[error("{what} {value:?} is not a quantity this agent understands")]
-    BadQuantity { what: &'static str, value: String },
+    #[error(transparent)]
+    Size(#[from] size::Refusal),
 }
 
 /// Deterministic container name: namespaces hold no dots, so `csrv.<ns>.<name>` is unique.
@@ -107,27 +73,22 @@ pub fn container_name(server: &ComputeServer) -> String {
     )
 }
 
-/// The server's data volume: its container's name with `.data`.
+/// The server's data volume: its container's name with its uid and `.data`. The uid keeps
+/// the data of an earlier server of the same name (kept when its server went without its
+/// agent) apart from a new one's.
 pub fn volume_name(server: &ComputeServer) -> String {
-    format!("{}.data", container_name(server))
+    format!(
+        "{}.{}.data",
+        container_name(server),
+        server.uid().unwrap_or_default()
+    )
 }
 
-fn parse(what: &'static str, q: &Quantity) -> Result<ParsedQuantity, Refusal> {
-    ParsedQuantity::try_from(q).map_err(|_| Refusal::BadQuantity {
-        what,
-        value: q.0.clone(),
-    })
-}
-
-/// Applies the profile to the server: image, sizes within the profile's limits, ports, data path.
+/// Applies the profile to the server: image, command, exact sizes within the profile's and
+/// the cluster's bounds, ports, data path, restart policy and egress.
 pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<Plan, Refusal> {
     let spec = &server.spec;
-    if let (Some(name), None) = (&spec.profile, profile) {
-        return Err(Refusal::NoProfile(name.clone()));
-    }
-    let defaults = profile
-        .map(|p| p.spec.default_resources.clone())
-        .unwrap_or_default();
+    let request = size::request(server, profile)?;
     let image = spec
         .image
         .clone()
@@ -140,69 +101,38 @@ pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<
             })
         })
         .ok_or(Refusal::NoImage)?;
-
-    let pick = |mine: &Option<Quantity>, default: &Option<Quantity>, fallback: &str| {
-        mine.clone()
-            .or_else(|| default.clone())
-            .unwrap_or_else(|| Quantity(fallback.into()))
+    let command = if spec.command.is_empty() {
+        profile.map(|p| p.spec.command.clone()).unwrap_or_default()
+    } else {
+        spec.command.clone()
     };
-    let cpu = pick(&spec.resources.cpu, &defaults.cpu, FALLBACK_CPU);
-    let memory = pick(&spec.resources.memory, &defaults.memory, FALLBACK_MEMORY);
-    let (cpu_parsed, memory_parsed) = (parse("cpu", &cpu)?, parse("memory", &memory)?);
-    if let Some(profile) = profile {
-        let max = &profile.spec.max_resources;
-        check_max(profile, "cpu", &cpu, &cpu_parsed, &max.cpu)?;
-        check_max(profile, "memory", &memory, &memory_parsed, &max.memory)?;
-    }
+    let memory = spec
+        .resources
+        .memory
+        .clone()
+        .or_else(|| profile.and_then(|p| p.spec.default_resources.memory.clone()))
+        .map(|q| q.0)
+        .unwrap_or_else(|| size::memory_quantity(request.memory_bytes).0);
 
     let mut ports = profile.map(|p| p.spec.ports.clone()).unwrap_or_default();
     for port in &spec.ports {
         ports.retain(|p| p.name != port.name);
         ports.push(port.clone());
     }
-    let to_i64 = |q: ParsedQuantity, what| {
-        q.to_bytes_i64().ok_or(Refusal::BadQuantity {
-            what,
-            value: q.to_string(),
-        })
-    };
     Ok(Plan {
         container_name: container_name(server),
         volume_name: volume_name(server),
         image,
-        nano_cpus: cpu_parsed
-            .to_bytes_f64()
-            .map(|cores| (cores * 1e9).round() as i64)
-            .ok_or(Refusal::BadQuantity {
-                what: "cpu",
-                value: cpu.0.clone(),
-            })?,
-        memory_bytes: to_i64(memory_parsed, "memory")?,
-        memory: memory.0,
-        gpus: spec.resources.gpus.or(defaults.gpus).unwrap_or(0).into(),
+        command,
+        request,
+        memory,
         ports,
         data_path: profile
             .map(|p| p.spec.data_path.clone())
             .unwrap_or_else(|| "/home".into()),
+        restart: profile.map(|p| p.spec.restart_policy).unwrap_or_default(),
+        egress: profile.map(|p| p.spec.egress).unwrap_or_default(),
     })
-}
-
-fn check_max(
-    profile: &ComputeProfile,
-    what: &'static str,
-    asked: &Quantity,
-    parsed: &ParsedQuantity,
-    limit: &Option<Quantity>,
-) -> Result<(), Refusal> {
-    match limit {
-        Some(limit) if *parsed > parse(what, limit)? => Err(Refusal::TooBig {
-            what,
-            asked: asked.0.clone(),
-            max: limit.0.clone(),
-            profile: profile.name_any(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Labels that tie a container or volume to its server.
@@ -218,9 +148,30 @@ pub fn labels(server: &ComputeServer) -> HashMap<String, String> {
     ])
 }
 
+/// What the node gives each container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    /// The only address server ports are published on.
+    pub publish_address: String,
+    /// The Docker network for servers of each egress: (Internet, None).
+    pub networks: (String, String),
+    /// Whether the node has IPv6: then it is turned off inside servers (no firewall rules for it).
+    pub ipv6: bool,
+}
+
+impl Host {
+    pub fn network(&self, egress: Egress) -> &str {
+        match egress {
+            Egress::Internet => &self.networks.0,
+            Egress::None => &self.networks.1,
+        }
+    }
+}
+
 /// The hardened container for a plan: limits always set, capabilities dropped to a few,
-/// no-new-privileges, never privileged, no host mounts; ports published on a port Docker picks.
-pub fn container(server: &ComputeServer, plan: &Plan) -> ContainerCreateBody {
+/// no-new-privileges, never privileged, no host mounts, an init process; on the node's closed
+/// servers' network, ports published on the publish address only, at a port Docker picks.
+pub fn container(server: &ComputeServer, plan: &Plan, host: &Host) -> ContainerCreateBody {
     let spec = &server.spec;
     let mut env: Vec<String> = spec
         .env
@@ -242,7 +193,7 @@ pub fn container(server: &ComputeServer, plan: &Plan) -> ContainerCreateBody {
             (
                 port_key(p),
                 Some(vec![PortBinding {
-                    host_ip: None,
+                    host_ip: Some(host.publish_address.clone()),
                     host_port: Some(String::new()),
                 }]),
             )
@@ -251,16 +202,21 @@ pub fn container(server: &ComputeServer, plan: &Plan) -> ContainerCreateBody {
 
     let mut body = ContainerCreateBody {
         image: Some(plan.image.clone()),
-        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        cmd: (!plan.command.is_empty()).then(|| plan.command.clone()),
         env: Some(env),
         hostname: Some(server.name_any().chars().take(63).collect()),
         labels: Some(labels(server)),
         exposed_ports: Some(plan.ports.iter().map(port_key).collect()),
         host_config: Some(HostConfig {
-            memory: Some(plan.memory_bytes),
-            memory_swap: Some(plan.memory_bytes),
-            nano_cpus: Some(plan.nano_cpus),
+            memory: Some(plan.request.memory_bytes),
+            memory_swap: Some(plan.request.memory_bytes),
+            nano_cpus: Some(plan.request.nano_cpus),
             pids_limit: Some(PIDS_LIMIT),
+            init: Some(true),
+            network_mode: Some(host.network(plan.egress).to_string()),
+            sysctls: host
+                .ipv6
+                .then(|| HashMap::from([("net.ipv6.conf.all.disable_ipv6".to_string(), "1".to_string())])),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
             security_opt: Some(vec!["no-new-privileges".into()]),
@@ -272,10 +228,7 @@ pub fn container(server: &ComputeServer, plan: &Plan) -> ContainerCreateBody {
                 typ: Some(MountType::VOLUME),
                 ..Default::default()
             }]),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
-                maximum_retry_count: None,
-            }),
+            restart_policy: Some(restart_policy(plan.restart)),
             ..Default::default()
         }),
         ..Default::default()
@@ -285,6 +238,19 @@ pub fn container(server: &ComputeServer, plan: &Plan) -> ContainerCreateBody {
         .get_or_insert_default()
         .insert(SPEC_HASH_LABEL.into(), hash);
     body
+}
+
+fn restart_policy(policy: crate::api::RestartPolicy) -> RestartPolicy {
+    use crate::api::RestartPolicy::*;
+    let (name, retries) = match policy {
+        Never => (RestartPolicyNameEnum::NO, None),
+        OnFailure => (RestartPolicyNameEnum::ON_FAILURE, Some(MAX_RESTARTS_ON_FAILURE)),
+        Always => (RestartPolicyNameEnum::UNLESS_STOPPED, None),
+    };
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: retries,
+    }
 }
 
 /// A stable hash of the desired container, so a change in spec or profile is noticed.
@@ -298,6 +264,8 @@ fn spec_hash(body: &ContainerCreateBody) -> String {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
     use super::*;
 
     fn server(yaml: &str) -> ComputeServer {
@@ -308,12 +276,21 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
+    fn host() -> Host {
+        Host {
+            publish_address: "127.0.0.1".into(),
+            networks: ("compute-server".into(), "compute-server-closed".into()),
+            ipv6: true,
+        }
+    }
+
     const TINY: &str = "
 apiVersion: computeserver.io/v1alpha1
 kind: ComputeProfile
 metadata: {name: tiny}
 spec:
   image: computeserver/busybox:local
+  command: [sleep, infinity]
   defaultResources: {cpu: 250m, memory: 64Mi}
   maxResources: {cpu: '1', memory: 256Mi}
   ports: [{name: ssh, containerPort: 22}]
@@ -331,12 +308,28 @@ spec: {owner: alice, profile: tiny}
         );
         let plan = plan(&s, Some(&profile(TINY))).unwrap();
         assert_eq!(plan.container_name, "csrv.compute.dev");
-        assert_eq!(plan.volume_name, "csrv.compute.dev.data");
+        assert_eq!(plan.volume_name, "csrv.compute.dev.u1.data");
         assert_eq!(plan.image, "computeserver/busybox:local");
-        assert_eq!(plan.nano_cpus, 250_000_000);
-        assert_eq!(plan.memory_bytes, 64 << 20);
+        assert_eq!(plan.command, ["sleep", "infinity"]);
+        assert_eq!(plan.request.nano_cpus, 250_000_000);
+        assert_eq!(plan.request.memory_bytes, 64 << 20);
         assert_eq!(plan.ports[0].container_port, 22);
         assert_eq!(plan.data_path, "/home");
+        assert_eq!(plan.restart, crate::api::RestartPolicy::Never);
+        assert_eq!(plan.egress, Egress::Internet);
+    }
+
+    #[test]
+    fn the_servers_own_command_wins_over_the_profiles() {
+        let s = server(
+            "
+apiVersion: computeserver.io/v1alpha1
+kind: ComputeServer
+metadata: {name: dev, namespace: compute, uid: u1}
+spec: {owner: alice, profile: tiny, command: [httpd, -f]}
+",
+        );
+        assert_eq!(plan(&s, Some(&profile(TINY))).unwrap().command, ["httpd", "-f"]);
     }
 
     #[test]
@@ -357,6 +350,22 @@ spec: {owner: alice, profile: tiny, resources: {memory: 1Gi}}
     }
 
     #[test]
+    fn sizes_that_would_mean_no_limit_are_refused() {
+        for (resources, rule) in [
+            ("{cpu: 0.4n}", size::CPU_TOO_SMALL),
+            ("{memory: '100'}", size::MEMORY_TOO_SMALL),
+            ("{memory: 8Ei}", size::MEMORY_TOO_BIG),
+        ] {
+            let s = server(&format!(
+                "{{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {{name: x, namespace: compute}}, \
+                 spec: {{owner: alice, image: busybox, resources: {resources}}}}}"
+            ));
+            let refusal = plan(&s, None).unwrap_err().to_string();
+            assert!(refusal.starts_with(rule), "{resources}: {refusal}");
+        }
+    }
+
+    #[test]
     fn a_missing_profile_is_refused_with_its_name() {
         let s = server(
             "
@@ -368,12 +377,12 @@ spec: {owner: alice, profile: gpu-large}
         );
         assert_eq!(
             plan(&s, None).unwrap_err(),
-            Refusal::NoProfile("gpu-large".into())
+            Refusal::Size(size::Refusal::NoProfile("gpu-large".into()))
         );
     }
 
     #[test]
-    fn the_container_is_hardened_and_limited() {
+    fn the_container_is_hardened_limited_and_closed() {
         let s = server(
             "
 apiVersion: computeserver.io/v1alpha1
@@ -382,26 +391,47 @@ metadata: {name: dev, namespace: compute, uid: u1, labels: {computeserver.io/own
 spec:
   owner: alice
   image: computeserver/debian-ssh:local
-  resources: {cpu: '1.5', memory: 1Gi}
+  resources: {cpu: '1.5', memory: 1.5Gi}
   sshAuthorizedKeys: ['ssh-ed25519 AAAAC3Nza a@b']
   env: [{name: A, value: '1'}]
+  ports: [{name: ssh, containerPort: 22}]
 ",
         );
         let p = plan(&s, None).unwrap();
-        let body = container(&s, &p);
-        let host = body.host_config.as_ref().unwrap();
-        assert_eq!(host.nano_cpus, Some(1_500_000_000));
-        assert_eq!(host.memory, Some(1 << 30));
-        assert_eq!(host.pids_limit, Some(PIDS_LIMIT));
-        assert_eq!(host.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        let body = container(&s, &p, &host());
+        let host_config = body.host_config.as_ref().unwrap();
+        assert_eq!(host_config.nano_cpus, Some(1_500_000_000));
+        assert_eq!(host_config.memory, Some(1_610_612_736));
         assert_eq!(
-            host.security_opt.as_deref(),
+            host_config.memory_swap,
+            Some(1_610_612_736),
+            "no swap beyond the limit"
+        );
+        assert_eq!(host_config.pids_limit, Some(PIDS_LIMIT));
+        assert_eq!(host_config.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(
+            host_config.security_opt.as_deref(),
             Some(&["no-new-privileges".to_string()][..])
         );
-        assert_eq!(host.privileged, Some(false));
-        assert!(host.binds.is_none(), "no host mounts");
-        let mounts = host.mounts.as_ref().unwrap();
+        assert_eq!(host_config.privileged, Some(false));
+        assert_eq!(host_config.init, Some(true));
+        assert_eq!(host_config.network_mode.as_deref(), Some("compute-server"));
+        assert_eq!(
+            host_config.sysctls.as_ref().unwrap()["net.ipv6.conf.all.disable_ipv6"],
+            "1"
+        );
+        let bindings = host_config.port_bindings.as_ref().unwrap()["22/tcp"]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            bindings[0].host_ip.as_deref(),
+            Some("127.0.0.1"),
+            "one address, never 0.0.0.0"
+        );
+        assert!(host_config.binds.is_none(), "no host mounts");
+        let mounts = host_config.mounts.as_ref().unwrap();
         assert_eq!((mounts.len(), mounts[0].typ), (1, Some(MountType::VOLUME)));
+        assert_eq!(mounts[0].source.as_deref(), Some("csrv.compute.dev.u1.data"));
         let env = body.env.as_ref().unwrap();
         assert!(env.contains(&"A=1".to_string()));
         assert!(env.contains(&"SSH_AUTHORIZED_KEYS=ssh-ed25519 AAAAC3Nza a@b".to_string()));
@@ -412,11 +442,32 @@ spec:
         // The same server gives the same container; a changed size gives another.
         assert_eq!(
             labels[SPEC_HASH_LABEL],
-            container(&s, &p).labels.unwrap()[SPEC_HASH_LABEL]
+            container(&s, &p, &host()).labels.unwrap()[SPEC_HASH_LABEL]
         );
         let mut bigger = s.clone();
         bigger.spec.resources.memory = Some(Quantity("2Gi".into()));
-        let other = container(&bigger, &plan(&bigger, None).unwrap());
+        let other = container(&bigger, &plan(&bigger, None).unwrap(), &host());
         assert_ne!(labels[SPEC_HASH_LABEL], other.labels.unwrap()[SPEC_HASH_LABEL]);
+    }
+
+    #[test]
+    fn a_closed_profile_puts_servers_on_the_closed_network_and_restarts_as_asked() {
+        let closed = profile(
+            "
+apiVersion: computeserver.io/v1alpha1
+kind: ComputeProfile
+metadata: {name: closed}
+spec: {image: busybox, egress: None, restartPolicy: OnFailure}
+",
+        );
+        let s = server(
+            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {name: c, namespace: compute}, spec: {owner: alice, profile: closed}}",
+        );
+        let body = container(&s, &plan(&s, Some(&closed)).unwrap(), &host());
+        let host_config = body.host_config.unwrap();
+        assert_eq!(host_config.network_mode.as_deref(), Some("compute-server-closed"));
+        let restart = host_config.restart_policy.unwrap();
+        assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(restart.maximum_retry_count, Some(5));
     }
 }

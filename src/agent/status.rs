@@ -4,9 +4,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use super::Context;
 use super::docker::Observed;
 use super::plan::Plan;
+use super::{Context, decide};
 use crate::api::{CONDITION_READY, ComputeServer, ComputeServerStatus, Endpoint, Phase};
 use crate::{Error, Result};
 
@@ -81,9 +81,17 @@ pub fn observed(
 ) -> ComputeServerStatus {
     let container = &observed.container;
     let state = container.state.clone().unwrap_or_default();
-    let running = state.running.unwrap_or(false);
+    let restarting = state.restarting == Some(true);
+    let running = state.running.unwrap_or(false) && !restarting;
     let (phase, reason, mut message) = if running {
         (Phase::Running, "Running", format!("running on node {}", ctx.node))
+    } else if restarting {
+        let code = state.exit_code.unwrap_or_default();
+        (
+            Phase::Creating,
+            "Restarting",
+            format!("its program ended (exit code {code}); Docker starts it again, as its profile asks"),
+        )
     } else if !server.spec.running {
         (
             Phase::Stopped,
@@ -91,9 +99,14 @@ pub fn observed(
             "stopped; set spec.running to true to start it again (data kept)".to_string(),
         )
     } else {
-        let why =
-            super::docker::exit_message(&state, plan).unwrap_or_else(|| "container is not running".into());
-        (Phase::Failed, "NotRunning", why)
+        let end = observed.end.clone().unwrap_or(decide::End::NeverRan);
+        let (stopped, reason, message) =
+            decide::ended_message(&end, &plan.memory, observed.log_tail.as_deref());
+        (
+            if stopped { Phase::Stopped } else { Phase::Failed },
+            reason,
+            message,
+        )
     };
     if let Some(note) = &observed.note {
         message = format!("{message} ({note})");

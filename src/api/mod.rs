@@ -10,9 +10,10 @@ mod node;
 mod profile;
 mod resources;
 mod server;
+pub mod size;
 
-pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus};
-pub use profile::{ComputeProfile, ComputeProfileSpec};
+pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, OrphanedVolume};
+pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, RestartPolicy};
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase, Port};
 
@@ -41,6 +42,11 @@ pub fn owner_label(owner: &str) -> String {
     let digest = sha2::Sha256::digest(owner.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("u-{hex}")
+}
+
+/// The Lease a node's agent renews as its heartbeat: `computenode-<name>`.
+pub fn lease_name(node: &str) -> String {
+    format!("computenode-{node}")
 }
 
 /// Finalizer that keeps a server until its container is gone.
@@ -78,6 +84,32 @@ pub fn condition(
     }
 }
 
+/// A container image reference as Docker reads it: `[host[:port]/]path[:tag][@digest]`, with
+/// lowercase paths and no spaces (the grammar of github.com/distribution/reference, without
+/// IPv6 hosts).
+pub const IMAGE_REFERENCE: &str = concat!(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?",
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+);
+
+const IMAGE_MESSAGE: &str = "must be a container image reference such as \"debian:bookworm\" or \"registry.example.org/team/image:1.0\": lowercase name, no spaces";
+
+/// Schema for one image reference, checked at the API server.
+pub fn image_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 512,
+        "x-kubernetes-validations": [{ "rule": format!("self.matches('{}')", IMAGE_REFERENCE.replace('\\', "\\\\")), "message": IMAGE_MESSAGE }],
+    })
+}
+
+/// Schema for a list of image references, each checked on its own.
+pub fn images_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "array", "maxItems": 32, "items": image_schema(generator) })
+}
+
 /// Schema for a list of conditions keyed by `type`, as Kubernetes' own types have them.
 pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     use schemars::JsonSchema;
@@ -89,7 +121,61 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
 
 #[cfg(test)]
 mod tests {
-    use super::owner_label;
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn image_references_follow_dockers_grammar() {
+        let reference = regex::Regex::new(IMAGE_REFERENCE).unwrap();
+        for good in [
+            "debian",
+            "debian:bookworm",
+            "computeserver/busybox:local",
+            "registry.example.org/team/image:1.0",
+            "localhost:5000/a/b_c.d-e:v1.2-rc_3",
+            "quay.io/jupyter/scipy-notebook@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(reference.is_match(good), "{good} is a valid reference");
+        }
+        for bad in [
+            "ubuntu latest",
+            "Ubuntu",
+            "debian:",
+            ":tag",
+            "a//b",
+            "-debian",
+            "debian:bookworm\n",
+            "evil.example/miner:latest; rm -rf /",
+            "debian@sha256:short",
+        ] {
+            assert!(!reference.is_match(bad), "{bad:?} must be refused");
+        }
+    }
+
+    /// The API server, the web front and the agent refuse a size with the same words.
+    #[test]
+    fn the_crds_refuse_sizes_in_the_words_the_agent_and_the_web_front_use() {
+        let crd = serde_json::to_string(&ComputeServer::crd()).unwrap();
+        for message in [
+            size::CPU_NOT_A_QUANTITY,
+            size::CPU_TOO_SMALL,
+            size::CPU_TOO_BIG,
+            size::MEMORY_NOT_A_QUANTITY,
+            size::MEMORY_TOO_SMALL,
+            size::MEMORY_TOO_BIG,
+        ] {
+            assert!(
+                crd.contains(&serde_json::to_string(message).unwrap()),
+                "{message}"
+            );
+        }
+        for bound in [size::MIN_CPU, size::MAX_CPU, size::MIN_MEMORY, size::MAX_MEMORY] {
+            assert!(crd.contains(&format!("quantity('{bound}')")), "{bound}");
+        }
+        assert!(crd.contains(&size::MIN_MEMORY_BYTES.to_string()));
+        assert!(crd.contains(&size::MAX_MEMORY_BYTES.to_string()));
+    }
 
     #[test]
     fn owner_labels_are_the_name_when_valid_else_a_hash() {

@@ -1,6 +1,6 @@
 //! `ComputeNode`: one Docker host, registered and kept up to date by its agent.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +82,33 @@ pub struct ComputeNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_version: Option<String>,
 
-    /// Ready: the agent reports in and Docker answers.
+    /// Ready: the agent reports in, Docker answers and the servers' firewall is in place.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::conditions_schema")]
     pub conditions: Vec<Condition>,
+
+    /// Data volumes on this host whose ComputeServer is gone (its agent was not there when it
+    /// was deleted, or the API server lost it). Kept until an admin removes them with
+    /// `compute-server agent prune --node NAME --older-than 7d`. At most 100, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned_volumes: Vec<OrphanedVolume>,
+}
+
+/// A data volume kept on a node after its server went.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrphanedVolume {
+    /// The Docker volume's name.
+    pub volume: String,
+    /// The name of the ComputeServer it belonged to.
+    pub server: String,
+    /// That server's namespace.
+    pub namespace: String,
+    /// That server's uid.
+    pub uid: String,
+    /// When Docker made the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+    /// When the agent first saw it without its server.
+    pub orphaned_since: Time,
 }

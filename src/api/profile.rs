@@ -38,16 +38,37 @@ pub struct ComputeProfileSpec {
     #[schemars(length(max = 1000))]
     pub description: Option<String>,
 
-    /// The container image servers of this profile run.
+    /// The container image servers of this profile run, such as "debian:bookworm" or
+    /// "registry.example.org/team/image:1.0".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(schema_with = "super::image_schema")]
     pub image: Option<String>,
 
     /// Other images users may choose for this profile. The first is the default when
     /// spec.image is not set.
     #[serde(default)]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 512)))]
+    #[schemars(schema_with = "super::images_schema")]
     pub allowed_images: Vec<String>,
+
+    /// What the image runs when a server gives no command of its own, such as
+    /// ["sleep", "infinity"]. Empty: the image's own command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+
+    /// What happens when a server's program ends by itself. Never (the default): the server
+    /// shows Stopped (exit code 0) or Failed (any other code, with the last lines of its log)
+    /// and stays so until it is started again. OnFailure: started again after a non-zero exit.
+    /// Always: started again whenever it ends. Docker waits longer between restarts each time.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+
+    /// Where servers of this profile may connect to. Internet (the default): public addresses
+    /// only; private networks (10/8, 172.16/12, 192.168/16, 100.64/10) are refused except DNS.
+    /// None: nothing outside the server. Either way a server never reaches other servers, the
+    /// node it runs on, or the link-local metadata address 169.254.169.254.
+    #[serde(default)]
+    pub egress: Egress,
 
     /// Size given to a server that does not ask for one.
     #[serde(default)]
@@ -78,6 +99,28 @@ pub struct ComputeProfileSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<Port>,
+}
+
+/// What happens when a server's program ends by itself.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RestartPolicy {
+    /// Show Stopped or Failed and wait to be started again.
+    #[default]
+    Never,
+    /// Start it again after a non-zero exit.
+    OnFailure,
+    /// Start it again whenever it ends.
+    Always,
+}
+
+/// Where a server may connect to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Egress {
+    /// Public addresses, and DNS anywhere.
+    #[default]
+    Internet,
+    /// Nothing outside the server.
+    None,
 }
 
 fn default_data_path() -> String {

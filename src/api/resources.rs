@@ -8,25 +8,29 @@ use serde::{Deserialize, Serialize};
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
-    /// CPU cores as a Kubernetes quantity: "2", "500m" (half a core), "1.5".
+    /// CPU cores as a Kubernetes quantity: "2", "1.5", "500m" (half a core); from 10m (a
+    /// hundredth of a core) to 4096. The container's CPU limit is exactly this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "quantity_schema")]
     #[x_kube(
         validation = Rule::new("type(self) == int || isQuantity(self)").message("cpu must be a quantity such as \"2\", \"1.5\" or \"500m\""),
-        validation = Rule::new("type(self) == int ? self > 0 : !isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))").message("cpu must be more than zero"),
+        validation = Rule::new("type(self) == int ? self >= 1 : !isQuantity(self) || quantity(self).compareTo(quantity('10m')) >= 0").message("cpu must be at least 10m (a hundredth of a core)"),
+        validation = Rule::new("type(self) == int ? self <= 4096 : !isQuantity(self) || quantity(self).compareTo(quantity('4096')) <= 0").message("cpu must be at most 4096 (cores)"),
     )]
     pub cpu: Option<Quantity>,
 
-    /// Memory as a Kubernetes quantity: "512Mi", "4Gi".
+    /// Memory as a Kubernetes quantity: "512Mi", "1.5Gi", "4Gi"; from 6Mi (the smallest limit
+    /// Docker accepts) to 64Ti. The container's memory limit is exactly this, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "quantity_schema")]
     #[x_kube(
-        validation = Rule::new("type(self) == int || isQuantity(self)").message("memory must be a quantity such as \"512Mi\" or \"4Gi\""),
-        validation = Rule::new("type(self) == int ? self > 0 : !isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))").message("memory must be more than zero"),
+        validation = Rule::new("type(self) == int || isQuantity(self)").message("memory must be a quantity such as \"512Mi\", \"1.5Gi\" or \"4Gi\""),
+        validation = Rule::new("type(self) == int ? self >= 6291456 : !isQuantity(self) || quantity(self).compareTo(quantity('6Mi')) >= 0").message("memory must be at least 6Mi (the smallest limit Docker accepts)"),
+        validation = Rule::new("type(self) == int ? self <= 70368744177664 : !isQuantity(self) || quantity(self).compareTo(quantity('64Ti')) <= 0").message("memory must be at most 64Ti"),
     )]
     pub memory: Option<Quantity>,
 
-    /// Number of whole GPUs.
+    /// Number of whole GPUs. A profile allows GPUs only up to its maxResources.gpus (unset: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 64))]
     pub gpus: Option<i32>,

@@ -74,12 +74,14 @@ pub struct ComputeServerSpec {
     #[schemars(length(min = 1, max = 253))]
     pub profile: Option<String>,
 
-    /// Container image to run, when not taken from the profile (admins, via kubectl).
+    /// Container image to run, when not taken from the profile (admins, via kubectl), such as
+    /// "debian:bookworm".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(schema_with = "super::image_schema")]
     pub image: Option<String>,
 
-    /// Command to run instead of the image's default.
+    /// Command to run instead of the profile's (spec.command of the ComputeProfile) or the
+    /// image's default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub command: Vec<String>,

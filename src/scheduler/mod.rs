@@ -22,7 +22,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use kube_quantity::ParsedQuantity;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -30,9 +29,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::agent::plan::{self, Request};
+use crate::api::size::{self, Request};
 use crate::api::{
-    CONDITION_READY, CONDITION_SCHEDULED, ComputeNode, ComputeProfile, ComputeServer, NODE_LABEL, Phase,
+    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeServer,
+    NODE_LABEL, Phase,
 };
 use crate::{Error, Result};
 
@@ -349,16 +349,16 @@ fn capacity(node: &ComputeNode) -> Request {
         .as_ref()
         .map(|s| s.capacity.clone())
         .unwrap_or_default();
-    let parse = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
-        q.and_then(|q| ParsedQuantity::try_from(q).ok())
-    };
     Request {
-        nano_cpus: parse(capacity.cpu.as_ref())
-            .and_then(|q| q.to_bytes_f64())
-            .map(|cores| (cores * 1e9) as i64)
+        nano_cpus: capacity
+            .cpu
+            .as_ref()
+            .and_then(|q| size::node_nano_cpus(q).ok())
             .unwrap_or(0),
-        memory_bytes: parse(capacity.memory.as_ref())
-            .and_then(|q| q.to_bytes_i64())
+        memory_bytes: capacity
+            .memory
+            .as_ref()
+            .and_then(|q| size::node_memory_bytes(q).ok())
             .unwrap_or(0),
         gpus: capacity.gpus.unwrap_or(0).into(),
     }
@@ -375,9 +375,7 @@ fn request(
         .as_ref()
         .and_then(|p| profiles.get(p))
         .map(|p| p.as_ref());
-    plan::plan(server, profile)
-        .map(|plan| plan.request())
-        .map_err(|refusal| refusal.to_string())
+    size::request(server, profile).map_err(|refusal| refusal.to_string())
 }
 
 struct Scheduler {
@@ -411,6 +409,11 @@ enum Write {
         node: String,
         reason: String,
     },
+    /// A server being deleted whose ComputeNode is gone: nobody is left to run its finalizer.
+    Release {
+        server: Arc<ComputeServer>,
+        node: String,
+    },
 }
 
 impl Scheduler {
@@ -436,7 +439,7 @@ impl Scheduler {
         let mut nodes = Vec::new();
         let mut lost = BTreeMap::new();
         for node in self.caches.nodes.state() {
-            let lease = leases.get(&crate::agent::node::lease_name(&node.name_any()));
+            let lease = leases.get(&crate::api::lease_name(&node.name_any()));
             let not_ready = match node_health(&node, lease.map(|l| l.as_ref()), now) {
                 Health::Ready => None,
                 Health::NotReady(reason) => Some(reason),
@@ -479,9 +482,21 @@ impl Scheduler {
         for server in &servers {
             match server.labels().get(NODE_LABEL) {
                 Some(node) => {
+                    let deleting = server.meta().deletion_timestamp.is_some();
                     if let Some(&i) = index.get(node) {
                         nodes[i].allocated += request(server, &profiles).unwrap_or_default();
                         nodes[i].servers += 1;
+                    } else if deleting && server.finalizers().iter().any(|f| f == CONTAINER_FINALIZER) {
+                        writes.push(Write::Release {
+                            server: server.clone(),
+                            node: node.clone(),
+                        });
+                        continue;
+                    } else {
+                        lost.entry(node.clone()).or_insert_with(|| {
+                            "there is no ComputeNode of that name: it was deleted, or its agent has not registered yet"
+                                .to_string()
+                        });
                     }
                     if let Some(reason) = lost.get(node)
                         && server.meta().deletion_timestamp.is_none()
@@ -599,6 +614,12 @@ impl Scheduler {
                 }
                 None
             }
+            Write::Release { server, node } => {
+                if let Err(error) = self.release(&server, &node).await {
+                    warn!(%error, server = %server.name_any(), %node, "could not release the server of a deleted node");
+                }
+                None
+            }
             Write::ServerLost { server, node, reason } => {
                 let message = format!(
                     "node {node} is lost ({reason}); the server's state is unknown. It reports again by \
@@ -647,6 +668,36 @@ impl Scheduler {
         );
         labelled.map_err(Error::Kube)?;
         info!(server = %server.name_any(), namespace = server.namespace(), %node, "placed");
+        Ok(())
+    }
+
+    /// Lets a server on a deleted ComputeNode go, as Kubernetes does for the pods of a deleted
+    /// Node: its finalizer is removed without removing its container, which nobody can reach now.
+    /// Checked against the API server first, not only the cache.
+    async fn release(&self, server: &ComputeServer, node: &str) -> Result<()> {
+        let nodes: Api<ComputeNode> = Api::all(self.client.clone());
+        if nodes.get_opt(node).await.map_err(Error::Kube)?.is_some() {
+            return Ok(());
+        }
+        let finalizers: Vec<&String> = server
+            .finalizers()
+            .iter()
+            .filter(|f| *f != CONTAINER_FINALIZER)
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": server.resource_version(), "finalizers": finalizers },
+        });
+        self.api(server)
+            .patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        let message = format!(
+            "node {node} was deleted, so no agent can remove this server's container: released it. If that host \
+             comes back, its agent removes the container and lists the data volume as orphaned on its ComputeNode"
+        );
+        warn!(server = %server.name_any(), namespace = server.namespace(), %node, "released a server of a deleted node");
+        self.event(server, EventType::Warning, "NodeDeleted", message)
+            .await;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::agent::plan::Request;
+use crate::api::size::{Request, cpu_quantity, memory_quantity};
 
 /// One node as the scheduler sees it during a pass.
 #[derive(Clone, Debug)]
@@ -161,21 +161,12 @@ pub fn choose(
 
 /// CPUs for people: "4", "0.5".
 fn cpus(nano: i64) -> String {
-    let cores = nano as f64 / 1e9;
-    format!("{}", (cores * 1000.0).round() / 1000.0)
+    cpu_quantity(nano).0
 }
 
 /// Memory for people: "4Gi", "512Mi", else bytes.
 fn memory(bytes: i64) -> String {
-    const GI: i64 = 1 << 30;
-    const MI: i64 = 1 << 20;
-    if bytes % GI == 0 {
-        format!("{}Gi", bytes / GI)
-    } else if bytes % MI == 0 {
-        format!("{}Mi", bytes / MI)
-    } else {
-        format!("{bytes} bytes")
-    }
+    memory_quantity(bytes).0
 }
 
 #[cfg(test)]

@@ -8,14 +8,13 @@ use base64::Engine;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
-use kube_quantity::ParsedQuantity;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
 use super::cache::Cache;
 use super::oidc::User;
 use crate::api::{
-    ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, owner_label,
+    ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, owner_label, size,
 };
 
 /// Why a request was refused, in words for the person who made it.
@@ -209,29 +208,21 @@ pub fn is_ssh_key(line: &str) -> bool {
         && decoded[4..4 + kind.len()] == *kind.as_bytes()
 }
 
-fn parse_quantity(field: &'static str, text: &str, errors: &mut Vec<FieldError>) -> Option<ParsedQuantity> {
-    let example = if field == "cpu" {
-        "\"2\" or \"500m\""
-    } else {
-        "\"512Mi\" or \"4Gi\""
+/// The exact amount a size stands for, or the field error the API server would give too.
+fn exact_size(field: &'static str, text: &str, errors: &mut Vec<FieldError>) -> Option<i64> {
+    let quantity = Quantity(text.to_string());
+    let exact = match field {
+        "cpu" => size::nano_cpus(&quantity),
+        _ => size::memory_bytes(&quantity),
     };
-    match ParsedQuantity::try_from(&Quantity(text.to_string())) {
-        Ok(q) if q > ParsedQuantity::default() => Some(q),
-        Ok(_) => {
+    exact
+        .map_err(|error| {
             errors.push(FieldError {
                 field,
-                message: format!("{field} must be more than zero"),
-            });
-            None
-        }
-        Err(_) => {
-            errors.push(FieldError {
-                field,
-                message: format!("\"{text}\" is not a size; write it like {example}"),
-            });
-            None
-        }
-    }
+                message: error.rule(),
+            })
+        })
+        .ok()
 }
 
 /// Checks a request against the profile and builds the server; every bad field is reported.
@@ -279,10 +270,14 @@ pub fn build(
     let max = &profile.spec.max_resources;
     let mut check = |field: &'static str, text: Option<&str>, limit: &Option<Quantity>| {
         let text = text?;
-        let asked = parse_quantity(field, text, &mut errors)?;
+        let asked = exact_size(field, text, &mut errors)?;
+        let limit_exact = |limit: &Quantity| match field {
+            "cpu" => size::node_nano_cpus(limit),
+            _ => size::node_memory_bytes(limit),
+        };
         if let Some(limit) = limit
-            && let Ok(limit_q) = ParsedQuantity::try_from(limit)
-            && asked > limit_q
+            && let Ok(limit_exact) = limit_exact(limit)
+            && asked > limit_exact
         {
             errors.push(FieldError {
                 field,
