@@ -30,6 +30,7 @@ enum Role {
         out_dir: Option<PathBuf>,
     },
     /// Run the node agent: reconcile this node's ComputeServers into Docker containers.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Agent(agent::Cli),
     /// Place unscheduled ComputeServers on Ready ComputeNodes (leader-elected).
     Scheduler(scheduler::Args),

@@ -80,6 +80,31 @@ fn a_pinned_server_becomes_a_hardened_running_container() {
     assert_eq!(host["SecurityOpt"], serde_json::json!(["no-new-privileges"]));
     assert_eq!(host["Privileged"], false);
     assert!(host["Binds"].is_null(), "no host mounts");
+    // The rest of the CIS Docker Benchmark's section 5 that applies (see README "Isolation").
+    assert_eq!(
+        host["NetworkMode"], "compute-server",
+        "5.29: not Docker's default bridge, not the host's network"
+    );
+    for (mode, what) in [("PidMode", "5.15"), ("UTSMode", "5.20"), ("UsernsMode", "5.30")] {
+        assert_eq!(host[mode], "", "{what}: {mode} is not the host's");
+    }
+    assert_ne!(host["IpcMode"], "host", "5.16");
+    assert!(
+        host["Devices"].as_array().is_none_or(|d| d.is_empty()),
+        "5.17: no host devices"
+    );
+    assert_eq!(
+        host["Init"], true,
+        "an init process reaps zombies and passes signals on"
+    );
+    assert_eq!(
+        host["RestartPolicy"]["Name"], "no",
+        "the tiny profile asks for no restarts"
+    );
+    assert!(
+        !host["SecurityOpt"].to_string().contains("unconfined"),
+        "5.21: the default seccomp profile stays"
+    );
     let mounts = container["Mounts"].as_array().unwrap();
     assert_eq!(mounts.len(), 1);
     assert_eq!(
@@ -407,49 +432,171 @@ fn the_agent_registers_its_node_and_reports_in() {
     assert_eq!(cordoned, "true");
 }
 
-#[test]
-fn containers_whose_server_is_gone_are_removed() {
-    install_crds();
-    let agent = Agent::start(&unique("node"));
-    let orphan = format!("csrv.gone.{}", agent.node);
+/// A container and a data volume of ours on `node` for a server (uid) the API server does not know.
+fn orphan(node: &str, ns: &str, name: &str, uid: &str) -> (String, String) {
     let labels = [
         "app.kubernetes.io/managed-by=compute-server".to_string(),
-        format!("computeserver.io/node={}", agent.node),
-        "computeserver.io/uid=00000000-0000-0000-0000-000000000000".to_string(),
+        format!("computeserver.io/node={node}"),
+        format!("computeserver.io/uid={uid}"),
+        format!("computeserver.io/namespace={ns}"),
+        format!("computeserver.io/name={name}"),
     ];
-    let mut args = vec!["create", "--name", &orphan];
-    for label in &labels {
-        args.extend(["--label", label]);
-    }
+    let container = format!("csrv.{ns}.{name}");
+    let volume = format!("{container}.{uid}.data");
+    let label_args: Vec<&str> = labels.iter().flat_map(|l| ["--label", l.as_str()]).collect();
+    let mut args = vec!["volume", "create"];
+    args.extend(&label_args);
+    args.push(&volume);
+    assert!(docker_cli(&args).status.success());
+    let mount = format!("{volume}:/home");
+    let mut args = vec!["create", "--name", &container, "-v", &mount];
+    args.extend(&label_args);
     args.extend(["computeserver/busybox:local", "sleep", "infinity"]);
     assert!(docker_cli(&args).status.success());
-    // Another node's container is not this agent's business.
-    let foreign = format!("csrv.foreign.{}", agent.node);
-    let foreign_node = format!("computeserver.io/node=other-{}", agent.node);
-    let out = docker_cli(&[
-        "create",
-        "--name",
-        &foreign,
-        "--label",
-        &labels[0],
-        "--label",
-        &foreign_node,
-        "--label",
-        &labels[2],
-        "computeserver/busybox:local",
-        "sleep",
-        "infinity",
-    ]);
-    assert!(out.status.success());
+    (container, volume)
+}
 
-    eventually("the orphan to be removed", 40, || {
-        inspect(&orphan).is_none().then_some(())
+fn volume_exists(volume: &str) -> bool {
+    docker_cli(&["volume", "inspect", volume]).status.success()
+}
+
+fn orphans_listed(node: &str) -> Value {
+    let out = kubectl_ok(
+        &[
+            "get",
+            "computenode",
+            node,
+            "-o",
+            "jsonpath={.status.orphanedVolumes}",
+        ],
+        None,
+    );
+    serde_json::from_str(if out.is_empty() { "[]" } else { &out }).unwrap()
+}
+
+#[test]
+fn containers_whose_server_is_gone_are_removed_their_data_kept_until_pruned() {
+    install_crds();
+    let ns = TestNamespace::new("agent-orphan");
+    let agent = Agent::start(&unique("node"));
+    // A live server: the API server does know this node's servers.
+    apply_server(&ns.name, "live", &agent.node, SLEEPER);
+    wait_phase(&ns.name, "live", "Running");
+    let uid = "00000000-0000-0000-0000-000000000001";
+    let (container, volume) = orphan(&agent.node, &ns.name, "gone", uid);
+    // Another node's container is not this agent's business.
+    let (foreign, foreign_volume) = orphan(&format!("other-{}", agent.node), "foreign", &agent.node, uid);
+
+    eventually("the orphaned container to be removed", 40, || {
+        inspect(&container).is_none().then_some(())
     });
+    assert!(volume_exists(&volume), "its data volume is kept");
+    let listed = eventually("the volume to be listed on the ComputeNode", 40, || {
+        let listed = orphans_listed(&agent.node);
+        (listed.as_array().unwrap().len() == 1).then_some(listed)
+    });
+    assert_eq!(listed[0]["volume"], volume.as_str());
+    assert_eq!(
+        (listed[0]["server"].as_str(), listed[0]["namespace"].as_str()),
+        (Some("gone"), Some(ns.name.as_str()))
+    );
+    assert_eq!(listed[0]["uid"], uid);
+    assert!(listed[0]["orphanedSince"].is_string());
+    assert_eq!(
+        support::metric(&agent.health_url, "compute_server_agent_orphaned_volumes"),
+        1
+    );
     assert!(
         inspect(&foreign).is_some(),
         "a container of another node was touched"
     );
+
+    // prune: not yet (orphaned just now), then, once it is old enough, that volume and no other.
+    let prune = |older_than: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_compute-server"))
+            .args([
+                "agent",
+                "prune",
+                "--node",
+                &agent.node,
+                "--older-than",
+                older_than,
+            ])
+            .env("KUBECONFIG", support::Stack::get().kubeconfig())
+            .env("DOCKER_HOST", support::Stack::get().docker_host())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = prune("1h");
+    assert!(
+        said.contains("removed 0 orphaned volume(s)") && said.contains("kept 1"),
+        "{said}"
+    );
+    assert!(volume_exists(&volume));
+    let two_days_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48)).to_string();
+    let patch = serde_json::json!({"status": {"orphanedVolumes": [{
+        "volume": volume, "server": "gone", "namespace": ns.name, "uid": uid, "orphanedSince": two_days_ago,
+    }]}});
+    kubectl_ok(
+        &[
+            "patch",
+            "computenode",
+            &agent.node,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    let said = prune("1d");
+    assert!(
+        said.contains(&format!(
+            "removed volume {volume} of server {}/gone (uid {uid})",
+            ns.name
+        )),
+        "{said}"
+    );
+    assert!(!volume_exists(&volume));
+    assert!(volume_exists(&foreign_volume), "another node's volume was pruned");
     assert!(docker_cli(&["rm", "-f", &foreign]).status.success());
+    assert!(docker_cli(&["volume", "rm", &foreign_volume]).status.success());
+}
+
+#[test]
+fn an_agent_that_sees_none_of_its_servers_removes_nothing_and_says_so() {
+    install_crds();
+    let agent = Agent::start(&unique("node"));
+    let (container, volume) = orphan(
+        &agent.node,
+        "restored",
+        "thesis",
+        "00000000-0000-0000-0000-000000000002",
+    );
+    eventually("the held sweep to show", 40, || {
+        (support::metric(&agent.health_url, "compute_server_agent_sweep_held") == 1).then_some(())
+    });
+    // Two more heartbeats (every 10 s): still nothing removed.
+    std::thread::sleep(std::time::Duration::from_secs(21));
+    assert!(
+        inspect(&container).is_some(),
+        "a container was removed on an empty API server"
+    );
+    assert!(volume_exists(&volume));
+    assert_eq!(orphans_listed(&agent.node)[0]["volume"], volume.as_str());
+    let log = std::fs::read_to_string(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs/agent-").to_string() + &agent.node + ".log",
+    )
+    .unwrap();
+    assert!(
+        log.contains("ERROR") && log.contains("empty or restored cluster"),
+        "{log}"
+    );
+    drop(agent);
+    assert!(docker_cli(&["rm", "-f", &container]).status.success());
+    assert!(docker_cli(&["volume", "rm", &volume]).status.success());
 }
 
 #[test]

@@ -37,7 +37,6 @@ const CONCURRENT_RECONCILES: u16 = 16;
 
 /// `compute-server agent`: run the agent, or one of its admin commands.
 #[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -63,12 +62,12 @@ pub enum Command {
 
 /// Runs the agent, or the admin command asked for.
 pub async fn main(cli: Cli) -> Result<()> {
-    match cli.command {
-        None => run(cli.run).await,
-        Some(Command::Prune(args)) => prune::run(args).await,
-        Some(Command::Uninstall { docker_host }) => {
+    match (cli.command, cli.run) {
+        (None, args) => run(args).await,
+        (Some(Command::Prune(args)), _) => prune::run(args).await,
+        (Some(Command::Uninstall { docker_host }), _) => {
             let docker = docker::connect(&docker_host).await?;
-            let done = network::uninstall(&docker).await?;
+            let done = network::uninstall(&docker, &docker_host).await?;
             if done.is_empty() {
                 println!("nothing to remove: no servers' network or firewall rules of compute-server here");
             }
@@ -84,8 +83,9 @@ pub async fn main(cli: Cli) -> Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// This node's name: the agent runs the ComputeServers labelled computeserver.io/node=NAME.
-    #[arg(long, env = "COMPUTE_SERVER_NODE")]
-    pub node: String,
+    /// (Optional only to clap: the admin commands below take their own.)
+    #[arg(long, env = "COMPUTE_SERVER_NODE", required = true)]
+    pub node: Option<String>,
 
     /// The Docker engine to use.
     #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
@@ -143,7 +143,7 @@ pub struct Context {
     /// Where ports are published and which network each server joins.
     pub host: plan::Host,
     /// The servers' networks and their firewall, checked on every heartbeat.
-    pub bridges: Vec<network::Bridge>,
+    pub network: network::Setup,
     /// Reconcile counts and durations, servers by phase.
     pub metrics: metrics::Metrics,
     /// This node's servers, as the controller's watch sees them.
@@ -169,6 +169,7 @@ impl Context {
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    let node = args.node.clone().ok_or_else(|| Error::Config("give --node NAME (or COMPUTE_SERVER_NODE)".into()))?;
     let publish_address = match (args.publish_address, args.address.parse::<std::net::IpAddr>()) {
         (Some(address), _) | (None, Ok(address)) => address,
         (None, Err(_)) => {
@@ -182,29 +183,22 @@ pub async fn run(args: Args) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Kube)?;
     let docker = docker::connect(&args.docker_host).await?;
     // No server starts on a network that is not closed.
-    let bridges = network::setup(&docker, &publish_address.to_string()).await?;
-    let network_of = |egress: crate::api::Egress| {
-        bridges
-            .iter()
-            .find(|b| b.egress == egress)
-            .map(|b| b.network.clone())
-            .unwrap_or_default()
-    };
+    let network = network::setup(&docker, &args.docker_host, &publish_address.to_string()).await?;
     let host = plan::Host {
         publish_address: publish_address.to_string(),
         networks: (
-            network_of(crate::api::Egress::Internet),
-            network_of(crate::api::Egress::None),
+            network.network(crate::api::Egress::Internet),
+            network.network(crate::api::Egress::None),
         ),
         ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
     };
     let reporter = Reporter {
         controller: "compute-server-agent".into(),
-        instance: Some(args.node.clone()),
+        instance: Some(node.clone()),
     };
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_agent");
     let metrics = metrics::Metrics::register(&mut registry);
-    let selector = format!("{NODE_LABEL}={}", args.node);
+    let selector = format!("{NODE_LABEL}={node}");
     let controller = Controller::new(
         Api::<ComputeServer>::all(client.clone()),
         watcher::Config::default().labels(&selector),
@@ -216,13 +210,13 @@ pub async fn run(args: Args) -> Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         docker,
-        node: args.node.clone(),
+        node: node.clone(),
         address: args.address,
         host,
-        bridges,
+        network,
         failures: Default::default(),
     });
-    info!(node = %args.node, %selector, "agent starting");
+    info!(%node, %selector, "agent starting");
     let ready: crate::health::ReadyCheck = {
         let docker = ctx.docker.clone();
         Arc::new(move || {

@@ -104,11 +104,12 @@ impl Firewall {
     }
 }
 
-/// The bridge name for a network the agent makes: short (15 bytes at most), and the same for
-/// every agent on one Docker engine.
-pub fn bridge_name(daemon_id: &str, network: &str) -> String {
+/// The bridge name for a network the agent makes: short (15 bytes at most), and different for
+/// each Docker engine of one host (by its address: engines share their ID when they share
+/// /etc/docker). Agents on one engine find the network by name, so only its maker's choice counts.
+pub fn bridge_name(docker_host: &str, network: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{daemon_id}/{network}").as_bytes());
+    let digest = sha2::Sha256::digest(format!("{docker_host}/{network}").as_bytes());
     let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
     format!("csrv-{hex}")
 }
@@ -208,7 +209,7 @@ fn bridge_netfilter() -> Result<()> {
 /// `publish_address` by default); an existing one must keep servers apart.
 async fn ensure_network(
     docker: &Docker,
-    daemon_id: &str,
+    docker_host: &str,
     name: &str,
     publish_address: &str,
 ) -> Result<String> {
@@ -234,7 +235,7 @@ async fn ensure_network(
                     driver: Some("bridge".into()),
                     enable_ipv6: Some(false),
                     options: Some(HashMap::from([
-                        (BRIDGE_NAME.to_string(), bridge_name(daemon_id, name)),
+                        (BRIDGE_NAME.to_string(), bridge_name(docker_host, name)),
                         (ENABLE_ICC.to_string(), "false".to_string()),
                         (
                             "com.docker.network.bridge.host_binding_ipv4".to_string(),
@@ -262,14 +263,33 @@ async fn ensure_network(
     )))
 }
 
+/// Where the servers' networks are: the engine (by its address), the publish address, the
+/// networks as last set up.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub docker_host: String,
+    pub publish_address: String,
+    pub bridges: Vec<Bridge>,
+}
+
+impl Setup {
+    /// The Docker network of servers of `egress`.
+    pub fn network(&self, egress: Egress) -> String {
+        self.bridges
+            .iter()
+            .find(|b| b.egress == egress)
+            .map(|b| b.network.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Sets up both servers' networks and their firewall, and checks it: the agent does not start
 /// without it.
-pub async fn setup(docker: &Docker, publish_address: &str) -> Result<Vec<Bridge>> {
+pub async fn setup(docker: &Docker, docker_host: &str, publish_address: &str) -> Result<Setup> {
     bridge_netfilter()?;
-    let daemon_id = docker.info().await.map_err(Error::Docker)?.id.unwrap_or_default();
     let mut bridges = Vec::new();
     for (network, egress) in [(NETWORK, Egress::Internet), (CLOSED_NETWORK, Egress::None)] {
-        let bridge = ensure_network(docker, &daemon_id, network, publish_address).await?;
+        let bridge = ensure_network(docker, docker_host, network, publish_address).await?;
         let rules = firewall(&bridge, egress);
         install(&rules).await?;
         if !installed(&rules).await {
@@ -284,16 +304,34 @@ pub async fn setup(docker: &Docker, publish_address: &str) -> Result<Vec<Bridge>
             egress,
         });
     }
-    Ok(bridges)
+    Ok(Setup {
+        docker_host: docker_host.to_string(),
+        publish_address: publish_address.to_string(),
+        bridges,
+    })
 }
 
-/// Puts the firewall back if something removed it (a host firewall reload, say); Err when that
-/// fails, which makes the node not Ready.
-pub async fn check(bridges: &[Bridge]) -> std::result::Result<(), String> {
+/// Puts the networks and the firewall back if something removed them (`docker network rm`, a
+/// host firewall reload); Err when that fails, which makes the node not Ready.
+pub async fn check(docker: &Docker, setup: &Setup) -> std::result::Result<(), String> {
     if let Err(error) = bridge_netfilter() {
         return Err(error.to_string());
     }
-    for bridge in bridges {
+    for bridge in &setup.bridges {
+        let now = ensure_network(
+            docker,
+            &setup.docker_host,
+            &bridge.network,
+            &setup.publish_address,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if now != bridge.bridge {
+            return Err(format!(
+                "the Docker network {} now uses bridge {now}, not {}: restart the agent",
+                bridge.network, bridge.bridge
+            ));
+        }
         let rules = firewall(&bridge.bridge, bridge.egress);
         if !installed(&rules).await {
             warn!(bridge = %bridge.bridge, "the servers' firewall rules were missing or changed; putting them back");
@@ -305,7 +343,7 @@ pub async fn check(bridges: &[Bridge]) -> std::result::Result<(), String> {
 
 /// `agent uninstall`: removes the servers' networks of this Docker engine, and the firewall
 /// rules of each network that could be removed (a network still in use keeps its rules).
-pub async fn uninstall(docker: &Docker) -> Result<Vec<String>> {
+pub async fn uninstall(docker: &Docker, docker_host: &str) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for network in [NETWORK, CLOSED_NETWORK] {
         let bridge = match docker.inspect_network(network, None).await {
@@ -320,8 +358,7 @@ pub async fn uninstall(docker: &Docker) -> Result<Vec<String>> {
                 bridge
             }
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
-                let daemon_id = docker.info().await.map_err(Error::Docker)?.id.unwrap_or_default();
-                Some(bridge_name(&daemon_id, network))
+                Some(bridge_name(docker_host, network))
             }
             Err(error) => return Err(Error::Docker(error)),
         };
@@ -411,10 +448,10 @@ mod tests {
 
     #[test]
     fn bridge_names_fit_linux_and_agree_per_engine() {
-        let name = bridge_name("ABCD:EFGH", NETWORK);
+        let name = bridge_name("unix:///var/run/docker.sock", NETWORK);
         assert!(name.len() <= 15, "{name}");
-        assert_eq!(name, bridge_name("ABCD:EFGH", NETWORK));
-        assert_ne!(name, bridge_name("ABCD:EFGH", CLOSED_NETWORK));
-        assert_ne!(name, bridge_name("other", NETWORK));
+        assert_eq!(name, bridge_name("unix:///var/run/docker.sock", NETWORK));
+        assert_ne!(name, bridge_name("unix:///var/run/docker.sock", CLOSED_NETWORK));
+        assert_ne!(name, bridge_name("unix:///run/node-2/docker.sock", NETWORK));
     }
 }

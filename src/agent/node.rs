@@ -146,7 +146,7 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
             .get_or_create(&super::metrics::PhaseLabel { phase })
             .inc();
     }
-    let firewall = super::network::check(&ctx.bridges).await;
+    let firewall = super::network::check(&ctx.docker, &ctx.network).await;
     let mut status = status(ctx, previous, &servers, *gpus, firewall).await?;
     status.orphaned_volumes = orphaned_volumes;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
@@ -235,7 +235,8 @@ async fn status(
         Ok(info) => (
             Amounts {
                 cpu: info.ncpu.map(|n| Quantity(n.to_string())),
-                memory: info.mem_total.map(size::memory_quantity),
+                // Whole MiB, rounded down: easier to read, and never more than the host has.
+                memory: info.mem_total.map(|m| size::memory_quantity(m >> 20 << 20)),
                 gpus: Some(gpus),
             },
             info.server_version,

@@ -242,21 +242,26 @@ pub fn node_memory_bytes(q: &Quantity) -> Result<i64, SizeError> {
     bounded(Kind::Memory, q, 0, 0, i64::MAX)
 }
 
-/// Nano-CPUs as a quantity a person reads: "2", "1.5", "250m", else nano.
+/// Nano-CPUs as Kubernetes writes them: "2", "250m", "1500m", else nano.
 pub fn cpu_quantity(nano: i64) -> Quantity {
     Quantity(if nano % 1_000_000_000 == 0 {
         (nano / 1_000_000_000).to_string()
-    } else if nano % 100_000_000 == 0 {
-        format!(
-            "{}.{}",
-            nano / 1_000_000_000,
-            (nano % 1_000_000_000) / 100_000_000
-        )
     } else if nano % 1_000_000 == 0 {
         format!("{}m", nano / 1_000_000)
     } else {
         format!("{nano}n")
     })
+}
+
+/// Nano-CPUs as cores for a sentence: "4", "0.5", "1.25".
+pub fn cores(nano: i64) -> String {
+    let (whole, fraction) = (nano / 1_000_000_000, nano % 1_000_000_000);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    format!("{whole}.{:09}", fraction.abs())
+        .trim_end_matches('0')
+        .to_string()
 }
 
 /// Bytes as a quantity a person reads: "4Gi", "512Mi", "6Ki", else bytes.
@@ -444,7 +449,10 @@ mod tests {
     #[test]
     fn quantities_read_well() {
         assert_eq!(cpu_quantity(2_000_000_000).0, "2");
-        assert_eq!(cpu_quantity(1_500_000_000).0, "1.5");
+        assert_eq!(cpu_quantity(1_500_000_000).0, "1500m");
+        assert_eq!(cores(1_500_000_000), "1.5");
+        assert_eq!(cores(10_000_000), "0.01");
+        assert_eq!(cores(4_000_000_000), "4");
         assert_eq!(cpu_quantity(250_000_000).0, "250m");
         assert_eq!(cpu_quantity(7).0, "7n");
         assert_eq!(memory_quantity(4 << 30).0, "4Gi");

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::size::{Request, cpu_quantity, memory_quantity};
+use crate::api::size::{Request, cores, memory_quantity};
 
 /// One node as the scheduler sees it during a pass.
 #[derive(Clone, Debug)]
@@ -161,7 +161,7 @@ pub fn choose(
 
 /// CPUs for people: "4", "0.5".
 fn cpus(nano: i64) -> String {
-    cpu_quantity(nano).0
+    cores(nano)
 }
 
 /// Memory for people: "4Gi", "512Mi", else bytes.
