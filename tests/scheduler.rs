@@ -151,7 +151,7 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
     for agent in &agents {
         eventually("the node reports its 10 servers", 30, || {
             let node = computenode(&agent.node);
-            (node["status"]["servers"] == 10 && node["status"]["allocated"]["cpu"] == "1000m").then_some(())
+            (node["status"]["servers"] == 10 && node["status"]["allocated"]["cpu"] == "1").then_some(())
         });
     }
     let table = kubectl_ok(&["get", "computenodes", &agents[0].node], None);
@@ -378,4 +378,66 @@ fn two_schedulers_never_place_a_server_twice_and_the_standby_takes_over() {
     );
     assert_eq!(placements(&schedulers[standby]), 4);
     schedulers.clear();
+}
+
+#[test]
+fn a_server_on_a_deleted_node_can_be_deleted_and_its_data_is_reported_when_the_host_returns() {
+    install_crds();
+    let ns = TestNamespace::new("sched-gone");
+    let flags = node_flags(&ns.name);
+    let node = unique("gone");
+    let mut agent = Agent::start_with(&node, 1, &flags);
+    wait_ready(&node);
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+    apply_servers(&ns.name, &["work".into()], "resources: {cpu: 100m, memory: 32Mi}");
+    let running = wait_phase(&ns.name, "work", "Running");
+    let uid = running["metadata"]["uid"].as_str().unwrap().to_string();
+    let volume = format!("csrv.{}.work.{uid}.data", ns.name);
+
+    // The host is gone for good: its agent is dead and an admin deletes its ComputeNode.
+    agent.kill();
+    kubectl_ok(&["delete", "computenode", &node], None);
+    let out = kubectl(&["delete", "csrv", "-n", &ns.name, "work", "--timeout=60s"], None);
+    assert!(
+        out.status.success(),
+        "the delete hung: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server_json(&ns.name, "work").is_none());
+    let seen = events(&ns.name, "work");
+    assert!(
+        seen.contains("NodeDeleted") && seen.contains(&format!("node {node} was deleted")),
+        "{seen}"
+    );
+
+    // The host comes back after all: its agent keeps the data and lists it as orphaned.
+    let _agent = Agent::start_with(&node, 1, &flags);
+    eventually("the volume to be listed as orphaned", 60, || {
+        let out = kubectl(
+            &[
+                "get",
+                "computenode",
+                &node,
+                "-o",
+                "jsonpath={.status.orphanedVolumes[*].volume}",
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&volume)
+            .then_some(())
+    });
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", Stack::get().docker_host())
+            .status()
+            .unwrap()
+    };
+    assert!(
+        docker(&["volume", "inspect", &volume]).success(),
+        "the data is still on the host"
+    );
+    let _ = docker(&["rm", "-f", &format!("csrv.{}.work", ns.name)]);
+    let _ = docker(&["volume", "rm", &volume]);
 }

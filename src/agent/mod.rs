@@ -169,7 +169,10 @@ impl Context {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let node = args.node.clone().ok_or_else(|| Error::Config("give --node NAME (or COMPUTE_SERVER_NODE)".into()))?;
+    let node = args
+        .node
+        .clone()
+        .ok_or_else(|| Error::Config("give --node NAME (or COMPUTE_SERVER_NODE)".into()))?;
     let publish_address = match (args.publish_address, args.address.parse::<std::net::IpAddr>()) {
         (Some(address), _) | (None, Ok(address)) => address,
         (None, Err(_)) => {
