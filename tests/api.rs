@@ -99,22 +99,22 @@ fn bad_input_is_refused_with_a_message_and_nothing_is_stored() {
         (
             "zero cpu",
             "owner: alice\nprofile: tiny\nresources: {cpu: 0}",
-            "cpu must be more than zero",
+            "cpu must be at least 10m (a hundredth of a core)",
         ),
         (
             "negative cpu",
             "owner: alice\nprofile: tiny\nresources: {cpu: \"-500m\"}",
-            "cpu must be more than zero",
+            "cpu must be at least 10m (a hundredth of a core)",
         ),
         (
             "negative memory",
             "owner: alice\nprofile: tiny\nresources: {memory: \"-1Gi\"}",
-            "memory must be more than zero",
+            "memory must be at least 6Mi (the smallest limit Docker accepts)",
         ),
         (
             "zero memory",
             "owner: alice\nprofile: tiny\nresources: {memory: \"0\"}",
-            "memory must be more than zero",
+            "memory must be at least 6Mi (the smallest limit Docker accepts)",
         ),
         (
             "unparseable cpu",

@@ -69,7 +69,7 @@ async fn the_api_serves_each_user_their_own_servers_and_admins_everyones() {
         M::POST,
         servers.clone(),
         &alice,
-        Some(json!({"name": "alice-box", "profile": "tiny", "resources": {"cpu": "500m", "memory": 128}})),
+        Some(json!({"name": "alice-box", "profile": "tiny", "resources": {"cpu": "500m", "memory": 134217728}})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -80,7 +80,7 @@ async fn the_api_serves_each_user_their_own_servers_and_admins_everyones() {
     assert_eq!(object["metadata"]["labels"]["computeserver.io/owner"], "alice");
     assert_eq!(
         object["spec"]["resources"],
-        json!({"cpu": "500m", "memory": "128"})
+        json!({"cpu": "500m", "memory": "134217728"})
     );
     let (status, _) = call(
         M::POST,
@@ -199,6 +199,52 @@ async fn the_api_refuses_bad_requests_with_field_messages_and_enforces_the_per_u
             .contains("cpu: at most 2 for profile debian; you asked for 8"),
         "{error}"
     );
+
+    // Sizes that would mean "no limit" get the API server's words, as field errors.
+    for (resources, field, message) in [
+        (
+            json!({"cpu": "0.4n"}),
+            "cpu",
+            compute_server::api::size::CPU_TOO_SMALL,
+        ),
+        (
+            json!({"memory": "0.25Ki"}),
+            "memory",
+            compute_server::api::size::MEMORY_TOO_SMALL,
+        ),
+        (
+            json!({"memory": "8Ei"}),
+            "memory",
+            compute_server::api::size::MEMORY_TOO_BIG,
+        ),
+        (
+            json!({"memory": 100}),
+            "memory",
+            compute_server::api::size::MEMORY_TOO_SMALL,
+        ),
+    ] {
+        let (status, error) =
+            post(json!({"name": "tiny-size", "profile": "tiny", "resources": resources})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resources}: {error}");
+        assert_eq!(
+            error["fields"],
+            json!([{"field": field, "message": message}]),
+            "{resources}"
+        );
+    }
+    assert!(
+        kubectl(&["get", "csrv", "-n", &ns.name, "tiny-size"], None)
+            .status
+            .code()
+            != Some(0),
+        "nothing is stored"
+    );
+    // What a person types for half a gigabyte is fine.
+    let (status, created) =
+        post(json!({"name": "half", "profile": "tiny", "resources": {"cpu": "0.5", "memory": "0.25Gi"}}))
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    kubectl_ok(&["delete", "csrv", "-n", &ns.name, "half", "--wait=false"], None);
 
     let (status, error) = post(json!({"profile": "gpu-large"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
