@@ -476,7 +476,7 @@ async fn detail(
     let phase = servers::phase(&server);
     let ssh = servers::ssh_command(&server, state.bastion.as_deref(), &server.spec.owner);
     let profiles = state.cache.profiles();
-    let running = server.spec.running.to_string();
+    let running = servers::runs(&server).to_string();
     page(
         StatusCode::OK,
         &name,
@@ -540,7 +540,7 @@ fn status_json(server: &ComputeServer, bastion: Option<&str>) -> String {
         "message": status.message.unwrap_or_else(|| "Waiting for the scheduler to choose a node.".into()),
         "node": status.node.unwrap_or_else(|| "—".into()),
         "ssh": servers::ssh_command(server, bastion, &server.spec.owner).unwrap_or_else(|| "—".into()),
-        "running": server.spec.running,
+        "running": servers::runs(server),
     })
     .to_string()
 }

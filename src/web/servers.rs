@@ -450,14 +450,26 @@ pub async fn act(
     let server = visible(cache, user, name)?;
     let result = match action {
         Action::Stop | Action::Start => {
-            let patch = serde_json::json!([
-                {"op": "test", "path": "/spec/owner", "value": server.spec.owner},
-                {"op": "replace", "path": "/spec/running", "value": action == Action::Start},
-            ]);
-            let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
-            api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                .await
-                .map(Some)
+            let set = |running: bool| {
+                let patch = serde_json::json!([
+                    {"op": "test", "path": "/spec/owner", "value": server.spec.owner},
+                    {"op": "replace", "path": "/spec/running", "value": running},
+                ]);
+                let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+                async move {
+                    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                        .await
+                }
+            };
+            async {
+                // A server whose program ended still has running: true; the agent starts it
+                // again once the server changes, so Start stops it, then starts it.
+                if action == Action::Start && server.spec.running {
+                    set(false).await?;
+                }
+                set(action == Action::Start).await.map(Some)
+            }
+            .await
         }
         Action::Delete => {
             let params = DeleteParams {
@@ -499,6 +511,15 @@ pub struct ServerView {
     pub created: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
     pub status: Option<crate::api::ComputeServerStatus>,
+}
+
+/// Whether the server runs as far as its owner can tell: asked to run, and not stopped or
+/// failed (a program that ended leaves `spec.running` true). The page offers Stop when it
+/// runs, Start when not.
+pub fn runs(server: &ComputeServer) -> bool {
+    use crate::api::Phase;
+    let phase = server.status.as_ref().and_then(|s| s.phase);
+    server.spec.running && !matches!(phase, Some(Phase::Stopped | Phase::Failed))
 }
 
 /// The phase to show: the status's, or Pending before anything wrote one.
@@ -628,6 +649,24 @@ mod tests {
             errors[1].message.contains("at most 2 for profile debian"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_server_whose_program_ended_offers_start() {
+        let mut server: ComputeServer = serde_yaml::from_str(
+            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {name: a}, spec: {owner: alice, profile: tiny}}",
+        )
+        .unwrap();
+        assert!(runs(&server), "pending: it is meant to run");
+        server.status = Some(crate::api::ComputeServerStatus {
+            phase: Some(crate::api::Phase::Stopped),
+            ..Default::default()
+        });
+        assert!(!runs(&server), "its program ended: Start, not Stop");
+        server.status.as_mut().unwrap().phase = Some(crate::api::Phase::Running);
+        assert!(runs(&server));
+        server.spec.running = false;
+        assert!(!runs(&server));
     }
 
     #[test]
