@@ -3,10 +3,12 @@
 #   docker build -t computeserver/compute-server:0.1.0 .
 #
 # The base images are build arguments: the public ones by default; tests/support/image.sh
-# passes locally made ones (no registry reachable there). Any glibc-based runtime image works
-# (e.g. a distroless "cc" image); nothing is run in it at build time.
+# passes locally made ones (no registry reachable there). Any glibc-based runtime image with
+# iptables works (the agent runs it for the servers' firewall); nothing is run in it at build time.
 ARG BUILDER_IMAGE=rust:1-bookworm
-ARG RUNTIME_IMAGE=debian:bookworm-slim
+# The runtime base needs glibc and, for the agent's firewall, iptables: Kubernetes' own base of
+# kube-proxy has both (and picks the host's iptables backend).
+ARG RUNTIME_IMAGE=registry.k8s.io/build-image/distroless-iptables:v0.8.7
 
 FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src

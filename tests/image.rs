@@ -66,7 +66,23 @@ fn the_image_runs_compute_server_as_a_non_root_user() {
     let writable = docker_cli(&["run", "--rm", &image, "crd", "--out-dir", "/tmp"]);
     assert!(writable.status.success(), "{}", text(&writable.stderr));
 
-    // Small: the binary, glibc and CA certificates.
+    // The agent's firewall: iptables runs in the image (listing rules needs the host's network).
+    let iptables = docker_cli(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/usr/sbin/iptables",
+        &image,
+        "--version",
+    ]);
+    assert!(
+        iptables.status.success() && text(&iptables.stdout).starts_with("iptables v1.8"),
+        "{}{}",
+        text(&iptables.stdout),
+        text(&iptables.stderr)
+    );
+
+    // Small: the binary, glibc, iptables and CA certificates.
     let size = docker_cli(&["image", "inspect", "-f", "{{.Size}}", &image]);
     let size: u64 = text(&size.stdout).trim().parse().unwrap();
     assert!(size < 80 << 20, "the image is {} MB", size >> 20);

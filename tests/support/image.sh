@@ -5,8 +5,9 @@
 #   computeserver/rust-builder:local   (stands in for rust:1-bookworm) Debian 12 minbase with gcc
 #                                      and libc6-dev from debootstrap, plus this machine's Rust
 #                                      toolchain (rustc and cargo as rustup installed them)
-#   computeserver/runtime-base:local   (stands in for debian:bookworm-slim) only glibc and
-#                                      libgcc: the shared libraries the binary links
+#   computeserver/runtime-base:local   (stands in for debian:bookworm-slim) glibc and libgcc
+#                                      (the shared libraries the binary links) and iptables
+#                                      (the agent's firewall for the servers' networks)
 #
 #   image.sh bases    make both bases if missing or out of date
 #   image.sh build    bases, then `docker build` the product image; prints its tag last
@@ -33,7 +34,7 @@ build_bookworm_rootfs() {
   local tmp; tmp="$(mktemp -d "$(dirname "$out")/build.XXXXXX")"; TMP_DIRS+=("$tmp")
   info "Debian mirror (from the apt configuration): $mirror"
   with_progress "debootstrap" debootstrap_logged "$tmp/debootstrap.log" \
-    --variant=minbase --include=gcc,libc6-dev,ca-certificates bookworm "$tmp/rootfs" "$mirror"
+    --variant=minbase --include=gcc,libc6-dev,ca-certificates,iptables bookworm "$tmp/rootfs" "$mirror"
   rm -rf "$tmp"/rootfs/var/lib/apt/lists/* "$tmp"/rootfs/usr/share/doc/* "$tmp"/rootfs/usr/share/man/*
   findmnt -rn -o TARGET | grep -qF "$tmp/rootfs/" && die "something is still mounted under $tmp/rootfs"
   with_progress "tar.gz of the rootfs" tar -C "$tmp/rootfs" --numeric-owner -czf "$tmp/rootfs.tar.gz" .
@@ -90,9 +91,17 @@ build_runtime_base() {
   local root="$tmp/rootfs" deb
   mkdir -p "$tmp/debs" "$root"/{etc,tmp}
   chmod 1777 "$root/tmp"
-  tar -C "$tmp/debs" -xzf "$tarball" --wildcards './var/cache/apt/archives/libc6_*.deb' \
-    './var/cache/apt/archives/libgcc-s1_*.deb'
+  local archives=./var/cache/apt/archives package
+  # iptables and what it links, for the agent's firewall; netbase for /etc/protocols.
+  local packages=(libc6 libgcc-s1 iptables libip4tc2 libip6tc2 libxtables12 libnftnl11 libmnl0
+    libnetfilter-conntrack3 libnfnetlink0 netbase)
+  tar -C "$tmp/debs" -xzf "$tarball" --wildcards \
+    $(for package in "${packages[@]}"; do printf '%s ' "$archives/${package}_*.deb"; done)
   for deb in "$tmp"/debs/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  # What update-alternatives would do: the nf_tables backend, as Debian 12's default.
+  for package in iptables iptables-restore iptables-save; do
+    ln -sf xtables-nft-multi "$root/usr/sbin/$package"
+  done
   rm -rf "$root"/usr/share/{doc,lintian,locale}
   printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' >"$root/etc/passwd"
   printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$root/etc/group"
