@@ -123,7 +123,7 @@ cmd_bases() {
   old="$(image_id "$BUILDER_BASE")"
   build_builder_base "$tarball" "$recipe"
   drop_old_image "$old" "$BUILDER_BASE"
-  step "Making $RUNTIME_BASE (glibc and libgcc only)"
+  step "Making $RUNTIME_BASE (glibc, libgcc and iptables)"
   old="$(image_id "$RUNTIME_BASE")"
   build_runtime_base "$tarball" "$recipe"
   drop_old_image "$old" "$RUNTIME_BASE"
