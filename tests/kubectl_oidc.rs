@@ -79,19 +79,27 @@ fn verification_url(lines: &mpsc::Receiver<String>) -> String {
     panic!("kubelogin printed no sign-in address within 30 s: {seen:?}");
 }
 
-/// What a person does with the address: open it, sign in as `user`, confirm the device.
+/// What a person does with the address: opens it, signs in as `user`, and grants the device
+/// access (Keycloak always asks in the device flow).
 async fn approve_device(url: &str, user: &str) {
     let browser = FormClient::new(Some(Stack::get().var("KEYCLOAK_CA")));
     let page = browser.get(url).await;
-    assert!(page.status.is_success(), "{} {}: {}", page.status, page.url, page.html);
+    assert!(
+        page.status.is_success(),
+        "{} {}: {}",
+        page.status,
+        page.url,
+        page.html
+    );
     let page = browser.log_in(&page, user).await;
-    // Keycloak asks whether to grant the device access, unless the client needs no consent.
-    let page = if page.html.contains("id=\"kc-oauth\"") || page.html.contains("name=\"accept\"") {
-        let action = page.form_action("kc-oauth");
-        browser.post(&action, &[("accept", "Yes")]).await
-    } else {
-        page
-    };
+    assert!(
+        page.html.contains("Do you grant these access privileges?"),
+        "{}",
+        page.html
+    );
+    let page = browser
+        .submit(&page, "login-actions/consent", &[("accept", "Yes")])
+        .await;
     assert!(
         page.status.is_success() && page.html.contains("Device Login Successful"),
         "{} {}: {}",
@@ -147,7 +155,10 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: \"oidc:alice
         groups.contains(&"oidc:students") && groups.contains(&"system:authenticated"),
         "{groups:?}"
     );
-    println!("device sign-in to whoami: {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "device sign-in to whoami: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Later commands use the cached token: no sign-in asked for.
     let as_alice = |args: &[&str], input: &str| {
@@ -172,7 +183,15 @@ spec: {{owner: alice, profile: debian}}
     );
     let out = as_alice(&["apply", "-f", "-"], &server);
     assert!(out.contains("mine created"), "{out}");
-    let get = ["get", "csrv", "mine", "-n", ns.name.as_str(), "-o", "jsonpath={.status.phase}"];
+    let get = [
+        "get",
+        "csrv",
+        "mine",
+        "-n",
+        ns.name.as_str(),
+        "-o",
+        "jsonpath={.status.phase}",
+    ];
     eventually("alice to see her server Running", 120, || {
         (as_alice(&get, "") == "Running").then_some(())
     });

@@ -45,8 +45,17 @@ impl FormClient {
     /// Signs in as `user` (password = user name) on the Keycloak login page `page`; returns
     /// where that leads.
     pub async fn log_in(&self, page: &Page, user: &str) -> Page {
-        let action = page.form_action("kc-form-login");
-        self.post(&action, &[("username", user), ("password", user)]).await
+        let (action, _) = page.form("id=\"kc-form-login\"");
+        self.post(&action, &[("username", user), ("password", user)])
+            .await
+    }
+
+    /// Submits the form on `page` whose tag contains `marker` with its hidden fields and `extra`.
+    pub async fn submit(&self, page: &Page, marker: &str, extra: &[(&str, &str)]) -> Page {
+        let (action, hidden) = page.form(marker);
+        let mut fields: Vec<(&str, &str)> = hidden.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        fields.extend_from_slice(extra);
+        self.post(&action, &fields).await
     }
 
     /// The cookies it holds for `url`, as a Cookie header.
@@ -66,15 +75,52 @@ impl Page {
         Page { status, url, html }
     }
 
-    /// The action URL of the form with id `id`.
-    pub fn form_action(&self, id: &str) -> String {
-        let at = self
+    /// The form whose `<form ...>` tag contains `marker`: its action (absolute) and hidden fields.
+    pub fn form(&self, marker: &str) -> (String, Vec<(String, String)>) {
+        let tag_start = self
             .html
-            .find(&format!("id=\"{id}\""))
-            .unwrap_or_else(|| panic!("no form {id} on {} ({}): {}", self.url, self.status, self.html));
-        let form = &self.html[at..];
-        let start = form.find("action=\"").expect("a form action") + 8;
-        let end = start + form[start..].find('"').unwrap();
-        form[start..end].replace("&amp;", "&")
+            .match_indices("<form")
+            .map(|(at, _)| at)
+            .find(|&at| {
+                self.html[at..]
+                    .split('>')
+                    .next()
+                    .unwrap_or_default()
+                    .contains(marker)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no form with {marker} on {} ({}): {}",
+                    self.url, self.status, self.html
+                )
+            });
+        let form = &self.html[tag_start..];
+        let form = &form[..form.find("</form>").unwrap_or(form.len())];
+        let tag = form.split('>').next().unwrap_or_default();
+        let action = attribute(tag, "action").expect("a form action");
+        let action = reqwest::Url::parse(&self.url)
+            .and_then(|base| base.join(&action))
+            .expect("an action URL")
+            .to_string();
+        let hidden = form
+            .split("<input")
+            .skip(1)
+            .map(|input| input.split('>').next().unwrap_or_default())
+            .filter(|input| input.contains("type=\"hidden\""))
+            .filter_map(|input| {
+                Some((
+                    attribute(input, "name")?,
+                    attribute(input, "value").unwrap_or_default(),
+                ))
+            })
+            .collect();
+        (action, hidden)
     }
+}
+
+/// The value of `name="..."` in an HTML tag, with `&amp;` decoded.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = start + tag[start..].find('"')?;
+    Some(tag[start..end].replace("&amp;", "&"))
 }
