@@ -17,11 +17,11 @@ use support::{
 };
 
 /// The stack's kubeconfig for people (kubelogin through Keycloak), with a token cache of this
-/// test's own (not ~/.kube/cache) and no browser to open: kubelogin prints the address instead.
+/// test's own instead of ~/.kube/cache.
 fn people_kubeconfig(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(Stack::get().var("KUBECONFIG_OIDC")).expect("the people's kubeconfig");
     let own = format!(
-        "      - get-token\n      - --token-cache-dir={}\n      - --skip-open-browser\n",
+        "      - get-token\n      - --token-cache-dir={}\n",
         dir.join("token-cache").display()
     );
     assert!(text.contains("      - get-token\n"), "{text}");

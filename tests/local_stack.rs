@@ -164,11 +164,12 @@ async fn a_restarted_local_stack_keeps_servers_containers_data_and_sessions() {
     let first_up = started.elapsed();
     let web_url = env["WEB_URL"].clone();
 
-    // A server with a file in its data volume, and alice signed in on the web front.
+    // A server with a file in its data volume, and alice signed in on the web front. (Its command
+    // ends on SIGTERM, so stopping the stack does not wait out docker's stop timeout.)
     let server = "apiVersion: computeserver.io/v1alpha1
 kind: ComputeServer
 metadata: {name: keepme, namespace: compute, labels: {computeserver.io/owner: alice}}
-spec: {owner: alice, profile: tiny, command: [sleep, infinity]}
+spec: {owner: alice, profile: tiny, command: [sh, -c, \"trap 'exit 0' TERM; while sleep 1; do :; done\"]}
 ";
     let out = stack.kubectl(&["apply", "-f", "-"], Some(server));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

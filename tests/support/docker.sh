@@ -359,7 +359,7 @@ cmd_stop_ours() {
   docker_answers_default || return 0
   for node in "$@"; do
     ids="$(ours_on_main ps "$node" -q)"
-    [[ -z $ids ]] || DOCKER_HOST="unix://$SOCK" docker stop -t 5 $ids >/dev/null
+    [[ -z $ids ]] || DOCKER_HOST="unix://$SOCK" docker stop $ids >/dev/null
   done
 }
 

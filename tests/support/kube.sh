@@ -57,8 +57,8 @@ CONFIG
 }
 
 # A kubeconfig for people: the same cluster, and a user whose token comes from kubelogin
-# (`kubectl oidc-login`): the device authorization grant against Keycloak, tokens cached in
-# ~/.kube/cache/oidc-login and refreshed there.
+# (`kubectl oidc-login`): the device authorization grant against Keycloak (it prints the address
+# to open), tokens cached in ~/.kube/cache/oidc-login and refreshed there.
 write_oidc_kubeconfig() {
   local path="$1" server="$2" pki="$3" issuer="$4"
   cat >"$path" <<KUBECONFIG
@@ -81,6 +81,7 @@ users:
       - --oidc-client-id=kubernetes
       - --grant-type=device-code
       - --certificate-authority=$pki/ca.crt
+      - --skip-open-browser
       interactiveMode: IfAvailable
       provideClusterInfo: false
 contexts:

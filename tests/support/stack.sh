@@ -90,20 +90,27 @@ down() {
   local state="${1:-$CS_STATE}"
   [[ -d $state ]] || return 0
   state="$(cd "$state" && pwd -P)"
-  local pidf dir nodes=()
-  # compute-server's own processes (make up): role-<name>.pid
+  local pidf dir nodes=() stopping=()
+  # compute-server's own processes (make up): role-<name>.pid, all at once
   for pidf in "$state"/role-*.pid; do
-    [[ -e $pidf ]] && stop_group "$pidf" "$(basename "$pidf" .pid | cut -d- -f2-)" compute-server
+    [[ -e $pidf ]] || continue
+    stop_group "$pidf" "$(basename "$pidf" .pid | cut -d- -f2-)" compute-server &
+    stopping+=($!)
   done
-  # The servers of node 1 (on the main Docker engine, which stays up) stop too, as those of the
-  # other nodes do with their engines; the agent starts them again (the same containers) on `up`.
+  ((${#stopping[@]} == 0)) || wait "${stopping[@]}" || true
+  # Then the rest side by side. The servers of node 1 (on the main Docker engine, which stays up)
+  # stop too, as those of the other nodes do with their engines; the agent starts them again
+  # (the same containers) on `up`.
+  stopping=()
   mapfile -t nodes < <(local_nodes "$state")
-  ((${#nodes[@]} == 0)) || bash "$SUPPORT_DIR/docker.sh" stop-ours "${nodes[0]}"
+  if ((${#nodes[@]})); then bash "$SUPPORT_DIR/docker.sh" stop-ours "${nodes[0]}" & stopping+=($!); fi
   for dir in "$state"/nodes/*/; do
-    [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-stop "$state" "$(basename "$dir")"
+    [[ -d $dir ]] || continue
+    bash "$SUPPORT_DIR/docker.sh" node-stop "$state" "$(basename "$dir")" & stopping+=($!)
   done
-  bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
-  bash "$SUPPORT_DIR/kube.sh" stop "$state"
+  bash "$SUPPORT_DIR/keycloak.sh" stop "$state" & stopping+=($!)
+  bash "$SUPPORT_DIR/kube.sh" stop "$state" & stopping+=($!)
+  wait "${stopping[@]}" || true
   bash "$SUPPORT_DIR/docker.sh" stop "$state"
 }
 
@@ -143,6 +150,8 @@ reset() {
     [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-remove "$state" "$(basename "$dir")"
   done
   rm -rf --one-file-system "$state"
+  local link="$REPO_DIR/target/local"
+  [[ ! -L $link || "$(readlink "$link")" != "$state" ]] || rm -f "$link"
   info "deleted $state"
 }
 
@@ -195,7 +204,7 @@ start_roles() {
   COMPUTE_SERVER_SESSION_KEY="$(<"$session_key")" start_role web web \
     --listen "127.0.0.1:$web_port" --public-url "http://127.0.0.1:$web_port" --issuer-url "$KEYCLOAK_ISSUER" \
     --bastion-address "127.0.0.1:$bastion_port"
-  set_env "$state" NODE_NAMES "${nodes[*]}"
+  set_env "$state" NODE_NAMES "$(IFS=,; echo "${nodes[*]}")"
   set_env "$state" WEB_URL "http://127.0.0.1:$web_port"
   set_env "$state" BASTION_ADDRESS "127.0.0.1:$bastion_port"
 }
@@ -228,7 +237,8 @@ local_stack() {
   install
   cargo_build
   link_target_local
-  trap 'trap - INT TERM EXIT; echo; down "$state"; exit 0' INT TERM EXIT
+  # Stopping goes on even when the terminal's reader is gone (make up | tee, then Ctrl-C).
+  trap 'trap - INT TERM EXIT; trap "" PIPE; set +e; echo; down "$state"; exit 0' INT TERM EXIT
   ROLES=1 up "$state"
   # shellcheck disable=SC1091
   source "$state/env"
@@ -252,7 +262,7 @@ local_stack() {
   Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local
   Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
 
-  Nodes           $NODE_NAMES: kubectl --kubeconfig target/local/kubeconfig get computenodes
+  Nodes           ${NODE_NAMES//,/ }: kubectl --kubeconfig target/local/kubeconfig get computenodes
                   (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
   Scheduler       places unpinned servers on the least allocated Ready node that fits
 
