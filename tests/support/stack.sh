@@ -149,9 +149,9 @@ reset() {
   for dir in "$state"/nodes/*/; do
     [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-remove "$state" "$(basename "$dir")"
   done
-  rm -rf --one-file-system "$state"
   local link="$REPO_DIR/target/local"
-  [[ ! -L $link || "$(readlink "$link")" != "$state" ]] || rm -f "$link"
+  [[ ! -L $link || "$(readlink -f "$link")" != "$state" ]] || rm -f "$link"
+  rm -rf --one-file-system "$state"
   info "deleted $state"
 }
 
