@@ -107,7 +107,6 @@ start() {
     cp -R "$KC_HOME/seed-h2" "$home/data/h2"
     cp "$REALM_FILE" "$home/data/import/"
     import=(--import-realm)
-    echo "$realm_sum" >"$home/realm.sha256"
   elif [[ "$(cat "$home/realm.sha256" 2>/dev/null)" != "$realm_sum" ]]; then
     info "note: $REALM_FILE changed since this Keycloak database was made; its realm is kept as it is (make reset starts afresh with the new one)"
   fi
@@ -127,6 +126,8 @@ start() {
     curl -sf --max-time 5 -o /dev/null "$url/realms/compute/.well-known/openid-configuration"
   await_ready "Keycloak (https)" "$KC_PID" "$log" 30 \
     curl -sf --max-time 5 --cacert "$ca" -o /dev/null "$https_url/realms/compute/.well-known/openid-configuration"
+  # Marks the database as made (and with which realm) once the import is done.
+  [[ -z ${import[*]} ]] || echo "$realm_sum" >"$home/realm.sha256"
   grep -q 'Updating the configuration' "$log" \
     && info "note: Keycloak re-augmented on this start (slower); was a build-time option added?"
 
