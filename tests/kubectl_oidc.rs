@@ -71,7 +71,11 @@ fn verification_url(lines: &mpsc::Receiver<String>) -> String {
     while Instant::now() < deadline {
         if let Ok(line) = lines.recv_timeout(Duration::from_millis(250)) {
             if let Some(at) = line.find("https://") {
-                return line[at..].split_whitespace().next().unwrap().to_string();
+                let url = &line[at..];
+                let end = url
+                    .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+                    .unwrap_or(url.len());
+                return url[..end].to_string();
             }
             seen.push(line);
         }
