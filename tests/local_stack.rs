@@ -127,11 +127,7 @@ impl Drop for LocalStack {
 
 /// The docker CLI on the main engine (this stack's node).
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", support::Stack::get().docker_host())
-        .output()
-        .unwrap();
+    let out = support::docker_cli(args);
     assert!(
         out.status.success(),
         "docker {}: {}",
@@ -214,6 +210,11 @@ spec: {owner: alice, profile: tiny, command: [sh, -c, \"trap 'exit 0' TERM; whil
     let env = stack.up();
     let second_up = restarting.elapsed();
     assert_eq!(env["WEB_URL"], web_url, "the same address");
+    // (Its status still says Running from before the stop: wait for the container itself.)
+    eventually("the server's container to run again", 120, || {
+        let out = support::docker_cli(&["inspect", "-f", "{{.State.Running}}", &container]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "true").then_some(())
+    });
     let after = stack.running("keepme");
     let running_again = restarting.elapsed();
     assert_eq!(
