@@ -2,15 +2,19 @@
 # tests/support/ on first use and cached in ~/.cache/compute-server.
 STACK := tests/support/stack.sh
 
-.PHONY: up down test bench install crds manifests image lint
+.PHONY: up down reset test bench install crds manifests image lint
 
-## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server); Ctrl-C stops it
+## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server) on its kept state; Ctrl-C stops it
 up:
 	@bash $(STACK) local
 
-## down: stop a local stack left running
+## down: stop a local stack left running (its state is kept)
 down:
-	@bash $(STACK) down target/local
+	@bash $(STACK) down
+
+## reset: delete the local stack's state and its servers' containers and volumes (says what, asks; YES=1 does not ask)
+reset:
+	@bash $(STACK) reset $(if $(YES),--yes)
 
 ## test: the whole suite against real components (what CI runs)
 test:

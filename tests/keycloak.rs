@@ -65,6 +65,7 @@ async fn the_demo_users_have_their_groups_and_roles() {
     let bob = token_claims("bob", "bob").await.expect("bob signs in");
     assert_eq!(strings(&bob["groups"]), ["students"]);
     let ops = token_claims("ops", "ops").await.expect("ops signs in");
+    assert_eq!(strings(&ops["groups"]), ["compute-admins"]);
     assert!(
         strings(&ops["realm_access"]["roles"]).contains(&"compute-admin"),
         "{ops}"

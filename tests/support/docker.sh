@@ -12,7 +12,12 @@
 #                                images (only busybox with NODE_IMAGES=busybox); appends
 #                                DOCKER_HOST_N=... to STATE_DIR/env
 #   docker.sh node-halt STATE_DIR N    stop it, keeping its data and bridge (node-start restarts it)
-#   docker.sh node-stop STATE_DIR N    stop it and remove its bridge and data (idempotent)
+#   docker.sh node-stop STATE_DIR N    stop it and remove its bridge, keeping its data (idempotent)
+#   docker.sh node-remove STATE_DIR N  stop it and remove its bridge and data: its containers,
+#                                      volumes and images (idempotent)
+#   docker.sh stop-ours NODE...        stop the containers labelled app.kubernetes.io/managed-by=
+#                                      compute-server of those nodes on the main daemon (local node 1)
+#   docker.sh remove-ours NODE...      remove those containers and their volumes
 #
 # `images` talks to $DOCKER_HOST if set, so it can load the images into each local node's daemon.
 source "$(dirname "$0")/lib.sh"
@@ -331,10 +336,46 @@ cmd_node_stop() {
   cmd_node_halt "$state" "$n"
   state="$(cd "$state" && pwd -P)"
   node_paths "$state" "$n"
-  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && ip link delete "$NODE_BRIDGE"
+  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then ip link delete "$NODE_BRIDGE"; fi
   # Containers' mounts are gone with the daemon; never cross into another file system.
   findmnt -rn -o TARGET | grep -F "$NODE_DIR/" | sort -r | xargs -r umount -l 2>/dev/null || true
-  rm -rf --one-file-system "$NODE_DIR" "$NODE_RUN"
+  rm -rf --one-file-system "$NODE_RUN"
+}
+
+cmd_node_remove() {
+  local state="${1:?usage: docker.sh node-remove STATE_DIR N}" n="${2:?usage: docker.sh node-remove STATE_DIR N}"
+  [[ -d $state ]] || return 0
+  cmd_node_stop "$state" "$n"
+  state="$(cd "$state" && pwd -P)"
+  node_paths "$state" "$n"
+  rm -rf --one-file-system "$NODE_DIR"
+}
+
+# What compute-server made for NODE on the main daemon: `docker ps` or `docker volume ls` ARGS.
+ours_on_main() {
+  local what="$1" node="$2"; shift 2
+  DOCKER_HOST="unix://$SOCK" docker "$what" "$@" --filter label=app.kubernetes.io/managed-by=compute-server \
+    --filter "label=computeserver.io/node=$node"
+}
+
+cmd_stop_ours() {
+  local node ids
+  docker_answers_default || return 0
+  for node in "$@"; do
+    ids="$(ours_on_main ps "$node" -q)"
+    [[ -z $ids ]] || DOCKER_HOST="unix://$SOCK" docker stop $ids >/dev/null
+  done
+}
+
+cmd_remove_ours() {
+  local node ids
+  docker_answers_default || return 0
+  for node in "$@"; do
+    ids="$(ours_on_main ps "$node" -aq)"
+    [[ -z $ids ]] || DOCKER_HOST="unix://$SOCK" docker rm -f $ids >/dev/null
+    ids="$(ours_on_main volume "$node" ls -q)"
+    [[ -z $ids ]] || DOCKER_HOST="unix://$SOCK" docker volume rm $ids >/dev/null
+  done
 }
 
 # Sourced (by image.sh) for its functions only.
@@ -348,5 +389,8 @@ case "${1:-}" in
   node-start) cmd_node_start "${2:-}" "${3:-}" ;;
   node-halt) cmd_node_halt "${2:-}" "${3:-}" ;;
   node-stop) cmd_node_stop "${2:-}" "${3:-}" ;;
-  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox] | node-start STATE_DIR N | node-halt STATE_DIR N | node-stop STATE_DIR N" ;;
+  node-remove) cmd_node_remove "${2:-}" "${3:-}" ;;
+  stop-ours) shift; cmd_stop_ours "$@" ;;
+  remove-ours) shift; cmd_remove_ours "$@" ;;
+  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox] | node-start STATE_DIR N | node-halt STATE_DIR N | node-stop STATE_DIR N | node-remove STATE_DIR N | stop-ours NODE... | remove-ours NODE..." ;;
 esac

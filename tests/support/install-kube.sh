@@ -25,3 +25,16 @@ else
   with_progress "go install helm" env GOBIN="$CS_BIN" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   touch "$CS_BIN/.helm-$HELM_VERSION"
 fi
+
+# kubelogin: kubectl's credential plugin for people signing in through Keycloak (device
+# authorization grant; see kube.sh write_oidc_kubeconfig). Its module pins it by hash.
+KUBELOGIN_VERSION="$(sed -n 's/^require github.com\/int128\/kubelogin //p' "$SUPPORT_DIR/kubelogin/go.mod")"
+if [[ -x $CS_BIN/kubectl-oidc_login && -f $CS_BIN/.kubelogin-$KUBELOGIN_VERSION ]]; then
+  info "kubelogin $KUBELOGIN_VERSION: cached"
+else
+  step "Building kubelogin $KUBELOGIN_VERSION (kubectl oidc-login) from the Go module proxy (a few minutes, once)"
+  ( cd "$SUPPORT_DIR/kubelogin" && \
+    with_progress "go build kubelogin" go build -mod=readonly -trimpath -ldflags "-s -w -X main.version=$KUBELOGIN_VERSION" \
+      -o "$CS_BIN/kubectl-oidc_login" github.com/int128/kubelogin )
+  touch "$CS_BIN/.kubelogin-$KUBELOGIN_VERSION"
+fi

@@ -2,8 +2,11 @@
 # Real Keycloak for tests and `make up`: keycloak-quarkus-dist from Maven Central, run on the
 # Temurin 25 JDK, realm `compute` from tests/support/keycloak/realm-compute.json.
 #   keycloak.sh install            fetch, unpack and prepare into $CS_CACHE (once per version)
-#   keycloak.sh start STATE_DIR    start-dev on 127.0.0.1 with fresh state; appends KEYCLOAK_URL
-#                                  and KEYCLOAK_ISSUER to STATE_DIR/env ($KEYCLOAK_PORT or a free port)
+#   keycloak.sh start STATE_DIR    start-dev on 127.0.0.1 with the database STATE_DIR keeps (the
+#                                  realm is imported on the first start only), over http and https
+#                                  (certificate from pki.sh); appends KEYCLOAK_URL, KEYCLOAK_ISSUER
+#                                  (http), KEYCLOAK_HTTPS_ISSUER and KEYCLOAK_CA to STATE_DIR/env.
+#                                  Ports: $KEYCLOAK_PORT and $KEYCLOAK_HTTPS_PORT, else the kept ones.
 #   keycloak.sh stop STATE_DIR     stop it (idempotent)
 source "$(dirname "$0")/lib.sh"
 
@@ -19,12 +22,13 @@ export JAVA_OPTS_APPEND="--add-opens=java.base/java.lang=ALL-UNNAMED --sun-misc-
 export KC_BOOTSTRAP_ADMIN_USERNAME=admin KC_BOOTSTRAP_ADMIN_PASSWORD=admin
 
 # A Keycloak home keeps its state (data/, conf/, providers/, themes/) next to bin/, and kc.sh finds
-# its home from its own real path. So each run gets its own home with copies of bin/ and conf/
-# (small) and the dist's lib/ shared through a symlink. (-Dkc.home.dir=... instead makes every
-# start-dev re-augment Quarkus, ~30 s.)
+# its home from its own real path. So each state folder gets its own home with copies of bin/ and
+# conf/ (small, laid anew on each start) and the dist's lib/ shared through a symlink; its data/
+# (the H2 database) is kept. (-Dkc.home.dir=... instead makes every start-dev re-augment Quarkus,
+# ~30 s.)
 make_home() {
   local dist="$1" home="$2"
-  rm -rf "$home"
+  rm -rf "$home/bin" "$home/conf" "$home/lib"
   mkdir -p "$home/data/import" "$home/providers" "$home/themes"
   cp -R "$dist/bin" "$dist/conf" "$home/"
   ln -s "$dist/lib" "$home/lib"
@@ -67,7 +71,7 @@ install() {
   # each start to copy. Also a smoke test of the JDK and the dist.
   step "Preparing Keycloak (augmentation for start-dev and a seed database; 1-2 min, once)"
   local port; port=$(free_port)
-  make_home "$dist" "$tmp/seed"
+  rm -rf "$tmp/seed"; make_home "$dist" "$tmp/seed"
   run_kc "$tmp/seed" "$tmp/seed.log" "$port" "$tmp/seed.pid"
   await_ready Keycloak "$KC_PID" "$tmp/seed.log" 300 \
     curl -sf --max-time 5 -o /dev/null "http://127.0.0.1:$port/realms/master/.well-known/openid-configuration"
@@ -89,26 +93,49 @@ start() {
   if [[ -f $pidfile ]] && kill -0 "$(<"$pidfile")" 2>/dev/null; then
     die "Keycloak already runs for $state (pid $(<"$pidfile")); stop it first"
   fi
+  local cert="$state/pki/keycloak.crt" key="$state/pki/keycloak.key" ca="$state/pki/ca.crt"
+  [[ -f $cert && -f $key ]] || bash "$SUPPORT_DIR/pki.sh" ensure "$state"
 
-  # Fresh state each time: --import-realm skips a realm that already exists.
   make_home "$KC_HOME" "$home"
-  cp -R "$KC_HOME/seed-h2" "$home/data/h2"
-  cp "$REALM_FILE" "$home/data/import/"
+  local import=() realm_sum
+  realm_sum="$(sha256sum <"$REALM_FILE" | cut -c1-16)"
+  rm -f "$home/data/import/"*
+  if [[ ! -d $home/data/h2 || ! -f $home/realm.sha256 ]]; then
+    # First start (or a database of the older layout, made afresh on every start): the seed
+    # database, and the realm imported from the repository.
+    rm -rf "$home/data/h2"
+    cp -R "$KC_HOME/seed-h2" "$home/data/h2"
+    cp "$REALM_FILE" "$home/data/import/"
+    import=(--import-realm)
+  elif [[ "$(cat "$home/realm.sha256" 2>/dev/null)" != "$realm_sum" ]]; then
+    info "note: $REALM_FILE changed since this Keycloak database was made; its realm is kept as it is (make reset starts afresh with the new one)"
+  fi
 
-  local port="${KEYCLOAK_PORT:-$(free_port)}"
-  local url="http://127.0.0.1:$port" t0=$SECONDS
-  step "Starting Keycloak on $url (log: $log)"
+  local port https_port
+  port="$(state_port "$state" KEYCLOAK_PORT "${KEYCLOAK_PORT:-}")"
+  https_port="$(state_port "$state" KEYCLOAK_HTTPS_PORT "${KEYCLOAK_HTTPS_PORT:-}")"
+  local url="http://127.0.0.1:$port" https_url="https://127.0.0.1:$https_port" t0=$SECONDS
+  step "Starting Keycloak on $url and $https_url (log: $log)"
   : >"$log"
-  # --hostname pins the issuer to one URL, whatever Host header a client sends.
-  run_kc "$home" "$log" "$port" "$pidfile" --import-realm --hostname="$url"
+  # No --hostname: each URL (the issuer too) follows the address a client asked at. Browsers and
+  # the web front use plain http on the loopback interface (no certificate to trust); the
+  # apiserver accepts https issuers only, and kubectl's sign-in uses that one.
+  run_kc "$home" "$log" "$port" "$pidfile" "${import[@]}" --https-port="$https_port" \
+    --https-certificate-file="$cert" --https-certificate-key-file="$key"
   await_ready Keycloak "$KC_PID" "$log" "$START_TIMEOUT" \
     curl -sf --max-time 5 -o /dev/null "$url/realms/compute/.well-known/openid-configuration"
+  await_ready "Keycloak (https)" "$KC_PID" "$log" 30 \
+    curl -sf --max-time 5 --cacert "$ca" -o /dev/null "$https_url/realms/compute/.well-known/openid-configuration"
+  # Marks the database as made (and with which realm) once the import is done.
+  [[ -z ${import[*]} ]] || echo "$realm_sum" >"$home/realm.sha256"
   grep -q 'Updating the configuration' "$log" \
     && info "note: Keycloak re-augmented on this start (slower); was a build-time option added?"
 
   set_env "$state" KEYCLOAK_URL "$url"
   set_env "$state" KEYCLOAK_ISSUER "$url/realms/compute"
-  info "Keycloak ready in $((SECONDS - t0)) s: issuer $url/realms/compute (admin console: admin/admin)"
+  set_env "$state" KEYCLOAK_HTTPS_ISSUER "$https_url/realms/compute"
+  set_env "$state" KEYCLOAK_CA "$ca"
+  info "Keycloak ready in $((SECONDS - t0)) s${import:+ (realm imported)}: issuer $url/realms/compute, and $https_url/realms/compute for kubectl (admin console: admin/admin)"
 }
 
 stop() {

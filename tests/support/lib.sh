@@ -8,6 +8,9 @@ REPO_DIR="$(cd "$SUPPORT_DIR/../.." && pwd)"
 CS_CACHE="${CS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/compute-server}"
 CS_BIN="$CS_CACHE/bin"
 mkdir -p "$CS_BIN"
+# Where `make up` keeps its state (etcd, certificates, Keycloak's database, keys): user data, so
+# not in target/ (which `cargo clean` wipes) but in the XDG data folder, or $CS_STATE.
+CS_STATE="${CS_STATE:-${XDG_DATA_HOME:-$HOME/.local/share}/compute-server/local}"
 
 # Versions of the real components. Bump here; the cache keys on them.
 K8S_VERSION="v1.36.3"
@@ -39,6 +42,39 @@ with_progress() {
 # A free TCP port on the loopback interface.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Whether TCP port $1 on the loopback interface is free to listen on.
+port_is_free() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+# What STATE_DIR keeps across starts under NAME (a port, a node name), so that addresses in
+# kubeconfigs, token issuers and browser sessions stay valid: $3 when given (then kept), else
+# the kept value, else $4 (then kept). Kept in STATE_DIR/settings, one NAME=VALUE a line.
+setting() {
+  local state="$1" name="$2" given="${3:-}" default="${4:-}" file="$1/settings" value
+  value="$given"
+  [[ -n $value ]] || value="$(sed -n "s/^$name=//p" "$file" 2>/dev/null | tail -n 1)"
+  [[ -n $value ]] || value="$default"
+  [[ -n $value ]] || die "no value for $name"
+  if [[ "$(sed -n "s/^$name=//p" "$file" 2>/dev/null | tail -n 1)" != "$value" ]]; then
+    touch "$file"
+    sed -i "/^$name=/d" "$file"
+    printf '%s=%s\n' "$name" "$value" >>"$file"
+  fi
+  printf '%s\n' "$value"
+}
+
+# The port STATE_DIR keeps for NAME ($3 when given, else the kept one, else a free one), after
+# checking that nothing else listens there.
+state_port() {
+  local state="$1" name="$2" port
+  port="$(setting "$state" "$name" "${3:-}" "$(free_port)")"
+  port_is_free "$port" || die "port $port ($name, kept in $state/settings) is in use by another program: \
+stop that program, or choose another port with $name=PORT"
+  printf '%s\n' "$port"
 }
 
 # Waits until a command succeeds, up to $2 seconds.

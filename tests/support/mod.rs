@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 mod bastion;
 #[allow(unused_imports)] // used by tests/bastion.rs only
 pub use bastion::Bastion;
+pub mod signin;
 
 /// Where the real components of this test run answer.
 pub struct Stack {

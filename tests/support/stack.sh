@@ -3,11 +3,18 @@
 # etcd + kube-apiserver with the CRDs, and Keycloak with the `compute` realm.
 #
 #   stack.sh install          install and build everything (cached in $CS_CACHE)
-#   stack.sh up STATE_DIR     start it all; STATE_DIR/env lists where each part answers
-#                             (NODES=N: N local nodes, each a dockerd of its own; default 1)
-#   stack.sh down STATE_DIR   stop what `up` started (idempotent)
-#   stack.sh local            `make up`: install, start in target/local, stay up until Ctrl-C
-#   stack.sh test [ARGS]      `make test`: install, start in target/test, cargo test ARGS, stop
+#   stack.sh up STATE_DIR     start it all on the state STATE_DIR keeps (etcd, certificates,
+#                             ports, Keycloak's database, keys); STATE_DIR/env lists where each
+#                             part answers. NODES=N: N local nodes, each a dockerd of its own
+#                             (default 1). ROLES=1: also compute-server's roles, as `make up` runs
+#                             them (agent per node, scheduler, bastion, web front; LOCAL_NODE,
+#                             WEB_PORT, BASTION_PORT: their node name and ports, else kept ones)
+#   stack.sh down [STATE_DIR] stop what `up` started, keeping the state (idempotent; default:
+#                             make up's state, $CS_STATE)
+#   stack.sh reset [STATE_DIR] [--yes]  stop, then delete the state and what compute-server made
+#                             in Docker for its nodes; says what it deletes and asks first
+#   stack.sh local            `make up`: install, start on $CS_STATE, stay up until Ctrl-C
+#   stack.sh test [ARGS]      `make test`: install, start afresh in target/test, cargo test ARGS, stop
 #   stack.sh bench [NAME]     `make bench`: the same in target/bench, cargo bench (release build)
 source "$(dirname "$0")/lib.sh"
 
@@ -33,14 +40,20 @@ up() {
   rm -f "$state/env"
   # Leftovers of a run that was killed before it could stop them.
   bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
+  bash "$SUPPORT_DIR/pki.sh" ensure "$state"
   bash "$SUPPORT_DIR/docker.sh" start "$state"
+  # Keycloak's ports first: the apiserver's authentication configuration names its https issuer.
+  local kc_port kc_https_port
+  kc_port="$(state_port "$state" KEYCLOAK_PORT "${KEYCLOAK_PORT:-}")"
+  kc_https_port="$(state_port "$state" KEYCLOAK_HTTPS_PORT "${KEYCLOAK_HTTPS_PORT:-}")"
   # Keycloak takes longest: start it alongside the rest and wait for it last.
-  bash "$SUPPORT_DIR/keycloak.sh" start "$state" >"$state/keycloak-start.log" 2>&1 &
+  KEYCLOAK_PORT="$kc_port" KEYCLOAK_HTTPS_PORT="$kc_https_port" \
+    bash "$SUPPORT_DIR/keycloak.sh" start "$state" >"$state/keycloak-start.log" 2>&1 &
   local keycloak=$!
   bash "$SUPPORT_DIR/docker.sh" images
   local n
   for ((n = 2; n <= ${NODES:-1}; n++)); do bash "$SUPPORT_DIR/docker.sh" node-start "$state" "$n"; done
-  bash "$SUPPORT_DIR/kube.sh" start "$state"
+  OIDC_ISSUER="https://127.0.0.1:$kc_https_port/realms/compute" bash "$SUPPORT_DIR/kube.sh" start "$state"
 
   local kubectl=("$CS_BIN/kubectl" --kubeconfig "$state/kubeconfig")
   step "Installing the CRDs and the local profiles"
@@ -56,23 +69,90 @@ up() {
   cat "$state/keycloak-start.log" >&2
   set_env "$state" KUBECTL "$CS_BIN/kubectl"
   set_env "$state" HELM "$CS_BIN/helm"
+  set_env "$state" KUBELOGIN "$CS_BIN/kubectl-oidc_login"
+  [[ ${ROLES:-} != 1 ]] || start_roles "$state"
   info "stack up in $((SECONDS - t0)) s; its addresses are in $state/env"
 }
 
-down() {
-  local state="$1"
-  [[ -d $state ]] || return 0
-  local pidf dir
-  # compute-server's own processes (make up): role-<name>.pid
-  for pidf in "$state"/role-*.pid; do
-    [[ -e $pidf ]] && stop_group "$pidf" "$(basename "$pidf" .pid | cut -d- -f2-)" compute-server
-  done
+# The local node names of STATE_DIR's roles (local, local-2, ...: kept once roles ran there).
+local_nodes() {
+  local state="$1" first dir
+  first="$(sed -n 's/^LOCAL_NODE=//p' "$state/settings" 2>/dev/null | tail -n 1)"
+  [[ -n $first ]] || return 0
+  echo "$first"
   for dir in "$state"/nodes/*/; do
-    [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-stop "$state" "$(basename "$dir")"
+    [[ -d $dir ]] && echo "$first-$(basename "$dir")"
   done
-  bash "$SUPPORT_DIR/keycloak.sh" stop "$state"
-  bash "$SUPPORT_DIR/kube.sh" stop "$state"
+  return 0
+}
+
+down() {
+  local state="${1:-$CS_STATE}"
+  [[ -d $state ]] || return 0
+  state="$(cd "$state" && pwd -P)"
+  local pidf dir nodes=() stopping=()
+  # compute-server's own processes (make up): role-<name>.pid, all at once
+  for pidf in "$state"/role-*.pid; do
+    [[ -e $pidf ]] || continue
+    stop_group "$pidf" "$(basename "$pidf" .pid | cut -d- -f2-)" compute-server &
+    stopping+=($!)
+  done
+  ((${#stopping[@]} == 0)) || wait "${stopping[@]}" || true
+  # Then the rest side by side. The servers of node 1 (on the main Docker engine, which stays up)
+  # stop too, as those of the other nodes do with their engines; the agent starts them again
+  # (the same containers) on `up`.
+  stopping=()
+  mapfile -t nodes < <(local_nodes "$state")
+  if ((${#nodes[@]})); then bash "$SUPPORT_DIR/docker.sh" stop-ours "${nodes[0]}" & stopping+=($!); fi
+  for dir in "$state"/nodes/*/; do
+    [[ -d $dir ]] || continue
+    bash "$SUPPORT_DIR/docker.sh" node-stop "$state" "$(basename "$dir")" & stopping+=($!)
+  done
+  bash "$SUPPORT_DIR/keycloak.sh" stop "$state" & stopping+=($!)
+  bash "$SUPPORT_DIR/kube.sh" stop "$state" & stopping+=($!)
+  wait "${stopping[@]}" || true
   bash "$SUPPORT_DIR/docker.sh" stop "$state"
+}
+
+# Deletes STATE_DIR after saying what goes and asking (unless --yes): stops the stack, removes
+# what compute-server made in Docker for its nodes, then the folder.
+reset() {
+  local state="${1:-$CS_STATE}" yes="${2:-}"
+  if [[ ! -d $state ]]; then info "nothing to reset: $state does not exist"; return 0; fi
+  state="$(cd "$state" && pwd -P)"
+  local nodes=() node containers volumes dir
+  mapfile -t nodes < <(local_nodes "$state")
+  step "Resetting the local stack's state in $state ($(du -sh "$state" 2>/dev/null | cut -f1)); this deletes:"
+  info "- its Kubernetes database (etcd): every ComputeServer, ComputeProfile, namespace and RBAC object"
+  info "- its certificates and keys (pki/; copies of its kubeconfigs stop working), the web front's"
+  info "  session key (everyone is signed out), the bastion's host key (known_hosts entries change)"
+  info "- Keycloak's database (users, passwords, sessions; the realm is imported afresh), the logs"
+  if ((${#nodes[@]})); then
+    node="${nodes[0]}"
+    containers="$(DOCKER_HOST="unix:///var/run/docker.sock" docker ps -a --format '{{.Names}}' \
+      --filter label=app.kubernetes.io/managed-by=compute-server --filter "label=computeserver.io/node=$node" 2>/dev/null | xargs)"
+    volumes="$(DOCKER_HOST="unix:///var/run/docker.sock" docker volume ls -q \
+      --filter label=app.kubernetes.io/managed-by=compute-server --filter "label=computeserver.io/node=$node" 2>/dev/null | xargs)"
+    info "- on the main Docker engine, node $node's servers: containers: ${containers:-none}; data volumes: ${volumes:-none}"
+  fi
+  for dir in "$state"/nodes/*/; do
+    [[ -d $dir ]] && info "- the Docker engine of local node $(basename "$dir") (${nodes[0]:-local}-$(basename "$dir")) with all its containers, volumes and images"
+  done
+  if [[ $yes != --yes ]]; then
+    [[ -t 0 ]] || die "not deleting without a yes: run it in a terminal, or with YES=1 (make reset YES=1)"
+    local answer
+    read -r -p "Delete all of this? [y/N] " answer
+    [[ $answer == [yY]* ]] || { info "nothing deleted"; return 0; }
+  fi
+  down "$state"
+  ((${#nodes[@]} == 0)) || bash "$SUPPORT_DIR/docker.sh" remove-ours "${nodes[0]}"
+  for dir in "$state"/nodes/*/; do
+    [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-remove "$state" "$(basename "$dir")"
+  done
+  local link="$REPO_DIR/target/local"
+  [[ ! -L $link || "$(readlink -f "$link")" != "$state" ]] || rm -f "$link"
+  rm -rf --one-file-system "$state"
+  info "deleted $state"
 }
 
 # Builds the binary and the tests, with progress: a cold build takes several minutes.
@@ -81,29 +161,34 @@ cargo_build() {
   (cd "$REPO_DIR" && with_progress "cargo build" cargo build --locked --all-targets --quiet)
 }
 
-# Starts `compute-server ARGS` in the background as NAME (pid and log in the local state dir).
+# Starts `compute-server ARGS` in the background as NAME (pid and log in the state dir $state).
 start_role() {
   local name="$1"; shift
-  step "Starting $name (log: target/local/$name.log)"
+  step "Starting $name (log: $state/$name.log)"
   start_group "$state/role-$name.pid" "$state/$name.log" "$REPO_DIR/target/debug/compute-server" "$@"
 }
 
 # A value from STATE_DIR/env.
 env_var() { sed -n "s/^$2=//p" "$1/env" | tail -n 1; }
 
-local_stack() {
-  state="$REPO_DIR/target/local"  # global: the traps read it
-  export KEYCLOAK_PORT="${KEYCLOAK_PORT:-8180}"  # a fixed address for people to remember
-  install
-  cargo_build
-  trap 'trap - INT TERM EXIT; echo; down "$state"; exit 0' INT TERM EXIT
-  up "$state"
+# compute-server's roles on the stack in STATE_DIR, as `make up` runs them: an agent per local
+# node, the scheduler, the bastion and the web front. Node names and ports are kept in the state
+# folder, so a restart adopts the same nodes' containers and keeps the same addresses.
+start_roles() {
+  local state="$1" first web_port bastion_port session_key="$1/web-session-key"
+  [[ -x $REPO_DIR/target/debug/compute-server ]] || die "compute-server is not built: cargo build"
+  first="$(setting "$state" LOCAL_NODE "${LOCAL_NODE:-}" local)"
+  web_port="$(state_port "$state" WEB_PORT "${WEB_PORT:-}")"
+  bastion_port="$(state_port "$state" BASTION_PORT "${BASTION_PORT:-}")"
+  # The key that signs the web front's session cookies, made once: people stay signed in
+  # across restarts. Never printed; passed in the environment only.
+  [[ -s $session_key ]] || (umask 077; head -c 64 /dev/urandom | base64 -w0 >"$session_key")
   # shellcheck disable=SC1091
   source "$state/env"
   export KUBECONFIG DOCKER_HOST
   local n node nodes=()
   for ((n = 1; n <= ${NODES:-1}; n++)); do
-    node=local; ((n == 1)) || node="local-$n"
+    node="$first"; ((n == 1)) || node="$first-$n"
     nodes+=("$node")
     if ((n == 1)); then
       start_role "agent-$node" agent --node "$node" --metrics-address 127.0.0.1:0
@@ -113,32 +198,79 @@ local_stack() {
     fi
   done
   start_role scheduler scheduler --metrics-address 127.0.0.1:0
-  # The host key stays in target/local across runs, so known_hosts entries stay valid.
-  start_role bastion bastion --listen 127.0.0.1:2222 --host-key-file "$state/bastion_host_key" \
+  # The host key stays in the state folder across runs, so known_hosts entries stay valid.
+  start_role bastion bastion --listen "127.0.0.1:$bastion_port" --host-key-file "$state/bastion_host_key" \
     --metrics-address 127.0.0.1:0
-  COMPUTE_SERVER_SESSION_KEY="$(head -c 64 /dev/urandom | base64 -w0)" start_role web web \
-    --listen 127.0.0.1:8080 --public-url http://127.0.0.1:8080 --issuer-url "$KEYCLOAK_ISSUER" \
-    --bastion-address 127.0.0.1:2222
+  COMPUTE_SERVER_SESSION_KEY="$(<"$session_key")" start_role web web \
+    --listen "127.0.0.1:$web_port" --public-url "http://127.0.0.1:$web_port" --issuer-url "$KEYCLOAK_ISSUER" \
+    --bastion-address "127.0.0.1:$bastion_port"
+  set_env "$state" NODE_NAMES "$(IFS=,; echo "${nodes[*]}")"
+  set_env "$state" WEB_URL "http://127.0.0.1:$web_port"
+  set_env "$state" BASTION_ADDRESS "127.0.0.1:$bastion_port"
+}
+
+# target/local, where DESIGN and older notes point, links to make up's state folder. An older
+# target/local (a folder whose state was made afresh on every start) is stopped and removed;
+# its bastion host key moves over, so known_hosts entries stay valid.
+link_target_local() {
+  local link="$REPO_DIR/target/local"
+  mkdir -p "$REPO_DIR/target" "$CS_STATE"
+  if [[ -d $link && ! -L $link ]]; then
+    info "target/local is the state folder of an older make up: stopping what runs there and moving to $CS_STATE"
+    down "$link"
+    [[ ! -f $link/bastion_host_key || -f $CS_STATE/bastion_host_key ]] || mv "$link/bastion_host_key" "$CS_STATE/"
+    rm -rf --one-file-system "$link"
+  fi
+  ln -sfn "$CS_STATE" "$link"
+}
+
+local_stack() {
+  state="$CS_STATE"  # global: the traps read it
+  local pidf
+  for pidf in "$state"/role-*.pid; do
+    [[ -e $pidf ]] && pgrep -g "$(<"$pidf")" >/dev/null 2>&1 &&
+      die "the local stack already runs (pid $(<"$pidf"), state $state): use it, or stop it with make down"
+  done
+  # Fixed addresses for people to remember (each may be changed, e.g. WEB_PORT=8081 make up).
+  export KEYCLOAK_PORT="${KEYCLOAK_PORT:-8180}" KEYCLOAK_HTTPS_PORT="${KEYCLOAK_HTTPS_PORT:-8443}"
+  export WEB_PORT="${WEB_PORT:-8080}" BASTION_PORT="${BASTION_PORT:-2222}"
+  install
+  cargo_build
+  link_target_local
+  # Stopping goes on even when the terminal's reader is gone (make up | tee, then Ctrl-C).
+  trap 'trap - INT TERM EXIT; trap "" PIPE; set +e; echo; down "$state"; exit 0' INT TERM EXIT
+  ROLES=1 up "$state"
+  # shellcheck disable=SC1091
+  source "$state/env"
+  # Bound for group members: the roles exist once the user role is installed (README "kubectl").
+  "$CS_BIN/kubectl" --kubeconfig "$KUBECONFIG" apply -f "$SUPPORT_DIR/local-access.yaml" >/dev/null
   cat <<BANNER
 
-  compute-server local stack is up.
+  compute-server local stack is up. Its state (servers, users, keys) is kept in
+  $state (target/local links there):
+  Ctrl-C or make down stops it, make up starts it again as it was, make reset deletes it.
 
-  Kubernetes API  kubectl --kubeconfig target/local/kubeconfig get csrv -A
+  Kubernetes API  kubectl --kubeconfig target/local/kubeconfig get csrv -A      (admin)
                   (kubectl $K8S_VERSION: $CS_BIN/kubectl)
+  kubectl as      export KUBECONFIG=\$PWD/target/local/kubeconfig-oidc; kubectl auth whoami
+    alice         kubectl prints a Keycloak address: open it, sign in as alice/alice, and kubectl
+                  goes on as oidc:alice (tokens cached in ~/.kube/cache/oidc-login and refreshed).
+                  The page is https with this stack's own CA (target/local/pki/ca.crt), which
+                  your browser does not know: accept it once, or import that file.
   Keycloak        $KEYCLOAK_URL/realms/compute/account   (admin console: $KEYCLOAK_URL/admin, admin/admin)
-  Demo logins     alice/alice, bob/bob (group students), carol/carol (staff), ops/ops (compute-admin)
+  Demo logins     alice/alice, bob/bob (group students), carol/carol (staff), ops/ops (compute-admins)
   Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local
   Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
 
-  Nodes           ${nodes[*]}: kubectl --kubeconfig target/local/kubeconfig get computenodes
+  Nodes           ${NODE_NAMES//,/ }: kubectl --kubeconfig target/local/kubeconfig get computenodes
                   (one agent and one dockerd each; NODES=N make up for N nodes; logs: target/local/*.log)
   Scheduler       places unpinned servers on the least allocated Ready node that fits
 
-  Bastion         ssh -J alice@127.0.0.1:2222 root@SERVER   (log: target/local/bastion.log)
+  Bastion         ssh -J alice@$BASTION_ADDRESS root@SERVER   (log: target/local/bastion.log)
                   reaches alice's own servers in namespace compute; her key must be in one of
                   their sshAuthorizedKeys. ProxyJump snippet and refusals: README "SSH access".
-  Web front       http://127.0.0.1:8080   sign in as alice/alice, request a server, watch it start
-                  JSON API: http://127.0.0.1:8080/api/v1/servers with a Keycloak access token
+  Web front       $WEB_URL   sign in as alice/alice, request a server, watch it start
+                  JSON API: $WEB_URL/api/v1/servers with a Keycloak access token
   Ctrl-C stops everything.
 
 BANNER
@@ -154,6 +286,9 @@ run_tests() {
   install
   cargo_build
   trap 'down "$state"' EXIT
+  # Throwaway state: started afresh, etcd without fsync (also for the stacks tests start).
+  reset "$state" --yes
+  export ETCD_NO_FSYNC=1
   up "$state"
   # Built here, not inside tests/image.rs, so the long first build does not compete with the
   # other tests for CPU; that test's own build is then a cache hit (and shows any failure).
@@ -169,7 +304,8 @@ run_benches() {
   step "Building compute-server and the benchmarks in release mode (cargo; several minutes the first time)"
   (cd "$REPO_DIR" && with_progress "cargo bench --no-run" cargo bench --locked --no-run --quiet)
   trap 'down "$state"' EXIT
-  up "$state"
+  reset "$state" --yes
+  ETCD_NO_FSYNC=1 up "$state"
   step "Running the benchmarks against the real stack (cargo bench${1:+ --bench $1})"
   (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo bench --locked ${1:+--bench "$1"})
 }
@@ -180,6 +316,7 @@ case "${1:-}" in
   test) shift; run_tests "$@" ;;
   install) install ;;
   up) [[ $# -eq 2 ]] || die "usage: $0 up STATE_DIR"; up "$2" ;;
-  down) [[ $# -eq 2 ]] || die "usage: $0 down STATE_DIR"; down "$2" ;;
-  *) die "usage: $0 install | up STATE_DIR | down STATE_DIR | local | test [CARGO TEST ARGS] | bench [NAME]" ;;
+  down) [[ $# -le 2 ]] || die "usage: $0 down [STATE_DIR]"; down "${2:-}" ;;
+  reset) shift; [[ ${1:-} == --yes ]] && set -- "$CS_STATE" --yes; reset "${1:-}" "${2:-}" ;;
+  *) die "usage: $0 install | up STATE_DIR | down [STATE_DIR] | reset [STATE_DIR] [--yes] | local | test [CARGO TEST ARGS] | bench [NAME]" ;;
 esac
