@@ -86,18 +86,36 @@ local_nodes() {
   return 0
 }
 
-down() {
-  local state="${1:-$CS_STATE}"
-  [[ -d $state ]] || return 0
-  state="$(cd "$state" && pwd -P)"
-  local pidf dir nodes=() stopping=()
-  # compute-server's own processes (make up): role-<name>.pid, all at once
+# Stops compute-server's own processes (make up): role-<name>.pid, all at once.
+stop_roles() {
+  local state="$1" pidf stopping=()
   for pidf in "$state"/role-*.pid; do
     [[ -e $pidf ]] || continue
     stop_group "$pidf" "$(basename "$pidf" .pid | cut -d- -f2-)" compute-server &
     stopping+=($!)
   done
   ((${#stopping[@]} == 0)) || wait "${stopping[@]}" || true
+}
+
+# Removes the servers' networks and their firewall rules from each engine of the stack, once its
+# servers' containers are gone (`compute-server agent uninstall`; the main engine keeps them
+# while another stack's servers use them).
+remove_networks() {
+  local state="$1" bin="$REPO_DIR/target/debug/compute-server" host
+  [[ -x $bin ]] || return 0
+  for host in "unix:///var/run/docker.sock" $(sed -n 's/^DOCKER_HOST_[0-9]*=//p' "$state/env" 2>/dev/null); do
+    [[ $host == unix:///var/run/docker.sock ]] ||
+      DOCKER_HOST="$host" docker rm -f $(DOCKER_HOST="$host" docker ps -aq --filter label=app.kubernetes.io/managed-by=compute-server) >/dev/null 2>&1
+    "$bin" agent uninstall --docker-host "$host" 2>&1 | sed 's/^/    /' || true
+  done
+}
+
+down() {
+  local state="${1:-$CS_STATE}"
+  [[ -d $state ]] || return 0
+  state="$(cd "$state" && pwd -P)"
+  local dir nodes=() stopping=()
+  stop_roles "$state"
   # Then the rest side by side. The servers of node 1 (on the main Docker engine, which stays up)
   # stop too, as those of the other nodes do with their engines; the agent starts them again
   # (the same containers) on `up`.
@@ -144,8 +162,10 @@ reset() {
     read -r -p "Delete all of this? [y/N] " answer
     [[ $answer == [yY]* ]] || { info "nothing deleted"; return 0; }
   fi
-  down "$state"
+  stop_roles "$state"
   ((${#nodes[@]} == 0)) || bash "$SUPPORT_DIR/docker.sh" remove-ours "${nodes[0]}"
+  remove_networks "$state"
+  down "$state"
   for dir in "$state"/nodes/*/; do
     [[ -d $dir ]] && bash "$SUPPORT_DIR/docker.sh" node-remove "$state" "$(basename "$dir")"
   done
@@ -285,7 +305,8 @@ run_tests() {
   export NODES=3 NODE_IMAGES=busybox
   install
   cargo_build
-  trap 'down "$state"' EXIT
+  # Throwaway state: the servers' networks and firewall rules go too.
+  trap 'remove_networks "$state"; down "$state"' EXIT
   # Throwaway state: started afresh, etcd without fsync (also for the stacks tests start).
   reset "$state" --yes
   export ETCD_NO_FSYNC=1
