@@ -31,6 +31,8 @@ use crate::{Error, Result};
 
 /// How often a healthy server is looked at again: Docker is not watched by the API server.
 const RESYNC: Duration = Duration::from_secs(30);
+/// How long reconciles in flight may go on after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Servers reconciled at once: Docker makes containers one or two at a time anyway, and
 /// each reconcile in flight holds its buffers.
 const CONCURRENT_RECONCILES: u16 = 16;
@@ -253,17 +255,26 @@ pub async fn run(args: Args) -> Result<()> {
         let ctx = ctx.clone();
         tokio::spawn(async move { node::heartbeat(&ctx, registration, docker_changed).await })
     };
-    controller
+    let controller = controller
         .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES))
         .reconcile_all_on(reconcile_all)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(crate::health::shutdown())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 warn!(%error, "reconcile failed");
             }
-        })
-        .await;
+        });
+    // Reconciles in flight get a while to finish after a stop signal (they are idempotent:
+    // what one leaves half done, the next agent completes), not forever.
+    let deadline = async {
+        crate::health::shutdown().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = controller => {}
+        () = deadline => warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the stop signal; exiting anyway"),
+    }
     heartbeat.abort();
     health.abort();
     Ok(())
