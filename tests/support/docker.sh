@@ -283,9 +283,6 @@ node_paths() {
   NODE_BRIDGE="cs$key-$n"
   # 10.214.0.0/16 split in /24s: one per (stack, node), from the key.
   NODE_SUBNET="10.214.$(((16#$key % 50) * 5 + n % 5)).1/24"
-  # Where the node's Docker makes the servers' networks (the agent's compute-server networks):
-  # a /22 per (stack, node), so that daemons started at once never pick the same subnet.
-  NODE_POOL="10.$((215 + n)).$(((16#$key % 60) * 4)).0/22"
 }
 
 cmd_node_start() {
@@ -308,8 +305,9 @@ cmd_node_start() {
     # No iptables of its own: the main daemon owns the DOCKER chains, and published ports
     # reach containers through docker-proxy anyway.
     start_group "$pidf" "$log" dockerd -H "$host" --data-root "$NODE_DIR/data" --exec-root "$NODE_RUN/exec" \
-      --pidfile "$NODE_RUN/dockerd.pid" --bridge "$NODE_BRIDGE" --iptables=false --ip-masq=false \
-      --default-address-pool "base=$NODE_POOL,size=26"
+      --pidfile "$NODE_RUN/dockerd.pid" --bridge "$NODE_BRIDGE" --iptables=false --ip-masq=false
+    # (No --default-address-pool: with one, this daemon deletes the main daemon's docker0 when
+    # it starts. The servers' networks get subnets Docker finds free among the host's routes.)
     local start=$SECONDS
     await_ready "dockerd (node $n)" "$(<"$pidf")" "$log" 60 env DOCKER_HOST="$host" docker version
     info "node $n dockerd: ready in $((SECONDS - start)) s"
