@@ -86,12 +86,14 @@ fn objects_of(release: &str, kinds: &str, ns: Option<&str>) -> Vec<String> {
     names
 }
 
-/// A values file for a test install: Keycloak set, the shared CRDs left alone, one profile;
-/// `extra` follows the profile, so `- name: ...` adds a second one.
-fn values_file(dir: &Path, profile: &str, extra: &str) -> PathBuf {
+/// A values file for a test install in namespace `ns`: Keycloak set, the shared CRDs left alone,
+/// the admission policies kept to `ns` (the stack's own guard every other namespace), one
+/// profile; `extra` follows the profile, so `- name: ...` adds a second one.
+fn values_file(dir: &Path, ns: &str, profile: &str, extra: &str) -> PathBuf {
     let path = dir.join("values.yaml");
     let yaml = format!(
         "keycloak: {{url: 'https://keycloak.example.com/'}}\ncrds: {{install: false}}\n\
+         admission: {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}}}\n\
          limits: {{maxServersPerUser: 3}}\nprofiles:\n\
          - name: {profile}\n  spec: {{displayName: Chart test, image: computeserver/busybox:local}}\n{extra}"
     );
@@ -213,17 +215,20 @@ fn the_manifests_are_the_rendered_chart_and_the_apiserver_accepts_them() {
 
 #[test]
 fn helm_lint_is_clean() {
+    // With the default values too, which lack the one required value (keycloak.url).
     for values in [
-        "--set=keycloak.url=https://keycloak.example.com",
-        "--values=ci/manifests-values.yaml",
+        &[][..],
+        &["--set=keycloak.url=https://keycloak.example.com"],
+        &["--values=ci/manifests-values.yaml"],
     ] {
         let out = Command::new(Stack::get().var("HELM"))
             .current_dir(CHART)
-            .args(["lint", "--strict", "--kube-version", KUBE_VERSION, ".", values])
+            .args(["lint", "--strict", "--kube-version", KUBE_VERSION, "."])
+            .args(values)
             .output()
             .unwrap();
         let report = text(&out.stdout) + &text(&out.stderr);
-        assert!(out.status.success(), "helm lint {values}:\n{report}");
+        assert!(out.status.success(), "helm lint {values:?}:\n{report}");
         assert!(
             !report.contains("[WARNING]") && !report.contains("[ERROR]"),
             "{report}"
@@ -234,8 +239,9 @@ fn helm_lint_is_clean() {
 #[test]
 fn bad_values_are_refused_with_a_message_naming_them() {
     let cases: &[(&[&str], &str)] = &[
-        (&[], "'/keycloak/url'"),
         (&["--set", "keycloak.url=keycloak.example.com"], "'/keycloak/url'"),
+        (&["--set", "admission.usernamePrefix=oidc: "], "'/admission/usernamePrefix'"),
+        (&["--set", "userRole.groups[0]="], "'/userRole/groups/0'"),
         (&["--set", "scheduler.replicas=-1"], "'/scheduler/replicas'"),
         (&["--set", "image.pullPolicy=Sometimes"], "'/image/pullPolicy'"),
         (&["--set", "web.replica=2"], "'replica' not allowed"),
@@ -259,7 +265,7 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     ];
     for (args, message) in cases {
         let mut all = vec!["template", "t", CHART, "--kube-version", KUBE_VERSION];
-        if !args.iter().any(|a| a.starts_with("keycloak.url")) && !args.is_empty() {
+        if !args.iter().any(|a| a.starts_with("keycloak.url")) {
             all.extend(["--set", "keycloak.url=https://keycloak.example.com"]);
         }
         all.extend(*args);
@@ -272,7 +278,16 @@ fn bad_values_are_refused_with_a_message_naming_them() {
         );
     }
 
-    // An install with a bad value makes nothing at all.
+    // Without the Keycloak URL: refused, naming the value to set.
+    let out = helm_at(&Stack::get().kubeconfig(), &["template", "t", CHART, "--kube-version", KUBE_VERSION]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("keycloak.url is not set: give Keycloak's base URL"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An install with a value missing makes nothing at all.
     let ns = TestNamespace::new("helm-bad");
     let out = helm_at(
         &Stack::get().kubeconfig(),
@@ -288,7 +303,7 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("'/keycloak/url'"),
+        text(&out.stderr).contains("keycloak.url is not set"),
         "{}",
         text(&out.stderr)
     );
@@ -307,9 +322,12 @@ fn helm_template_with_every_option_is_accepted_by_the_apiserver() {
     let profile = unique("helm-dry");
     let values = values_file(
         dir.path(),
+        &ns.name,
         &profile,
         "agent: {dockerSocketGroup: 999, nodeLabels: {gpu: 'true'}, gpus: 1}
+userRole: {groups: ['oidc:students', 'oidc:staff']}
 web:
+  serviceAccountName: front
   ingress: {enabled: true, className: nginx, host: compute.example.org, tlsSecret: compute-tls}
 bastion: {admins: [ops], externalAddress: 'bastion.example.org:22', service: {type: LoadBalancer}}
 networkPolicy:
@@ -328,13 +346,25 @@ networkPolicy:
         KUBE_VERSION,
         "--api-versions",
         "computeserver.io/v1alpha1/ComputeProfile",
+        "--api-versions",
+        "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
         "--values",
         values.to_str().unwrap(),
         "--set",
         "keycloak.clientSecret.existingSecret=keycloak-client",
     ]);
     assert!(yaml.contains("COMPUTE_SERVER_OIDC_CLIENT_SECRET"));
-    for kind in ["Ingress", "NetworkPolicy", "ComputeProfile", "DaemonSet"] {
+    assert!(yaml.contains(&format!("system:serviceaccount:{}:front", ns.name)), "the policy names the web's account");
+    for kind in [
+        "Ingress",
+        "NetworkPolicy",
+        "ComputeProfile",
+        "DaemonSet",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
+    ] {
         assert!(yaml.contains(&format!("kind: {kind}\n")), "no {kind} rendered");
     }
     let applied = kubectl_ok(
@@ -345,6 +375,14 @@ networkPolicy:
         "computeprofile.computeserver.io/{profile} created (server dry run)"
     )));
     assert!(applied.contains("ingress.networking.k8s.io/dry-compute-server-web created (server dry run)"));
+    assert!(applied.contains("serviceaccount/front created (server dry run)"));
+    assert!(applied.contains(
+        "validatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-identity created (server dry run)"
+    ));
+    assert!(applied.contains(
+        "mutatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-owner-label created (server dry run)"
+    ));
+    assert!(applied.contains("rolebinding.rbac.authorization.k8s.io/dry-compute-server-user created (server dry run)"));
 
     // The ServiceMonitor's CRD is not in the test cluster: check what is rendered instead.
     let monitor = helm_ok(&[
@@ -416,7 +454,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     let ns = TestNamespace::new("helm-life");
     let dir = tempfile::tempdir().unwrap();
     let profile = unique("helm-life");
-    let (release, notes) = Release::install(&ns.name, &values_file(dir.path(), &profile, ""));
+    let (release, notes) = Release::install(&ns.name, &values_file(dir.path(), &ns.name, &profile, ""));
     let n = &ns.name;
     assert!(
         notes.contains("kubectl label node NODE computeserver.io/agent=true"),
@@ -476,6 +514,11 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     expected.sort();
     let kinds = "serviceaccounts,services,daemonsets,deployments,roles,rolebindings,secrets";
     assert_eq!(objects_of(&release.name, kinds, Some(n)), expected);
+    let admission = "validatingadmissionpolicy.admissionregistration.k8s.io,\
+                     validatingadmissionpolicybinding.admissionregistration.k8s.io,\
+                     mutatingadmissionpolicy.admissionregistration.k8s.io,\
+                     mutatingadmissionpolicybinding.admissionregistration.k8s.io";
+    let cluster_kinds = format!("clusterroles,clusterrolebindings,computeprofiles,{admission}");
     let mut cluster_wide: Vec<String> = ["agent", "scheduler", "web"]
         .iter()
         .flat_map(|role| {
@@ -487,16 +530,20 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
                 ],
             )
         })
+        .chain(names("user", &["clusterrole.rbac.authorization.k8s.io"]))
+        .chain(admission.split(',').flat_map(|kind| {
+            let policy = if kind.starts_with("mutating") { "owner-label" } else { "identity" };
+            [format!("{kind}/{}-compute-server-{policy}", release.name)]
+        }))
         .chain([format!("computeprofile.computeserver.io/{profile}")])
         .collect();
     cluster_wide.sort();
+    assert_eq!(objects_of(&release.name, &cluster_kinds, None), cluster_wide);
+    // Kept to this test's namespace (values_file), as admission.namespaceSelector says.
+    let binding = json(&["get", "validatingadmissionpolicybinding", &format!("{}-compute-server-identity", release.name)]);
     assert_eq!(
-        objects_of(
-            &release.name,
-            "clusterroles,clusterrolebindings,computeprofiles",
-            None
-        ),
-        cluster_wide
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        n.as_str()
     );
 
     // The workloads: replicas, the agent's node and Docker socket, hardened pods.
@@ -581,6 +628,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     let second = unique("helm-life");
     let upgraded = values_file(
         dir.path(),
+        n,
         &profile,
         &format!(
             "- name: {second}\n  spec: {{image: computeserver/busybox:local, maxServersPerUser: 1}}\n\
@@ -624,14 +672,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     // Uninstall: nothing of the release is left, in the namespace or cluster-wide.
     helm_ok(&["uninstall", &release.name, "-n", n, "--wait"]);
     assert_eq!(objects_of(&release.name, kinds, Some(n)), Vec::<String>::new());
-    assert_eq!(
-        objects_of(
-            &release.name,
-            "clusterroles,clusterrolebindings,computeprofiles",
-            None
-        ),
-        Vec::<String>::new()
-    );
+    assert_eq!(objects_of(&release.name, &cluster_kinds, None), Vec::<String>::new());
 }
 
 /// `kubectl auth can-i` as a ServiceAccount: true for "yes", false for "no".
@@ -656,7 +697,10 @@ fn can(ns: &str, sa: &str, verb: &str, what: &str, scope: &[&str]) -> bool {
 fn each_role_may_do_its_job_and_nothing_more() {
     let ns = TestNamespace::new("helm-rbac");
     let dir = tempfile::tempdir().unwrap();
-    let (release, _) = Release::install(&ns.name, &values_file(dir.path(), &unique("helm-rbac"), ""));
+    let (release, _) = Release::install(
+        &ns.name,
+        &values_file(dir.path(), &ns.name, &unique("helm-rbac"), ""),
+    );
     let here: &[&str] = &["-n", &ns.name];
     let elsewhere: &[&str] = &["-n", "default"];
     let everywhere: &[&str] = &["--all-namespaces"];
@@ -707,6 +751,11 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("web", "delete", "computeservers", here, true),
         ("web", "list", "computeprofiles", &[], true),
         ("web", "watch", "events", here, true),
+        // Each person's turn to create (the per-user limit across replicas).
+        ("web", "create", "leases", here, true),
+        ("web", "delete", "leases", here, true),
+        ("web", "update", "leases", here, false),
+        ("web", "create", "leases", elsewhere, false),
         ("web", "create", "computeservers", elsewhere, false),
         ("web", "patch", "computeservers", &["-n", &ns.name, "--subresource=status"], false),
         ("web", "delete", "computenodes", &[], false),
@@ -765,7 +814,10 @@ fn service_account_kubeconfig(dir: &Path, ns: &str, sa: &str) -> PathBuf {
 fn the_agent_runs_a_server_with_nothing_but_its_service_accounts_rights() {
     let ns = TestNamespace::new("helm-agent");
     let dir = tempfile::tempdir().unwrap();
-    let (release, _) = Release::install(&ns.name, &values_file(dir.path(), &unique("helm-agent"), ""));
+    let (release, _) = Release::install(
+        &ns.name,
+        &values_file(dir.path(), &ns.name, &unique("helm-agent"), ""),
+    );
     let kubeconfig = service_account_kubeconfig(dir.path(), &ns.name, &release.of("agent"));
     let node = unique("helm-node");
     let _agent = Agent::start_as(&node, &kubeconfig, &["--lease-namespace", &ns.name]);

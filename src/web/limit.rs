@@ -5,8 +5,8 @@
 //! either creates would both slip under the limit. So a request first takes the person's
 //! *turn*: a Lease `compute-server-limit-<hash of the user>` in the servers namespace, which the
 //! API server lets only one client create. It counts and creates while holding it, then
-//! deletes it. A replica that dies holding a turn leaves a Lease that is taken over once it is
-//! older than [`HOLD`].
+//! deletes it. A replica that dies holding a turn leaves a Lease that is cleared once it is
+//! older than [`HOLD`]. (So the web front needs get, create and delete on Leases there.)
 
 use std::time::{Duration, Instant};
 
@@ -78,18 +78,25 @@ impl Turn {
                 Ok(made) => Some(made),
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     match api.get_opt(&name).await? {
-                        // Held by a replica that did not finish: take it over, unless another
-                        // request does so first (the replace carries the resourceVersion read).
+                        // Held by a replica that did not finish: clear it (only the Lease that
+                        // was read, so two requests cannot both clear one), then try again.
                         Some(held) if abandoned(&held, k8s_openapi::jiff::Timestamp::now()) => {
-                            let mut ours = lease.clone();
-                            ours.metadata.resource_version = held.resource_version();
-                            match api.replace(&name, &PostParams::default(), &ours).await {
-                                Ok(made) => Some(made),
-                                Err(kube::Error::Api(status)) if status.code == 409 => None,
+                            let params = DeleteParams {
+                                preconditions: Some(Preconditions {
+                                    resource_version: held.resource_version(),
+                                    uid: None,
+                                }),
+                                ..DeleteParams::default()
+                            };
+                            match api.delete(&name, &params).await {
+                                Ok(_) => continue,
+                                Err(kube::Error::Api(status)) if [404, 409].contains(&status.code) => None,
                                 Err(error) => return Err(error.into()),
                             }
                         }
-                        _ => None,
+                        // Released meanwhile.
+                        None => continue,
+                        Some(_) => None,
                     }
                 }
                 Err(error) => return Err(error.into()),
