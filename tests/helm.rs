@@ -240,7 +240,10 @@ fn helm_lint_is_clean() {
 fn bad_values_are_refused_with_a_message_naming_them() {
     let cases: &[(&[&str], &str)] = &[
         (&["--set", "keycloak.url=keycloak.example.com"], "'/keycloak/url'"),
-        (&["--set", "admission.usernamePrefix=oidc: "], "'/admission/usernamePrefix'"),
+        (
+            &["--set", "admission.usernamePrefix=oidc: "],
+            "'/admission/usernamePrefix'",
+        ),
         (&["--set", "userRole.groups[0]="], "'/userRole/groups/0'"),
         (&["--set", "scheduler.replicas=-1"], "'/scheduler/replicas'"),
         (&["--set", "image.pullPolicy=Sometimes"], "'/image/pullPolicy'"),
@@ -279,7 +282,10 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     }
 
     // Without the Keycloak URL: refused, naming the value to set.
-    let out = helm_at(&Stack::get().kubeconfig(), &["template", "t", CHART, "--kube-version", KUBE_VERSION]);
+    let out = helm_at(
+        &Stack::get().kubeconfig(),
+        &["template", "t", CHART, "--kube-version", KUBE_VERSION],
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("keycloak.url is not set: give Keycloak's base URL"),
@@ -354,7 +360,10 @@ networkPolicy:
         "keycloak.clientSecret.existingSecret=keycloak-client",
     ]);
     assert!(yaml.contains("COMPUTE_SERVER_OIDC_CLIENT_SECRET"));
-    assert!(yaml.contains(&format!("system:serviceaccount:{}:front", ns.name)), "the policy names the web's account");
+    assert!(
+        yaml.contains(&format!("system:serviceaccount:{}:front", ns.name)),
+        "the policy names the web's account"
+    );
     for kind in [
         "Ingress",
         "NetworkPolicy",
@@ -382,7 +391,11 @@ networkPolicy:
     assert!(applied.contains(
         "mutatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-owner-label created (server dry run)"
     ));
-    assert!(applied.contains("rolebinding.rbac.authorization.k8s.io/dry-compute-server-user created (server dry run)"));
+    assert!(
+        applied.contains(
+            "rolebinding.rbac.authorization.k8s.io/dry-compute-server-user created (server dry run)"
+        )
+    );
 
     // The ServiceMonitor's CRD is not in the test cluster: check what is rendered instead.
     let monitor = helm_ok(&[
@@ -532,7 +545,11 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
         })
         .chain(names("user", &["clusterrole.rbac.authorization.k8s.io"]))
         .chain(admission.split(',').flat_map(|kind| {
-            let policy = if kind.starts_with("mutating") { "owner-label" } else { "identity" };
+            let policy = if kind.starts_with("mutating") {
+                "owner-label"
+            } else {
+                "identity"
+            };
             [format!("{kind}/{}-compute-server-{policy}", release.name)]
         }))
         .chain([format!("computeprofile.computeserver.io/{profile}")])
@@ -540,7 +557,11 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     cluster_wide.sort();
     assert_eq!(objects_of(&release.name, &cluster_kinds, None), cluster_wide);
     // Kept to this test's namespace (values_file), as admission.namespaceSelector says.
-    let binding = json(&["get", "validatingadmissionpolicybinding", &format!("{}-compute-server-identity", release.name)]);
+    let binding = json(&[
+        "get",
+        "validatingadmissionpolicybinding",
+        &format!("{}-compute-server-identity", release.name),
+    ]);
     assert_eq!(
         binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         n.as_str()
@@ -672,7 +693,10 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     // Uninstall: nothing of the release is left, in the namespace or cluster-wide.
     helm_ok(&["uninstall", &release.name, "-n", n, "--wait"]);
     assert_eq!(objects_of(&release.name, kinds, Some(n)), Vec::<String>::new());
-    assert_eq!(objects_of(&release.name, &cluster_kinds, None), Vec::<String>::new());
+    assert_eq!(
+        objects_of(&release.name, &cluster_kinds, None),
+        Vec::<String>::new()
+    );
 }
 
 /// `kubectl auth can-i` as a ServiceAccount: true for "yes", false for "no".
@@ -794,8 +818,19 @@ fn each_role_may_do_its_job_and_nothing_more() {
 /// A kubeconfig for the test apiserver that signs in as ServiceAccount `sa` of `ns`, with a
 /// token the apiserver issues for it.
 fn service_account_kubeconfig(dir: &Path, ns: &str, sa: &str) -> PathBuf {
-    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration", "1h"], None);
-    let admin = json(&["config", "view", "--raw", "--minify"]);
+    service_account_kubeconfig_at(&Stack::get().kubeconfig(), dir, ns, sa)
+}
+
+/// [`service_account_kubeconfig`] for the cluster of the admin kubeconfig `admin`.
+fn service_account_kubeconfig_at(admin: &Path, dir: &Path, ns: &str, sa: &str) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = kubectl_at(admin, args, None);
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let token = run(&["create", "token", sa, "-n", ns, "--duration", "1h"]);
+    let admin: Value =
+        serde_json::from_str(&run(&["config", "view", "--raw", "--minify", "-o", "json"])).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
@@ -1080,5 +1115,217 @@ fn crds_are_made_by_the_first_install_changed_by_upgrades_and_kept_by_uninstall(
         None,
     );
     // (No controller-manager here, so not even a "default" ServiceAccount.)
+    assert_eq!(left.trim(), "");
+}
+
+#[test]
+fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
+    // A control plane of its own: the release's policy guards every namespace, as by default.
+    let cluster = PrivateCluster::start();
+    let kubeconfig = cluster.kubeconfig();
+    let dir = tempfile::tempdir().unwrap();
+    helm_ok_at(
+        &kubeconfig,
+        &[
+            "install",
+            "compute-server",
+            CHART,
+            "-n",
+            "compute",
+            "--create-namespace",
+            "--set",
+            "keycloak.url=https://keycloak.example.com",
+            "--set",
+            "userRole.groups={oidc:students}",
+        ],
+    );
+    cluster.kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout=60s",
+            "crd",
+            "computeservers.computeserver.io",
+        ],
+        None,
+    );
+    let policies = cluster.kubectl_ok(
+        &[
+            "get",
+            "validatingadmissionpolicies,mutatingadmissionpolicies",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(
+        policies.contains("validatingadmissionpolicy.admissionregistration.k8s.io/compute-server-identity")
+            && policies
+                .contains("mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label"),
+        "{policies}"
+    );
+    let server = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\n\
+             metadata: {{name: {name}, namespace: compute}}\nspec: {{{spec}}}\n"
+        )
+    };
+    let as_person = |user: &str, args: &[&str], stdin: Option<&str>| {
+        let mut all = vec![
+            "--as",
+            user,
+            "--as-group",
+            "oidc:students",
+            "--as-group",
+            "system:authenticated",
+        ];
+        all.extend(args);
+        kubectl_at(&kubeconfig, &all, stdin)
+    };
+    // Policies take effect once the API server has loaded them.
+    let refusal = eventually("the policy to refuse mallory's server for alice", 30, || {
+        let out = as_person(
+            "oidc:mallory",
+            &["apply", "-f", "-"],
+            Some(&server("for-alice", "owner: alice, profile: tiny")),
+        );
+        let error = text(&out.stderr);
+        (!out.status.success() && error.contains("ValidatingAdmissionPolicy")).then_some(error)
+    });
+    assert!(
+        refusal.contains("spec.owner must be your own user name (mallory)"),
+        "{refusal}"
+    );
+    let out = kubectl_at(&kubeconfig, &["get", "csrv", "-n", "compute", "-o", "name"], None);
+    assert_eq!(text(&out.stdout), "", "nothing was stored");
+
+    // The user role, bound by userRole.groups: her own server, labelled for her; the profiles
+    // and nodes to choose from; nothing in other namespaces.
+    let out = as_person(
+        "oidc:mallory",
+        &["apply", "-f", "-"],
+        Some(&server("mine", "owner: mallory, profile: tiny")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mine: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "csrv", "-n", "compute", "mine", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(mine["metadata"]["labels"]["computeserver.io/owner"], "mallory");
+    for (verb, what, ns, yes) in [
+        ("list", "computeprofiles", None, true),
+        ("get", "computenodes", None, true),
+        ("delete", "computeservers", Some("compute"), true),
+        ("create", "computeservers", Some("default"), false),
+        ("create", "computeprofiles", None, false),
+        ("get", "secrets", Some("compute"), false),
+    ] {
+        let mut args = vec!["auth", "can-i", verb, what];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        let out = as_person("oidc:mallory", &args, None);
+        assert_eq!(
+            text(&out.stdout).trim() == "yes",
+            yes,
+            "mallory {verb} {what} {ns:?}"
+        );
+    }
+    // Aggregated to edit: a namespace's editors get it (the controller-manager does the
+    // aggregating, and this control plane runs none, so the label and edit's selector are read).
+    let role: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "clusterrole", "compute-server-user", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(
+        role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    let edit: Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "clusterrole", "edit", "-o", "json"], None))
+            .unwrap();
+    let selectors = edit["aggregationRule"]["clusterRoleSelectors"]
+        .as_array()
+        .unwrap();
+    assert!(
+        selectors
+            .iter()
+            .any(|s| s["matchLabels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"),
+        "{edit}"
+    );
+
+    // The roles' own ServiceAccounts, with tokens the API server issues: the web front makes
+    // servers for anyone; the agent and the scheduler cannot change a spec.
+    let token = |role: &str| {
+        service_account_kubeconfig_at(
+            &kubeconfig,
+            dir.path(),
+            "compute",
+            &format!("compute-server-{role}"),
+        )
+    };
+    let web = token("web");
+    let out = kubectl_at(
+        &web,
+        &["apply", "-f", "-"],
+        Some(&server("bobs", "owner: bob, profile: tiny")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let patch = |kubeconfig: &Path, patch: &str| {
+        kubectl_at(
+            kubeconfig,
+            &[
+                "patch",
+                "csrv",
+                "bobs",
+                "-n",
+                "compute",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        )
+    };
+    let out = patch(&token("agent"), r#"{"spec":{"profile":"big"}}"#);
+    assert!(
+        text(&out.stderr).contains("the agent's service account may change only the finalizers and status"),
+        "{}",
+        text(&out.stderr)
+    );
+    let scheduler = token("scheduler");
+    let out = patch(&scheduler, r#"{"spec":{"profile":"big"}}"#);
+    assert!(
+        text(&out.stderr)
+            .contains("the scheduler's service account may change only the label computeserver.io/node"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = patch(
+        &scheduler,
+        r#"{"metadata":{"labels":{"computeserver.io/node":"node-a"}}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bobs: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "csrv", "-n", "compute", "bobs", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(bobs["spec"]["profile"], "tiny");
+
+    // Uninstalled, the policies go with the release.
+    helm_ok_at(
+        &kubeconfig,
+        &["uninstall", "compute-server", "-n", "compute", "--wait"],
+    );
+    let left = cluster.kubectl_ok(
+        &[
+            "get",
+            "validatingadmissionpolicies,mutatingadmissionpolicies",
+            "-o",
+            "name",
+        ],
+        None,
+    );
     assert_eq!(left.trim(), "");
 }

@@ -64,7 +64,10 @@ impl As {
 
     /// `kubectl patch csrv NAME --type=merge -p PATCH`: Ok, or the refusal.
     fn patch(&self, ns: &str, name: &str, patch: &str) -> Result<(), String> {
-        outcome(self.kubectl(&["patch", "csrv", name, "-n", ns, "--type=merge", "-p", patch], None))
+        outcome(self.kubectl(
+            &["patch", "csrv", name, "-n", ns, "--type=merge", "-p", patch],
+            None,
+        ))
     }
 }
 
@@ -133,21 +136,33 @@ fn people_create_servers_for_themselves_only_and_admins_for_anyone() {
         "",
         "owner: alice, image: 'evil.example/miner:latest', resources: {cpu: '64'}",
     );
-    refused(mallory.apply(&for_alice), "spec.owner must be your own user name (mallory)");
+    refused(
+        mallory.apply(&for_alice),
+        "spec.owner must be your own user name (mallory)",
+    );
     let for_alice = server(n, "alices", "", "owner: alice, profile: tiny");
-    refused(mallory.apply(&for_alice), "spec.owner must be your own user name (mallory)");
+    refused(
+        mallory.apply(&for_alice),
+        "spec.owner must be your own user name (mallory)",
+    );
     assert!(stored(n, "alices").is_none(), "nothing was stored");
 
     // Her own: allowed, and the owner label is set for her by the API server.
-    mallory.apply(&server(n, "mine", "", "owner: mallory, profile: tiny")).unwrap();
+    mallory
+        .apply(&server(n, "mine", "", "owner: mallory, profile: tiny"))
+        .unwrap();
     let mine = stored(n, "mine").unwrap();
     assert_eq!(mine["metadata"]["labels"]["computeserver.io/owner"], "mallory");
 
     // Admins make servers for anyone: system:masters (the stack's admin) and compute-admins.
     kubectl_ok(&["apply", "-f", "-"], Some(&for_alice));
     let ops = As::admin("ops");
-    ops.apply(&server(n, "for-bob", "", "owner: bob, profile: tiny")).unwrap();
-    assert_eq!(stored(n, "for-bob").unwrap()["metadata"]["labels"]["computeserver.io/owner"], "bob");
+    ops.apply(&server(n, "for-bob", "", "owner: bob, profile: tiny"))
+        .unwrap();
+    assert_eq!(
+        stored(n, "for-bob").unwrap()["metadata"]["labels"]["computeserver.io/owner"],
+        "bob"
+    );
 
     // Someone else's server: its spec is its owner's (and admins') to change, and to delete.
     let before = stored(n, "alices").unwrap();
@@ -208,20 +223,32 @@ fn image_command_and_the_node_label_are_for_admins_only() {
         assert!(stored(n, &name).is_some(), "{rule}: an admin may");
     }
     // The same on a change: mallory may stop her server, not change what it runs or where.
-    mallory.apply(&server(n, "plain", "", "owner: mallory, profile: tiny")).unwrap();
-    mallory.patch(n, "plain", r#"{"spec":{"running":false}}"#).unwrap();
+    mallory
+        .apply(&server(n, "plain", "", "owner: mallory, profile: tiny"))
+        .unwrap();
+    mallory
+        .patch(n, "plain", r#"{"spec":{"running":false}}"#)
+        .unwrap();
     refused(
         mallory.patch(n, "plain", r#"{"spec":{"image":"evil.example/miner"}}"#),
         "spec.image is for compute-server admins only",
     );
     refused(
-        mallory.patch(n, "plain", r#"{"metadata":{"labels":{"computeserver.io/node":"gpu-1"}}}"#),
+        mallory.patch(
+            n,
+            "plain",
+            r#"{"metadata":{"labels":{"computeserver.io/node":"gpu-1"}}}"#,
+        ),
         "the label computeserver.io/node is for compute-server admins only",
     );
     // An admin's image on her server stays hers to stop and start.
-    mallory.patch(n, "case-0", r#"{"spec":{"running":false}}"#).unwrap();
+    mallory
+        .patch(n, "case-0", r#"{"spec":{"running":false}}"#)
+        .unwrap();
     let plain = stored(n, "plain").unwrap();
-    assert!(plain["spec"]["image"].is_null() && plain["metadata"]["labels"]["computeserver.io/node"].is_null());
+    assert!(
+        plain["spec"]["image"].is_null() && plain["metadata"]["labels"]["computeserver.io/node"].is_null()
+    );
 }
 
 #[test]
@@ -231,40 +258,80 @@ fn the_owner_label_follows_spec_owner_and_a_contradicting_one_is_refused() {
     let mallory = As::person("mallory");
     let rule = "the label computeserver.io/owner must be the label form of spec.owner (mallory), not alice";
     refused(
-        mallory.apply(&server(n, "posing", "computeserver.io/owner: alice", "owner: mallory, profile: tiny")),
+        mallory.apply(&server(
+            n,
+            "posing",
+            "computeserver.io/owner: alice",
+            "owner: mallory, profile: tiny",
+        )),
         rule,
     );
     // For admins too: the web front and the bastion list servers by it.
     let out = kubectl(
         &["apply", "-f", "-"],
-        Some(&server(n, "posing", "computeserver.io/owner: alice", "owner: mallory, profile: tiny")),
+        Some(&server(
+            n,
+            "posing",
+            "computeserver.io/owner: alice",
+            "owner: mallory, profile: tiny",
+        )),
     );
     refused(outcome(out), rule);
     assert!(stored(n, "posing").is_none());
     mallory
-        .apply(&server(n, "posing", "computeserver.io/owner: mallory", "owner: mallory, profile: tiny"))
+        .apply(&server(
+            n,
+            "posing",
+            "computeserver.io/owner: mallory",
+            "owner: mallory, profile: tiny",
+        ))
         .unwrap();
     refused(
-        mallory.patch(n, "posing", r#"{"metadata":{"labels":{"computeserver.io/owner":"alice"}}}"#),
+        mallory.patch(
+            n,
+            "posing",
+            r#"{"metadata":{"labels":{"computeserver.io/owner":"alice"}}}"#,
+        ),
         rule,
     );
     // Taken off, it comes back.
-    mallory.patch(n, "posing", r#"{"metadata":{"labels":{"computeserver.io/owner":null}}}"#).unwrap();
-    assert_eq!(stored(n, "posing").unwrap()["metadata"]["labels"]["computeserver.io/owner"], "mallory");
+    mallory
+        .patch(
+            n,
+            "posing",
+            r#"{"metadata":{"labels":{"computeserver.io/owner":null}}}"#,
+        )
+        .unwrap();
+    assert_eq!(
+        stored(n, "posing").unwrap()["metadata"]["labels"]["computeserver.io/owner"],
+        "mallory"
+    );
 
     // A user name that is no label value gets the hashed form, which CEL cannot compute: the API
     // server checks its form, and the web front sets it, or corrects it, at once.
     let email = As::person("alice@example.org");
     let hashed = compute_server::api::owner_label("alice@example.org");
     refused(
-        email.apply(&server(n, "odd", "computeserver.io/owner: alice", "owner: alice@example.org, profile: tiny")),
+        email.apply(&server(
+            n,
+            "odd",
+            "computeserver.io/owner: alice",
+            "owner: alice@example.org, profile: tiny",
+        )),
         "must be the label form of spec.owner (u- and 32 hex digits, for alice@example.org), not alice",
     );
-    email.apply(&server(n, "odd", "", "owner: alice@example.org, profile: tiny")).unwrap();
+    email
+        .apply(&server(n, "odd", "", "owner: alice@example.org, profile: tiny"))
+        .unwrap();
     assert!(stored(n, "odd").unwrap()["metadata"]["labels"]["computeserver.io/owner"].is_null());
     let wrong = "u-0123456789abcdef0123456789abcdef";
     email
-        .apply(&server(n, "odd-2", &format!("computeserver.io/owner: {wrong}"), "owner: alice@example.org, profile: tiny"))
+        .apply(&server(
+            n,
+            "odd-2",
+            &format!("computeserver.io/owner: {wrong}"),
+            "owner: alice@example.org, profile: tiny",
+        ))
         .unwrap();
     let _web = WebFront::start(n, "compute-server", &[]);
     for name in ["odd", "odd-2"] {
@@ -273,7 +340,19 @@ fn the_owner_label_follows_spec_owner_and_a_contradicting_one_is_refused() {
             (labels["computeserver.io/owner"] == hashed.as_str()).then_some(())
         });
     }
-    let listed = kubectl_ok(&["get", "csrv", "-n", n, "-l", &format!("computeserver.io/owner={hashed}"), "-o", "name"], None);
+    let listed = kubectl_ok(
+        &[
+            "get",
+            "csrv",
+            "-n",
+            n,
+            "-l",
+            &format!("computeserver.io/owner={hashed}"),
+            "-o",
+            "name",
+        ],
+        None,
+    );
     assert_eq!(listed.lines().count(), 2, "{listed}");
 }
 
@@ -299,7 +378,8 @@ fn the_roles_service_accounts_may_do_their_job_only() {
     let (agent, scheduler, web) = (As::role("agent"), As::role("scheduler"), As::role("web"));
 
     // The web front has checked the person's token: it makes servers for anyone, by the rules.
-    web.apply(&server(n, "bobs", "", "owner: bob, profile: tiny")).unwrap();
+    web.apply(&server(n, "bobs", "", "owner: bob, profile: tiny"))
+        .unwrap();
     refused(
         web.apply(&server(n, "imaged", "", "owner: bob, image: evil.example/miner")),
         "spec.image is for compute-server admins only",
@@ -308,32 +388,94 @@ fn the_roles_service_accounts_may_do_their_job_only() {
 
     // The agent: the finalizer (and status), nothing else.
     agent
-        .patch(n, "bobs", r#"{"metadata":{"finalizers":["computeserver.io/container"]}}"#)
+        .patch(
+            n,
+            "bobs",
+            r#"{"metadata":{"finalizers":["computeserver.io/container"]}}"#,
+        )
         .unwrap();
     let agent_rule = "the agent's service account may change only the finalizers and status of a server";
-    refused(agent.patch(n, "bobs", r#"{"spec":{"running":false}}"#), agent_rule);
-    refused(agent.patch(n, "bobs", r#"{"metadata":{"labels":{"team":"x"}}}"#), agent_rule);
-    refused(agent.patch(n, "bobs", r#"{"metadata":{"labels":{"computeserver.io/node":"n1"}}}"#), agent_rule);
-    refused(agent.apply(&server(n, "agents", "", "owner: system:serviceaccount:compute:compute-server-agent, profile: tiny")), agent_rule);
+    refused(
+        agent.patch(n, "bobs", r#"{"spec":{"running":false}}"#),
+        agent_rule,
+    );
+    refused(
+        agent.patch(n, "bobs", r#"{"metadata":{"labels":{"team":"x"}}}"#),
+        agent_rule,
+    );
+    refused(
+        agent.patch(
+            n,
+            "bobs",
+            r#"{"metadata":{"labels":{"computeserver.io/node":"n1"}}}"#,
+        ),
+        agent_rule,
+    );
+    refused(
+        agent.apply(&server(
+            n,
+            "agents",
+            "",
+            "owner: system:serviceaccount:compute:compute-server-agent, profile: tiny",
+        )),
+        agent_rule,
+    );
     let status = r#"{"status":{"message":"from the agent"}}"#;
-    outcome(agent.kubectl(&["patch", "csrv", "bobs", "-n", n, "--subresource=status", "--type=merge", "-p", status], None))
-        .unwrap();
+    outcome(agent.kubectl(
+        &[
+            "patch",
+            "csrv",
+            "bobs",
+            "-n",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+        None,
+    ))
+    .unwrap();
 
     // The scheduler: the node label (and status), nothing else.
     scheduler
-        .patch(n, "bobs", r#"{"metadata":{"labels":{"computeserver.io/node":"node-a"}}}"#)
+        .patch(
+            n,
+            "bobs",
+            r#"{"metadata":{"labels":{"computeserver.io/node":"node-a"}}}"#,
+        )
         .unwrap();
-    let scheduler_rule =
-        "the scheduler's service account may change only the label computeserver.io/node and the status of a server";
-    refused(scheduler.patch(n, "bobs", r#"{"spec":{"resources":{"cpu":"64"}}}"#), scheduler_rule);
-    refused(scheduler.patch(n, "bobs", r#"{"metadata":{"finalizers":null}}"#), scheduler_rule);
+    let scheduler_rule = "the scheduler's service account may change only the label computeserver.io/node and the status of a server";
+    refused(
+        scheduler.patch(n, "bobs", r#"{"spec":{"resources":{"cpu":"64"}}}"#),
+        scheduler_rule,
+    );
+    refused(
+        scheduler.patch(n, "bobs", r#"{"metadata":{"finalizers":null}}"#),
+        scheduler_rule,
+    );
 
     let after = stored(n, "bobs").unwrap();
     assert_eq!(after["spec"], before["spec"], "no role changed the spec");
-    assert_eq!(after["metadata"]["finalizers"], serde_json::json!(["computeserver.io/container"]));
+    assert_eq!(
+        after["metadata"]["finalizers"],
+        serde_json::json!(["computeserver.io/container"])
+    );
     assert_eq!(after["metadata"]["labels"]["computeserver.io/node"], "node-a");
     assert_eq!(after["status"]["message"], "from the agent");
-    kubectl_ok(&["patch", "csrv", "bobs", "-n", n, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#], None);
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "bobs",
+            "-n",
+            n,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        None,
+    );
 }
 
 #[test]
@@ -342,14 +484,30 @@ fn a_real_service_account_token_of_the_agent_cannot_change_a_spec() {
     let n = &ns.name;
     // The agent's ServiceAccount as the chart names it, with a token the API server issues.
     let sa = "compute-server-agent";
-    let yaml = format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: compute}}\n");
+    let yaml =
+        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: compute}}\n");
     kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
     kubectl_ok(
-        &["create", "rolebinding", "agent", "--clusterrole=compute-server-user", &format!("--serviceaccount=compute:{sa}"), "-n", n],
+        &[
+            "create",
+            "rolebinding",
+            "agent",
+            "--clusterrole=compute-server-user",
+            &format!("--serviceaccount=compute:{sa}"),
+            "-n",
+            n,
+        ],
         None,
     );
-    let token = kubectl_ok(&["create", "token", sa, "-n", "compute", "--duration", "10m"], None);
-    let admin: Value = serde_json::from_str(&kubectl_ok(&["config", "view", "--raw", "--minify", "-o", "json"], None)).unwrap();
+    let token = kubectl_ok(
+        &["create", "token", sa, "-n", "compute", "--duration", "10m"],
+        None,
+    );
+    let admin: Value = serde_json::from_str(&kubectl_ok(
+        &["config", "view", "--raw", "--minify", "-o", "json"],
+        None,
+    ))
+    .unwrap();
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -361,7 +519,10 @@ fn a_real_service_account_token_of_the_agent_cannot_change_a_spec() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.kubeconfig");
     std::fs::write(&path, kubeconfig.to_string()).unwrap();
-    kubectl_ok(&["apply", "-f", "-"], Some(&server(n, "dev", "", "owner: alice, profile: tiny")));
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&server(n, "dev", "", "owner: alice, profile: tiny")),
+    );
     let as_agent = |patch: &str| {
         let out = std::process::Command::new(support::Stack::get().var("KUBECTL"))
             .arg("--kubeconfig")
@@ -377,5 +538,17 @@ fn a_real_service_account_token_of_the_agent_cannot_change_a_spec() {
     );
     as_agent(r#"{"metadata":{"finalizers":["computeserver.io/container"]}}"#).unwrap();
     assert_eq!(stored(n, "dev").unwrap()["spec"]["profile"], "tiny");
-    kubectl_ok(&["patch", "csrv", "dev", "-n", n, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#], None);
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "dev",
+            "-n",
+            n,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        None,
+    );
 }

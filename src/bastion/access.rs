@@ -275,7 +275,14 @@ mod tests {
         (after, before): (u64, u64),
         cert_type: CertType,
     ) -> Certificate {
-        certificate_with(key, ca, principals, (after, before), cert_type, &[PERMIT_PORT_FORWARDING])
+        certificate_with(
+            key,
+            ca,
+            principals,
+            (after, before),
+            cert_type,
+            &[PERMIT_PORT_FORWARDING],
+        )
     }
 
     fn certificate_with(
@@ -315,7 +322,10 @@ mod tests {
         let going = vec![Arc::new(going)];
         assert!(!user_has_key(&going, "alice", &key(ALICE_KEY)));
         let login = Credential::Key(key(ALICE_KEY));
-        assert_eq!(may_still_jump(&going, "alice", &login, &[], 0), Err(Refusal::KeyGone));
+        assert_eq!(
+            may_still_jump(&going, "alice", &login, &[], 0),
+            Err(Refusal::KeyGone)
+        );
     }
 
     #[test]
@@ -345,8 +355,17 @@ mod tests {
         let trusted = [ca.public_key().fingerprint(HashAlg::Sha256)];
         let alice = key(ALICE_KEY);
         let hours = (1_799_990_000, 1_800_010_000);
-        let good = Credential::Certificate(Box::new(certificate(&alice, &ca, &["alice"], hours, CertType::User)));
-        assert_eq!(may_still_jump(&[], "alice", &good, &trusted, 1_800_000_000), Ok(()));
+        let good = Credential::Certificate(Box::new(certificate(
+            &alice,
+            &ca,
+            &["alice"],
+            hours,
+            CertType::User,
+        )));
+        assert_eq!(
+            may_still_jump(&[], "alice", &good, &trusted, 1_800_000_000),
+            Ok(())
+        );
         let refusal = may_still_jump(&[], "alice", &good, &trusted, 1_800_020_000).unwrap_err();
         assert_eq!(
             refusal.to_string(),

@@ -84,6 +84,13 @@ pub struct Args {
     pub metrics_address: SocketAddr,
 }
 
+/// What a client idle for `limit` is told as it is disconnected.
+fn idle_reason(limit: Duration) -> String {
+    let friendly =
+        jiff::SignedDuration::try_from(limit).map_or_else(|_| format!("{limit:?}"), |d| format!("{d:#}"));
+    format!("idle for {friendly}; connect again when you need to")
+}
+
 /// A duration flag: `90s`, `30m`, `8h`, `1h30m`.
 fn duration(text: &str) -> Result<Duration, String> {
     let parsed: jiff::SignedDuration = text
@@ -200,7 +207,13 @@ pub async fn run(args: Args) -> Result<()> {
             },
             () = &mut shutdown => break,
         };
-        tokio::spawn(serve_connection(tcp, peer, config.clone(), shared.clone(), args.idle_timeout));
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            config.clone(),
+            shared.clone(),
+            args.idle_timeout,
+        ));
     }
     info!("bastion stopping");
     watch.abort();
@@ -268,8 +281,10 @@ async fn serve_connection(
                 }
                 info!(target: "audit", event = "idle", outcome = "disconnected", peer = %peer,
                       seconds = idle_timeout.as_secs());
-                let reason = format!("idle for {}; connect again when you need it", jiff::SignedDuration::try_from(idle_timeout).map(|d| format!("{d:#}")).unwrap_or_default());
-                let _ = handle.disconnect(russh::Disconnect::ByApplication, reason, String::new()).await;
+                let reason = idle_reason(idle_timeout);
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, reason, String::new())
+                    .await;
             })
         });
         let grace = tokio::spawn(async move {
@@ -309,5 +324,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_timeouts_are_written_as_people_do() {
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+        assert!(
+            duration("soon")
+                .unwrap_err()
+                .contains("write it like 90s, 30m or 8h")
+        );
+        assert!(duration("-5m").is_err());
+        assert_eq!(
+            idle_reason(Duration::from_secs(3)),
+            "idle for 3s; connect again when you need to"
+        );
+        assert_eq!(
+            idle_reason(Duration::from_secs(3600)),
+            "idle for 1h; connect again when you need to"
+        );
     }
 }

@@ -7,8 +7,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -93,7 +93,11 @@ struct Touching<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Touching<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -104,7 +108,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Touching<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Touching<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -134,7 +142,12 @@ pub struct Connection {
 impl Connection {
     /// A connection from `peer` to the bastion's address `local`, not logged in yet, whose
     /// activity goes to `activity`.
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr, local: SocketAddr, activity: Arc<Activity>) -> Connection {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        activity: Arc<Activity>,
+    ) -> Connection {
         Connection {
             shared,
             peer,
@@ -361,9 +374,14 @@ impl russh::server::Handler for Connection {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let decision =
-            access::may_still_jump(&servers, &login.user, &login.credential, &self.shared.user_cas, now)
-                .and_then(|()| access::authorize(&servers, &login.user, admin, host, port));
+        let decision = access::may_still_jump(
+            &servers,
+            &login.user,
+            &login.credential,
+            &self.shared.user_cas,
+            now,
+        )
+        .and_then(|()| access::authorize(&servers, &login.user, admin, host, port));
         match decision {
             Err(refusal) => {
                 self.shared.metrics.jump("refused");
@@ -374,7 +392,15 @@ impl russh::server::Handler for Connection {
             }
             Ok(target) => {
                 let (shared, peer, activity) = (self.shared.clone(), self.peer, self.activity.clone());
-                tokio::spawn(jump(shared, login, peer, wanted, target, (channel, activity), reply));
+                tokio::spawn(jump(
+                    shared,
+                    login,
+                    peer,
+                    wanted,
+                    target,
+                    (channel, activity),
+                    reply,
+                ));
             }
         }
         Ok(())
@@ -439,4 +465,24 @@ async fn failed(
     let name = wanted.rsplit_once(':').map_or(wanted, |(host, _)| host);
     let reason = format!("server {name} does not answer on its ssh port; try again in a moment");
     reply.reject(ChannelOpenFailure::Other { code: 2, reason }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_a_limit_after_its_last_activity() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(60);
+        let first = activity.idle_at(limit);
+        assert!(first <= Instant::now() + limit);
+        std::thread::sleep(Duration::from_millis(20));
+        activity.touch();
+        let later = activity.idle_at(limit);
+        assert!(
+            later >= first + Duration::from_millis(20),
+            "touched: the deadline moves"
+        );
+    }
 }

@@ -12,9 +12,9 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast;
 use tracing::warn;

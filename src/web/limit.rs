@@ -145,7 +145,10 @@ mod tests {
     fn each_user_has_a_lease_of_a_valid_name() {
         let name = lease_name("Alice@Example.org");
         assert_eq!(name.len(), "compute-server-limit-".len() + 32);
-        assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        );
         assert_ne!(name, lease_name("alice@example.org"));
     }
 
@@ -163,6 +166,9 @@ mod tests {
         assert!(!abandoned(&lease, at(1005)));
         assert!(!abandoned(&lease, at(1010)));
         assert!(abandoned(&lease, at(1011)));
-        assert!(abandoned(&Lease::default(), at(1000)), "a Lease without a time is nobody's");
+        assert!(
+            abandoned(&Lease::default(), at(1000)),
+            "a Lease without a time is nobody's"
+        );
     }
 }

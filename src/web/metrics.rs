@@ -82,7 +82,9 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
 /// The `method` label: one of HTTP's own methods, or `other` for anything a client makes up
 /// (each new label value would be a new time series).
 fn method_label(method: &axum::http::Method) -> &'static str {
-    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
     KNOWN
         .into_iter()
         .find(|known| *known == method.as_str())
@@ -99,7 +101,10 @@ mod tests {
         assert_eq!(method_label(&Method::GET), "GET");
         assert_eq!(method_label(&Method::DELETE), "DELETE");
         for made_up in ["FOO", "get", "BREW", "X-1234567890"] {
-            assert_eq!(method_label(&Method::from_bytes(made_up.as_bytes()).unwrap()), "other");
+            assert_eq!(
+                method_label(&Method::from_bytes(made_up.as_bytes()).unwrap()),
+                "other"
+            );
         }
     }
 }
