@@ -99,7 +99,10 @@ fn stored(ns: &str, name: &str) -> Option<Value> {
 fn namespace_for_people(prefix: &str) -> TestNamespace {
     install_crds();
     let ns = TestNamespace::new(prefix);
-    let group = format!("--group={PREFIX}students");
+    let (group, admins) = (
+        format!("--group={PREFIX}students"),
+        format!("--group={PREFIX}compute-admins"),
+    );
     kubectl_ok(
         &[
             "create",
@@ -107,6 +110,7 @@ fn namespace_for_people(prefix: &str) -> TestNamespace {
             "people",
             "--clusterrole=compute-server-user",
             &group,
+            &admins,
             "-n",
             &ns.name,
         ],
@@ -375,6 +379,24 @@ fn the_roles_service_accounts_may_do_their_job_only() {
             None,
         );
     }
+    let status = "--resource=computeservers.computeserver.io/status";
+    kubectl_ok(
+        &["create", "role", "status", "--verb=get,patch", status, "-n", n],
+        None,
+    );
+    let agent_account = "--serviceaccount=compute:compute-server-agent";
+    kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "status",
+            "--role=status",
+            agent_account,
+            "-n",
+            n,
+        ],
+        None,
+    );
     let (agent, scheduler, web) = (As::role("agent"), As::role("scheduler"), As::role("web"));
 
     // The web front has checked the person's token: it makes servers for anyone, by the rules.
@@ -418,6 +440,10 @@ fn the_roles_service_accounts_may_do_their_job_only() {
             "",
             "owner: system:serviceaccount:compute:compute-server-agent, profile: tiny",
         )),
+        agent_rule,
+    );
+    refused(
+        outcome(agent.kubectl(&["delete", "csrv", "bobs", "-n", n], None)),
         agent_rule,
     );
     let status = r#"{"status":{"message":"from the agent"}}"#;
