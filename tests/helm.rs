@@ -200,6 +200,10 @@ fn the_manifests_are_the_rendered_chart_and_the_apiserver_accepts_them() {
         "deployment.apps/compute-server-bastion",
         "service/compute-server-web",
         "service/compute-server-bastion",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/compute-server-identity",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/compute-server-identity",
+        "mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label",
+        "clusterrole.rbac.authorization.k8s.io/compute-server-user",
     ] {
         assert!(
             applied.contains(object),
