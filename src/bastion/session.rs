@@ -17,7 +17,7 @@ use kube::runtime::reflector::Store;
 use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Certificate, HashAlg, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelStream, Pty};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -86,7 +86,7 @@ impl Default for Activity {
     }
 }
 
-/// A stream that records each byte it carries, either way, as activity.
+/// A stream (a jump's channel) that records each byte it carries, either way, as activity.
 struct Touching<S> {
     inner: S,
     activity: Arc<Activity>,
@@ -391,16 +391,12 @@ impl russh::server::Handler for Connection {
                 reply.reject(ChannelOpenFailure::Other { code: 1, reason }).await;
             }
             Ok(target) => {
-                let (shared, peer, activity) = (self.shared.clone(), self.peer, self.activity.clone());
-                tokio::spawn(jump(
-                    shared,
-                    login,
-                    peer,
-                    wanted,
-                    target,
-                    (channel, activity),
-                    reply,
-                ));
+                let (shared, peer) = (self.shared.clone(), self.peer);
+                let channel = Touching {
+                    inner: channel.into_stream(),
+                    activity: self.activity.clone(),
+                };
+                tokio::spawn(jump(shared, login, peer, wanted, target, channel, reply));
             }
         }
         Ok(())
@@ -414,7 +410,7 @@ async fn jump(
     peer: SocketAddr,
     wanted: String,
     target: access::Target,
-    (channel, activity): (Channel<Msg>, Arc<Activity>),
+    mut channel: Touching<ChannelStream<Msg>>,
     reply: ChannelOpenHandle,
 ) {
     let server = format!("{}/{}", target.namespace, target.name);
@@ -423,7 +419,7 @@ async fn jump(
         CONNECT_TIMEOUT,
         TcpStream::connect((target.host.as_str(), target.port)),
     );
-    let tcp = match connect.await {
+    let mut tcp = match connect.await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => {
             return failed(&shared, &login, peer, &wanted, &server, error.to_string(), reply).await;
@@ -431,15 +427,13 @@ async fn jump(
         Err(_) => return failed(&shared, &login, peer, &wanted, &server, "timed out".into(), reply).await,
     };
     let _ = tcp.set_nodelay(true);
-    let mut tcp = Touching { inner: tcp, activity };
     reply.accept().await;
     shared.metrics.jump("accepted");
     shared.metrics.open_jumps.inc();
     info!(target: "audit", event = "jump", outcome = "accepted", user = ?login.user,
           key = %login.fingerprint, target = ?wanted, server, endpoint, peer = %peer);
     let started = Instant::now();
-    let mut stream = channel.into_stream();
-    let result = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+    let result = tokio::io::copy_bidirectional(&mut channel, &mut tcp).await;
     shared.metrics.open_jumps.dec();
     let seconds = started.elapsed().as_secs();
     match result {
