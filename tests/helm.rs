@@ -1201,6 +1201,16 @@ fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
         refusal.contains("spec.owner must be your own user name (mallory)"),
         "{refusal}"
     );
+    eventually("the owner label policy to be loaded", 30, || {
+        let args = ["apply", "--dry-run=server", "-o", "json", "-f", "-"];
+        let out = kubectl_at(
+            &kubeconfig,
+            &args,
+            Some(&server("probe", "owner: carol, profile: tiny")),
+        );
+        let probe: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (probe["metadata"]["labels"]["computeserver.io/owner"] == "carol").then_some(())
+    });
     let out = kubectl_at(&kubeconfig, &["get", "csrv", "-n", "compute", "-o", "name"], None);
     assert_eq!(text(&out.stdout), "", "nothing was stored");
 
