@@ -713,3 +713,236 @@ fn with_all_namespaces_a_name_used_twice_needs_its_namespace() {
         stderr(&out)
     );
 }
+
+/// `kubectl patch csrv NAME --type=merge -p PATCH` as the admin.
+fn patch_server(ns: &str, name: &str, patch: &str) {
+    kubectl_ok(
+        &["patch", "csrv", name, "-n", ns, "--type=merge", "-p", patch],
+        None,
+    );
+}
+
+#[test]
+fn a_server_being_deleted_vouches_for_no_key() {
+    install_crds();
+    let ns = TestNamespace::new("bastion-going");
+    let alice = SshUser::new("alice");
+    apply_server(&ns.name, "dev", "nowhere", "alice", &debian(&alice.public));
+    // A finalizer no one removes keeps the server in "being deleted" for the test.
+    patch_server(
+        &ns.name,
+        "dev",
+        r#"{"metadata":{"finalizers":["test.computeserver.io/hold"]}}"#,
+    );
+    let bastion = Bastion::start(&ns.name, &alice.dir.path().join("host_key"));
+    let port = bastion.port.to_string();
+    let login = || alice.ssh(&["-p", &port, "alice@127.0.0.1", "true"]);
+    let out = login();
+    assert!(stderr(&out).contains("this is a jump host"), "{}", stderr(&out));
+
+    kubectl_ok(&["delete", "csrv", "dev", "-n", &ns.name, "--wait=false"], None);
+    eventually("alice's key to stop working", 10, || {
+        let out = login();
+        stderr(&out)
+            .contains("Permission denied (publickey)")
+            .then_some(())
+    });
+    patch_server(&ns.name, "dev", r#"{"metadata":{"finalizers":null}}"#);
+}
+
+/// A master connection to the bastion that later `ssh -S SOCKET` commands share (ControlMaster,
+/// as the README's ~/.ssh/config has it); closed when dropped.
+struct Master {
+    child: std::process::Child,
+    socket: PathBuf,
+    /// What the master prints: the reasons of refused jumps go there, not to the command.
+    log: PathBuf,
+}
+
+impl Master {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SshUser {
+    /// Opens a master connection to `bastion` as `login`.
+    fn master(&self, bastion: &Bastion, login: &str) -> Master {
+        let socket = self.dir.path().join(format!("{login}.sock"));
+        let log = self.dir.path().join(format!("{login}.log"));
+        let port = bastion.port.to_string();
+        let child = self
+            .command(&["-M", "-S", socket.to_str().unwrap(), "-N", "-p", &port])
+            .arg(format!("{login}@127.0.0.1"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let master = Master { child, socket, log };
+        eventually("the master connection", 10, || {
+            let out = self.ssh(&["-S", master.socket.to_str().unwrap(), "-O", "check", "x"]);
+            out.status.success().then_some(())
+        });
+        master
+    }
+
+    /// A jump to `target` over `master` (`ssh -W`, what -J runs): what the master printed of it.
+    fn jump_over(&self, master: &Master, target: &str) -> String {
+        let before = master.log().len();
+        let socket = master.socket.to_str().unwrap();
+        let out = self.ssh(&["-S", socket, "-W", &format!("{target}:22"), "x"]);
+        assert!(!out.status.success(), "no server here answers");
+        master.log()[before..].to_string()
+    }
+}
+
+#[test]
+fn each_jump_on_an_open_connection_checks_the_login_again() {
+    install_crds();
+    let ns = TestNamespace::new("bastion-again");
+    let cas = tempfile::tempdir().unwrap();
+    let (ca, ca_public) = support::ssh_keypair(cas.path(), "user-ca");
+    let ca_file = cas.path().join("user_ca_keys");
+    std::fs::write(&ca_file, format!("{ca_public}\n")).unwrap();
+    let flags = [
+        "--host-key-file".to_string(),
+        cas.path().join("host_key").display().to_string(),
+        "--user-ca-keys".to_string(),
+        ca_file.display().to_string(),
+    ];
+    let alice = SshUser::new("alice");
+    apply_server(&ns.name, "dev", "nowhere", "alice", &debian(&alice.public));
+    let bastion = Bastion::start_with(&ns.name, &flags);
+
+    // A key: each jump over the open connection finds it registered, until it is not.
+    let master = alice.master(&bastion, "alice");
+    let said = alice.jump_over(&master, "dev");
+    assert!(
+        said.contains("server dev is not running yet"),
+        "the key is good: {said}"
+    );
+    let other = SshUser::new("alice");
+    patch_server(
+        &ns.name,
+        "dev",
+        &format!(r#"{{"spec":{{"sshAuthorizedKeys":["{}"]}}}}"#, other.public),
+    );
+    eventually("the jump to be refused for the key", 10, || {
+        alice
+            .jump_over(&master, "dev")
+            .contains("the key you logged in with is no longer in the sshAuthorizedKeys of a server of yours")
+            .then_some(())
+    });
+    drop(master);
+
+    // A certificate: good while valid, refused once it has expired.
+    let carol = SshUser::new("carol");
+    sign(&carol, &ca, "carol", "-1m:+8s");
+    let signed = std::time::Instant::now();
+    let master = carol.master(&bastion, "carol");
+    let said = carol.jump_over(&master, "dev");
+    assert!(
+        said.contains("no server named dev of yours"),
+        "the certificate is good: {said}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(10).saturating_sub(signed.elapsed()));
+    let said = carol.jump_over(&master, "dev");
+    assert!(
+        said.contains("the certificate you logged in with is no longer good: certificate expired"),
+        "{said}"
+    );
+    drop(master);
+    let refused = audit(&ns.name, "jump")
+        .into_iter()
+        .filter(|j| j["outcome"] == "refused")
+        .count();
+    assert!(refused >= 4, "each refused jump is audited");
+}
+
+#[test]
+fn a_certificate_without_port_forwarding_cannot_jump() {
+    install_crds();
+    let ns = TestNamespace::new("bastion-nofwd");
+    let cas = tempfile::tempdir().unwrap();
+    let (ca, ca_public) = support::ssh_keypair(cas.path(), "user-ca");
+    let ca_file = cas.path().join("user_ca_keys");
+    std::fs::write(&ca_file, format!("{ca_public}\n")).unwrap();
+    let flags = [
+        "--host-key-file".to_string(),
+        cas.path().join("host_key").display().to_string(),
+        "--user-ca-keys".to_string(),
+        ca_file.display().to_string(),
+    ];
+    // carol's server holds another key of hers: she logs in with the certificate.
+    let (carol, laptop) = (SshUser::new("carol"), SshUser::new("carol"));
+    apply_server(&ns.name, "dev", "nowhere", "carol", &debian(&laptop.public));
+    let bastion = Bastion::start_with(&ns.name, &flags);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args([
+            "-I",
+            "carol, no forwarding",
+            "-n",
+            "carol",
+            "-V",
+            "-5m:+1h",
+            "-O",
+            "no-port-forwarding",
+        ])
+        .arg(carol.dir.path().join("id_ed25519.pub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Logged in with it (the bastion says what it is for), but no jump.
+    let out = carol.ssh(&["-p", &bastion.port.to_string(), "carol@127.0.0.1", "true"]);
+    assert!(stderr(&out).contains("this is a jump host"), "{}", stderr(&out));
+    let out = carol.jump(&bastion, "dev", "true");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "your certificate does not permit port forwarding (permit-port-forwarding), and a jump is one"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_idle_connection_ends_after_the_idle_timeout_and_a_busy_one_does_not() {
+    install_crds();
+    let ns = TestNamespace::new("bastion-idle");
+    let alice = SshUser::new("alice");
+    let agent = Agent::start(&unique("node"));
+    apply_server(&ns.name, "dev", &agent.node, "alice", &debian(&alice.public));
+    let flags = [
+        "--host-key-file".to_string(),
+        alice.dir.path().join("host_key").display().to_string(),
+        "--idle-timeout".to_string(),
+        "3s".to_string(),
+    ];
+    let bastion = Bastion::start_with(&ns.name, &flags);
+
+    // Connected and doing nothing (ssh -N, as a ControlMaster waits): ended after 3 s.
+    let started = Instant::now();
+    let out = alice.ssh(&["-N", "-p", &bastion.port.to_string(), "alice@127.0.0.1"]);
+    let lasted = started.elapsed().as_secs_f64();
+    assert!((2.5..10.0).contains(&lasted), "ended after {lasted} s");
+    assert!(stderr(&out).contains("idle for 3s"), "{}", stderr(&out));
+
+    // A session through a jump that prints a line a second for 6 s is not idle.
+    wait_phase(&ns.name, "dev", "Running");
+    let out = eventually("ssh -J to reach dev", 30, || {
+        let out = alice.jump(&bastion, "dev", "for i in 1 2 3 4 5 6; do echo $i; sleep 1; done");
+        out.status.success().then_some(out)
+    });
+    assert_eq!(stdout(&out), "1\n2\n3\n4\n5\n6\n");
+    drop(agent);
+}

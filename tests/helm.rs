@@ -86,12 +86,14 @@ fn objects_of(release: &str, kinds: &str, ns: Option<&str>) -> Vec<String> {
     names
 }
 
-/// A values file for a test install: Keycloak set, the shared CRDs left alone, one profile;
-/// `extra` follows the profile, so `- name: ...` adds a second one.
-fn values_file(dir: &Path, profile: &str, extra: &str) -> PathBuf {
+/// A values file for a test install in namespace `ns`: Keycloak set, the shared CRDs left alone,
+/// the admission policies kept to `ns` (the stack's own guard every other namespace), one
+/// profile; `extra` follows the profile, so `- name: ...` adds a second one.
+fn values_file(dir: &Path, ns: &str, profile: &str, extra: &str) -> PathBuf {
     let path = dir.join("values.yaml");
     let yaml = format!(
         "keycloak: {{url: 'https://keycloak.example.com/'}}\ncrds: {{install: false}}\n\
+         admission: {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}}}\n\
          limits: {{maxServersPerUser: 3}}\nprofiles:\n\
          - name: {profile}\n  spec: {{displayName: Chart test, image: computeserver/busybox:local}}\n{extra}"
     );
@@ -198,6 +200,10 @@ fn the_manifests_are_the_rendered_chart_and_the_apiserver_accepts_them() {
         "deployment.apps/compute-server-bastion",
         "service/compute-server-web",
         "service/compute-server-bastion",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/compute-server-identity",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/compute-server-identity",
+        "mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label",
+        "clusterrole.rbac.authorization.k8s.io/compute-server-user",
     ] {
         assert!(
             applied.contains(object),
@@ -213,17 +219,20 @@ fn the_manifests_are_the_rendered_chart_and_the_apiserver_accepts_them() {
 
 #[test]
 fn helm_lint_is_clean() {
+    // With the default values too, which lack the one required value (keycloak.url).
     for values in [
-        "--set=keycloak.url=https://keycloak.example.com",
-        "--values=ci/manifests-values.yaml",
+        &[][..],
+        &["--set=keycloak.url=https://keycloak.example.com"],
+        &["--values=ci/manifests-values.yaml"],
     ] {
         let out = Command::new(Stack::get().var("HELM"))
             .current_dir(CHART)
-            .args(["lint", "--strict", "--kube-version", KUBE_VERSION, ".", values])
+            .args(["lint", "--strict", "--kube-version", KUBE_VERSION, "."])
+            .args(values)
             .output()
             .unwrap();
         let report = text(&out.stdout) + &text(&out.stderr);
-        assert!(out.status.success(), "helm lint {values}:\n{report}");
+        assert!(out.status.success(), "helm lint {values:?}:\n{report}");
         assert!(
             !report.contains("[WARNING]") && !report.contains("[ERROR]"),
             "{report}"
@@ -234,8 +243,12 @@ fn helm_lint_is_clean() {
 #[test]
 fn bad_values_are_refused_with_a_message_naming_them() {
     let cases: &[(&[&str], &str)] = &[
-        (&[], "'/keycloak/url'"),
         (&["--set", "keycloak.url=keycloak.example.com"], "'/keycloak/url'"),
+        (
+            &["--set", "admission.usernamePrefix=oidc: "],
+            "'/admission/usernamePrefix'",
+        ),
+        (&["--set", "userRole.groups[0]="], "'/userRole/groups/0'"),
         (&["--set", "scheduler.replicas=-1"], "'/scheduler/replicas'"),
         (&["--set", "image.pullPolicy=Sometimes"], "'/image/pullPolicy'"),
         (&["--set", "web.replica=2"], "'replica' not allowed"),
@@ -259,7 +272,7 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     ];
     for (args, message) in cases {
         let mut all = vec!["template", "t", CHART, "--kube-version", KUBE_VERSION];
-        if !args.iter().any(|a| a.starts_with("keycloak.url")) && !args.is_empty() {
+        if !args.iter().any(|a| a.starts_with("keycloak.url")) {
             all.extend(["--set", "keycloak.url=https://keycloak.example.com"]);
         }
         all.extend(*args);
@@ -272,7 +285,19 @@ fn bad_values_are_refused_with_a_message_naming_them() {
         );
     }
 
-    // An install with a bad value makes nothing at all.
+    // Without the Keycloak URL: refused, naming the value to set.
+    let out = helm_at(
+        &Stack::get().kubeconfig(),
+        &["template", "t", CHART, "--kube-version", KUBE_VERSION],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("keycloak.url is not set: give Keycloak's base URL"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An install with a value missing makes nothing at all.
     let ns = TestNamespace::new("helm-bad");
     let out = helm_at(
         &Stack::get().kubeconfig(),
@@ -288,7 +313,7 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("'/keycloak/url'"),
+        text(&out.stderr).contains("keycloak.url is not set"),
         "{}",
         text(&out.stderr)
     );
@@ -307,9 +332,12 @@ fn helm_template_with_every_option_is_accepted_by_the_apiserver() {
     let profile = unique("helm-dry");
     let values = values_file(
         dir.path(),
+        &ns.name,
         &profile,
         "agent: {dockerSocketGroup: 999, nodeLabels: {gpu: 'true'}, gpus: 1}
+userRole: {groups: ['oidc:students', 'oidc:staff']}
 web:
+  serviceAccountName: front
   ingress: {enabled: true, className: nginx, host: compute.example.org, tlsSecret: compute-tls}
 bastion: {admins: [ops], externalAddress: 'bastion.example.org:22', service: {type: LoadBalancer}}
 networkPolicy:
@@ -328,13 +356,28 @@ networkPolicy:
         KUBE_VERSION,
         "--api-versions",
         "computeserver.io/v1alpha1/ComputeProfile",
+        "--api-versions",
+        "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
         "--values",
         values.to_str().unwrap(),
         "--set",
         "keycloak.clientSecret.existingSecret=keycloak-client",
     ]);
     assert!(yaml.contains("COMPUTE_SERVER_OIDC_CLIENT_SECRET"));
-    for kind in ["Ingress", "NetworkPolicy", "ComputeProfile", "DaemonSet"] {
+    assert!(
+        yaml.contains(&format!("system:serviceaccount:{}:front", ns.name)),
+        "the policy names the web's account"
+    );
+    for kind in [
+        "Ingress",
+        "NetworkPolicy",
+        "ComputeProfile",
+        "DaemonSet",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
+    ] {
         assert!(yaml.contains(&format!("kind: {kind}\n")), "no {kind} rendered");
     }
     let applied = kubectl_ok(
@@ -345,6 +388,18 @@ networkPolicy:
         "computeprofile.computeserver.io/{profile} created (server dry run)"
     )));
     assert!(applied.contains("ingress.networking.k8s.io/dry-compute-server-web created (server dry run)"));
+    assert!(applied.contains("serviceaccount/front created (server dry run)"));
+    assert!(applied.contains(
+        "validatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-identity created (server dry run)"
+    ));
+    assert!(applied.contains(
+        "mutatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-owner-label created (server dry run)"
+    ));
+    assert!(
+        applied.contains(
+            "rolebinding.rbac.authorization.k8s.io/dry-compute-server-user created (server dry run)"
+        )
+    );
 
     // The ServiceMonitor's CRD is not in the test cluster: check what is rendered instead.
     let monitor = helm_ok(&[
@@ -416,7 +471,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     let ns = TestNamespace::new("helm-life");
     let dir = tempfile::tempdir().unwrap();
     let profile = unique("helm-life");
-    let (release, notes) = Release::install(&ns.name, &values_file(dir.path(), &profile, ""));
+    let (release, notes) = Release::install(&ns.name, &values_file(dir.path(), &ns.name, &profile, ""));
     let n = &ns.name;
     assert!(
         notes.contains("kubectl label node NODE computeserver.io/agent=true"),
@@ -476,6 +531,11 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     expected.sort();
     let kinds = "serviceaccounts,services,daemonsets,deployments,roles,rolebindings,secrets";
     assert_eq!(objects_of(&release.name, kinds, Some(n)), expected);
+    let admission = "validatingadmissionpolicy.admissionregistration.k8s.io,\
+                     validatingadmissionpolicybinding.admissionregistration.k8s.io,\
+                     mutatingadmissionpolicy.admissionregistration.k8s.io,\
+                     mutatingadmissionpolicybinding.admissionregistration.k8s.io";
+    let cluster_kinds = format!("clusterroles,clusterrolebindings,computeprofiles,{admission}");
     let mut cluster_wide: Vec<String> = ["agent", "scheduler", "web"]
         .iter()
         .flat_map(|role| {
@@ -487,16 +547,28 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
                 ],
             )
         })
+        .chain(names("user", &["clusterrole.rbac.authorization.k8s.io"]))
+        .chain(admission.split(',').flat_map(|kind| {
+            let policy = if kind.starts_with("mutating") {
+                "owner-label"
+            } else {
+                "identity"
+            };
+            [format!("{kind}/{}-compute-server-{policy}", release.name)]
+        }))
         .chain([format!("computeprofile.computeserver.io/{profile}")])
         .collect();
     cluster_wide.sort();
+    assert_eq!(objects_of(&release.name, &cluster_kinds, None), cluster_wide);
+    // Kept to this test's namespace (values_file), as admission.namespaceSelector says.
+    let binding = json(&[
+        "get",
+        "validatingadmissionpolicybinding",
+        &format!("{}-compute-server-identity", release.name),
+    ]);
     assert_eq!(
-        objects_of(
-            &release.name,
-            "clusterroles,clusterrolebindings,computeprofiles",
-            None
-        ),
-        cluster_wide
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        n.as_str()
     );
 
     // The workloads: replicas, the agent's node and Docker socket, hardened pods.
@@ -581,6 +653,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     let second = unique("helm-life");
     let upgraded = values_file(
         dir.path(),
+        n,
         &profile,
         &format!(
             "- name: {second}\n  spec: {{image: computeserver/busybox:local, maxServersPerUser: 1}}\n\
@@ -625,11 +698,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
     helm_ok(&["uninstall", &release.name, "-n", n, "--wait"]);
     assert_eq!(objects_of(&release.name, kinds, Some(n)), Vec::<String>::new());
     assert_eq!(
-        objects_of(
-            &release.name,
-            "clusterroles,clusterrolebindings,computeprofiles",
-            None
-        ),
+        objects_of(&release.name, &cluster_kinds, None),
         Vec::<String>::new()
     );
 }
@@ -656,7 +725,10 @@ fn can(ns: &str, sa: &str, verb: &str, what: &str, scope: &[&str]) -> bool {
 fn each_role_may_do_its_job_and_nothing_more() {
     let ns = TestNamespace::new("helm-rbac");
     let dir = tempfile::tempdir().unwrap();
-    let (release, _) = Release::install(&ns.name, &values_file(dir.path(), &unique("helm-rbac"), ""));
+    let (release, _) = Release::install(
+        &ns.name,
+        &values_file(dir.path(), &ns.name, &unique("helm-rbac"), ""),
+    );
     let here: &[&str] = &["-n", &ns.name];
     let elsewhere: &[&str] = &["-n", "default"];
     let everywhere: &[&str] = &["--all-namespaces"];
@@ -707,6 +779,11 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("web", "delete", "computeservers", here, true),
         ("web", "list", "computeprofiles", &[], true),
         ("web", "watch", "events", here, true),
+        // Each person's turn to create (the per-user limit across replicas).
+        ("web", "create", "leases", here, true),
+        ("web", "delete", "leases", here, true),
+        ("web", "update", "leases", here, false),
+        ("web", "create", "leases", elsewhere, false),
         ("web", "create", "computeservers", elsewhere, false),
         ("web", "patch", "computeservers", &["-n", &ns.name, "--subresource=status"], false),
         ("web", "delete", "computenodes", &[], false),
@@ -745,8 +822,19 @@ fn each_role_may_do_its_job_and_nothing_more() {
 /// A kubeconfig for the test apiserver that signs in as ServiceAccount `sa` of `ns`, with a
 /// token the apiserver issues for it.
 fn service_account_kubeconfig(dir: &Path, ns: &str, sa: &str) -> PathBuf {
-    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration", "1h"], None);
-    let admin = json(&["config", "view", "--raw", "--minify"]);
+    service_account_kubeconfig_at(&Stack::get().kubeconfig(), dir, ns, sa)
+}
+
+/// [`service_account_kubeconfig`] for the cluster of the admin kubeconfig `admin`.
+fn service_account_kubeconfig_at(admin: &Path, dir: &Path, ns: &str, sa: &str) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = kubectl_at(admin, args, None);
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let token = run(&["create", "token", sa, "-n", ns, "--duration", "1h"]);
+    let admin: Value =
+        serde_json::from_str(&run(&["config", "view", "--raw", "--minify", "-o", "json"])).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
@@ -765,7 +853,10 @@ fn service_account_kubeconfig(dir: &Path, ns: &str, sa: &str) -> PathBuf {
 fn the_agent_runs_a_server_with_nothing_but_its_service_accounts_rights() {
     let ns = TestNamespace::new("helm-agent");
     let dir = tempfile::tempdir().unwrap();
-    let (release, _) = Release::install(&ns.name, &values_file(dir.path(), &unique("helm-agent"), ""));
+    let (release, _) = Release::install(
+        &ns.name,
+        &values_file(dir.path(), &ns.name, &unique("helm-agent"), ""),
+    );
     let kubeconfig = service_account_kubeconfig(dir.path(), &ns.name, &release.of("agent"));
     let node = unique("helm-node");
     let _agent = Agent::start_as(&node, &kubeconfig, &["--lease-namespace", &ns.name]);
@@ -1028,5 +1119,227 @@ fn crds_are_made_by_the_first_install_changed_by_upgrades_and_kept_by_uninstall(
         None,
     );
     // (No controller-manager here, so not even a "default" ServiceAccount.)
+    assert_eq!(left.trim(), "");
+}
+
+#[test]
+fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
+    // A control plane of its own: the release's policy guards every namespace, as by default.
+    let cluster = PrivateCluster::start();
+    let kubeconfig = cluster.kubeconfig();
+    let dir = tempfile::tempdir().unwrap();
+    helm_ok_at(
+        &kubeconfig,
+        &[
+            "install",
+            "compute-server",
+            CHART,
+            "-n",
+            "compute",
+            "--create-namespace",
+            "--set",
+            "keycloak.url=https://keycloak.example.com",
+            "--set",
+            "userRole.groups={oidc:students}",
+        ],
+    );
+    cluster.kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout=60s",
+            "crd",
+            "computeservers.computeserver.io",
+        ],
+        None,
+    );
+    let policies = cluster.kubectl_ok(
+        &[
+            "get",
+            "validatingadmissionpolicies,mutatingadmissionpolicies",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(
+        policies.contains("validatingadmissionpolicy.admissionregistration.k8s.io/compute-server-identity")
+            && policies
+                .contains("mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label"),
+        "{policies}"
+    );
+    let server = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\n\
+             metadata: {{name: {name}, namespace: compute}}\nspec: {{{spec}}}\n"
+        )
+    };
+    let as_person = |user: &str, args: &[&str], stdin: Option<&str>| {
+        let mut all = vec![
+            "--as",
+            user,
+            "--as-group",
+            "oidc:students",
+            "--as-group",
+            "system:authenticated",
+        ];
+        all.extend(args);
+        kubectl_at(&kubeconfig, &all, stdin)
+    };
+    // Policies take effect once the API server has loaded them.
+    let refusal = eventually("the policy to refuse mallory's server for alice", 30, || {
+        let out = as_person(
+            "oidc:mallory",
+            &["apply", "-f", "-"],
+            Some(&server("for-alice", "owner: alice, profile: tiny")),
+        );
+        let error = text(&out.stderr);
+        (!out.status.success() && error.contains("ValidatingAdmissionPolicy")).then_some(error)
+    });
+    assert!(
+        refusal.contains("spec.owner must be your own user name (mallory)"),
+        "{refusal}"
+    );
+    eventually("the owner label policy to be loaded", 30, || {
+        let args = ["apply", "--dry-run=server", "-o", "json", "-f", "-"];
+        let out = kubectl_at(
+            &kubeconfig,
+            &args,
+            Some(&server("probe", "owner: carol, profile: tiny")),
+        );
+        let probe: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (probe["metadata"]["labels"]["computeserver.io/owner"] == "carol").then_some(())
+    });
+    let out = kubectl_at(&kubeconfig, &["get", "csrv", "-n", "compute", "-o", "name"], None);
+    assert_eq!(text(&out.stdout), "", "nothing was stored");
+
+    // The user role, bound by userRole.groups: her own server, labelled for her; the profiles
+    // and nodes to choose from; nothing in other namespaces.
+    let out = as_person(
+        "oidc:mallory",
+        &["apply", "-f", "-"],
+        Some(&server("mine", "owner: mallory, profile: tiny")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mine: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "csrv", "-n", "compute", "mine", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(mine["metadata"]["labels"]["computeserver.io/owner"], "mallory");
+    for (verb, what, ns, yes) in [
+        ("list", "computeprofiles", None, true),
+        ("get", "computenodes", None, true),
+        ("delete", "computeservers", Some("compute"), true),
+        ("create", "computeservers", Some("default"), false),
+        ("create", "computeprofiles", None, false),
+        ("get", "secrets", Some("compute"), false),
+    ] {
+        let mut args = vec!["auth", "can-i", verb, what];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        let out = as_person("oidc:mallory", &args, None);
+        assert_eq!(
+            text(&out.stdout).trim() == "yes",
+            yes,
+            "mallory {verb} {what} {ns:?}"
+        );
+    }
+    // Aggregated to edit: a namespace's editors get it (the controller-manager does the
+    // aggregating, and this control plane runs none, so the label and edit's selector are read).
+    let role: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "clusterrole", "compute-server-user", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(
+        role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    let edit: Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "clusterrole", "edit", "-o", "json"], None))
+            .unwrap();
+    let selectors = edit["aggregationRule"]["clusterRoleSelectors"]
+        .as_array()
+        .unwrap();
+    assert!(
+        selectors
+            .iter()
+            .any(|s| s["matchLabels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"),
+        "{edit}"
+    );
+
+    // The roles' own ServiceAccounts, with tokens the API server issues: the web front makes
+    // servers for anyone; the agent and the scheduler cannot change a spec.
+    let token = |role: &str| {
+        service_account_kubeconfig_at(
+            &kubeconfig,
+            dir.path(),
+            "compute",
+            &format!("compute-server-{role}"),
+        )
+    };
+    let web = token("web");
+    let out = kubectl_at(
+        &web,
+        &["apply", "-f", "-"],
+        Some(&server("bobs", "owner: bob, profile: tiny")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let patch = |kubeconfig: &Path, patch: &str| {
+        kubectl_at(
+            kubeconfig,
+            &[
+                "patch",
+                "csrv",
+                "bobs",
+                "-n",
+                "compute",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        )
+    };
+    let out = patch(&token("agent"), r#"{"spec":{"profile":"big"}}"#);
+    assert!(
+        text(&out.stderr).contains("the agent's service account may change only the finalizers and status"),
+        "{}",
+        text(&out.stderr)
+    );
+    let scheduler = token("scheduler");
+    let out = patch(&scheduler, r#"{"spec":{"profile":"big"}}"#);
+    assert!(
+        text(&out.stderr)
+            .contains("the scheduler's service account may change only the label computeserver.io/node"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = patch(
+        &scheduler,
+        r#"{"metadata":{"labels":{"computeserver.io/node":"node-a"}}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bobs: Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["get", "csrv", "-n", "compute", "bobs", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(bobs["spec"]["profile"], "tiny");
+
+    // Uninstalled, the policies go with the release.
+    helm_ok_at(
+        &kubeconfig,
+        &["uninstall", "compute-server", "-n", "compute", "--wait"],
+    );
+    let left = cluster.kubectl_ok(
+        &[
+            "get",
+            "validatingadmissionpolicies,mutatingadmissionpolicies",
+            "-o",
+            "name",
+        ],
+        None,
+    );
     assert_eq!(left.trim(), "");
 }

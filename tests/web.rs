@@ -777,6 +777,171 @@ async fn health_readiness_and_metrics() {
     );
 }
 
+#[tokio::test]
+async fn twenty_requests_at_once_against_a_limit_of_five_leave_five_on_two_replicas() {
+    install_crds();
+    let ns = TestNamespace::new("web-limit");
+    // Two replicas of the front: a lock in one process would not do.
+    let fronts = [
+        WebFront::start(&ns.name, "compute-server", &[]),
+        WebFront::start(&ns.name, "compute-server", &[]),
+    ];
+    let alice = access_token("compute-server", "alice").await;
+    // tiny allows 5 servers per person.
+    let requests = (0..20).map(|n| {
+        let url = format!("{}/api/v1/servers", fronts[n % 2].url);
+        let body = json!({"name": format!("box-{n}"), "profile": "tiny"});
+        call(reqwest::Method::POST, url, &alice, Some(body))
+    });
+    let answers = futures::future::join_all(requests).await;
+    let created = answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CONFLICT)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(created, 5, "{answers:?}");
+    assert_eq!(refused.len(), 15, "{answers:?}");
+    for body in refused {
+        assert_eq!(body["error"], "limit_reached", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("its limit (maxServersPerUser) is 5"),
+            "{body}"
+        );
+    }
+    let stored = kubectl_ok(&["get", "csrv", "-n", &ns.name, "-o", "name"], None);
+    assert_eq!(stored.lines().count(), 5, "{stored}");
+    // Every turn was given back.
+    assert_eq!(
+        kubectl_ok(&["get", "leases", "-n", &ns.name, "-o", "name"], None),
+        ""
+    );
+}
+
+#[tokio::test]
+async fn a_made_up_method_is_counted_as_other() {
+    install_crds();
+    let ns = TestNamespace::new("web-method");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    for method in ["BREW", "X-UNIQUE-12345", "get"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        api()
+            .request(method, format!("{}/", web.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = reqwest::get(format!("{}/metrics", web.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "compute_server_web_http_requests_total{route=\"/\",method=\"other\",status=\"405\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("BREW") && !metrics.contains("X-UNIQUE") && !metrics.contains("method=\"get\"")
+    );
+}
+
+#[tokio::test]
+async fn after_sign_in_only_a_path_of_this_site_is_followed() {
+    install_crds();
+    let ns = TestNamespace::new("web-next");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let alice = Browser::new();
+    for (next, lands) in [
+        ("/servers/new", "/servers/new"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example/", "/"),
+        ("/\t/evil.example/", "/"),
+        ("/\r\n/evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/a\\..\\\\evil.example/", "/"),
+    ] {
+        let query = serde_urlencoded::to_string([("next", next)]).unwrap();
+        let (status, at, page) = alice.get(&format!("{}/auth/login?{query}", web.url)).await;
+        // The first time Keycloak asks; later its own session signs alice in at once.
+        let (status, at) = if page.contains("kc-form-login") {
+            let (status, at, _) = alice
+                .post(
+                    &login_action(&page),
+                    &[("username", "alice"), ("password", "alice")],
+                )
+                .await;
+            (status, at)
+        } else {
+            (status, at)
+        };
+        assert_eq!(status, StatusCode::OK, "{next:?}");
+        assert_eq!(at, format!("{}{lands}", web.url), "next={next:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_live_status_stream_ends_when_its_session_does() {
+    install_crds();
+    let ns = TestNamespace::new("web-live");
+    // compute-server-short: access tokens last 10 s.
+    let web = WebFront::start(&ns.name, "compute-server-short", &[]);
+    let server = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {{name: dev, namespace: {}}}\n\
+         spec: {{owner: alice, profile: tiny}}\n",
+        ns.name
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&server));
+    let alice = Browser::new();
+    alice.sign_in(&web, "alice").await;
+    let events = format!("{}/servers/dev/events", web.url);
+
+    // A stream follows the server until the session's token expires, then ends.
+    let follow = || async {
+        let started = std::time::Instant::now();
+        let mut response = alice.client.get(&events).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let first = response.chunk().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("event: status"));
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while response.chunk().await.unwrap_or(None).is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream outlived its session by far");
+        started.elapsed()
+    };
+    let lasted = follow().await;
+    assert!(
+        lasted.as_secs() <= 12,
+        "ended after {lasted:?}, with a 10 s token"
+    );
+    // The browser asks again: the session is renewed (refresh token) and a new stream starts.
+    let cookie = alice.cookies(&web);
+    follow().await;
+
+    // Signed out, Keycloak's session ends: once the token in the old cookie expires, asking
+    // again gets no stream but the way to sign in.
+    let page = alice.get(&format!("{}/", web.url)).await.2;
+    alice
+        .post(&format!("{}/auth/logout", web.url), &[("csrf", &csrf(&page))])
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let response = api().get(&events).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        response.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/auth/login")
+    );
+}
+
 /// `make bench-web`: wrk against alice's "My servers" page with a signed-in session, with
 /// 10,000 ComputeServers in the namespace (50 of them alice's). Prints req/s, latency
 /// percentiles and the web front's RSS.

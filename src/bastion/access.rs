@@ -14,14 +14,15 @@ use crate::api::{ComputeServer, Phase};
 /// The only port a jump may ask for: the server's SSH daemon.
 pub const SSH_PORT: u32 = 22;
 
-/// Whether `key` is one of the `sshAuthorizedKeys` of a server that `user` owns.
+/// Whether `key` is one of the `sshAuthorizedKeys` of a server that `user` owns and that is not
+/// being deleted (a server on its way out vouches for no one).
 ///
 /// Keys are compared by algorithm and key data; the comment is ignored. Entries that do not
 /// parse are skipped (the API server's schema already refuses most of them).
 pub fn user_has_key(servers: &[Arc<ComputeServer>], user: &str, key: &PublicKey) -> bool {
     servers
         .iter()
-        .filter(|server| server.spec.owner == user)
+        .filter(|server| server.spec.owner == user && server.metadata.deletion_timestamp.is_none())
         .flat_map(|server| &server.spec.ssh_authorized_keys)
         .filter_map(|line| PublicKey::from_openssh(line).ok())
         .any(|registered| registered.key_data() == key.key_data())
@@ -60,6 +61,41 @@ pub fn check_certificate(
     Ok(())
 }
 
+/// What a connection logged in with, kept to check again before each jump.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A public key from the `sshAuthorizedKeys` of one of the user's servers.
+    Key(PublicKey),
+    /// A user certificate from a trusted CA.
+    Certificate(Box<Certificate>),
+}
+
+/// The certificate extension that allows port forwarding, which every jump is.
+pub const PERMIT_PORT_FORWARDING: &str = "permit-port-forwarding";
+
+/// Whether what `user` logged in with still lets them jump at `now`: the key is still
+/// registered (a server not being deleted still lists it), or the certificate is still valid
+/// and permits port forwarding.
+pub fn may_still_jump(
+    servers: &[Arc<ComputeServer>],
+    user: &str,
+    credential: &Credential,
+    cas: &[Fingerprint],
+    now: u64,
+) -> Result<(), Refusal> {
+    match credential {
+        Credential::Key(key) if user_has_key(servers, user, key) => Ok(()),
+        Credential::Key(_) => Err(Refusal::KeyGone),
+        Credential::Certificate(cert) => {
+            check_certificate(cert, user, cas, now).map_err(Refusal::Certificate)?;
+            match cert.extensions().contains_key(PERMIT_PORT_FORWARDING) {
+                true => Ok(()),
+                false => Err(Refusal::NoPortForwarding),
+            }
+        }
+    }
+}
+
 /// Where an allowed jump goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -91,6 +127,14 @@ pub enum Refusal {
     Failed { name: String, message: String },
     #[error("server {0} has no ssh port")]
     NoSshEndpoint(String),
+    #[error(
+        "the key you logged in with is no longer in the sshAuthorizedKeys of a server of yours; log in again"
+    )]
+    KeyGone,
+    #[error("the certificate you logged in with is no longer good: {0}; log in again")]
+    Certificate(&'static str),
+    #[error("your certificate does not permit port forwarding ({PERMIT_PORT_FORWARDING}), and a jump is one")]
+    NoPortForwarding,
 }
 
 /// Decides a `direct-tcpip` request from `user` to `host:port`.
@@ -222,13 +266,32 @@ mod tests {
         assert!(!user_is_known(&servers, "bob"));
     }
 
-    /// A certificate for `key`, signed by `ca`, valid for `principals` from `after` to `before`.
+    /// A certificate for `key`, signed by `ca`, valid for `principals` from `after` to `before`,
+    /// with the extension permit-port-forwarding (as `ssh-keygen -s` gives by default).
     fn certificate(
         key: &PublicKey,
         ca: &russh::keys::PrivateKey,
         principals: &[&str],
         (after, before): (u64, u64),
         cert_type: CertType,
+    ) -> Certificate {
+        certificate_with(
+            key,
+            ca,
+            principals,
+            (after, before),
+            cert_type,
+            &[PERMIT_PORT_FORWARDING],
+        )
+    }
+
+    fn certificate_with(
+        key: &PublicKey,
+        ca: &russh::keys::PrivateKey,
+        principals: &[&str],
+        (after, before): (u64, u64),
+        cert_type: CertType,
+        extensions: &[&str],
     ) -> Certificate {
         let mut builder =
             russh::keys::ssh_key::certificate::Builder::new([7; 16], key.key_data().clone(), after, before)
@@ -244,7 +307,83 @@ mod tests {
         if principals.is_empty() {
             builder.all_principals_valid().unwrap();
         }
+        for extension in extensions {
+            builder.extension(*extension, "").unwrap();
+        }
         builder.sign(ca).unwrap()
+    }
+
+    #[test]
+    fn a_server_being_deleted_vouches_for_no_key() {
+        let mut going = (*server("compute", "dev", "alice", "", RUNNING)).clone();
+        going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        let going = vec![Arc::new(going)];
+        assert!(!user_has_key(&going, "alice", &key(ALICE_KEY)));
+        let login = Credential::Key(key(ALICE_KEY));
+        assert_eq!(
+            may_still_jump(&going, "alice", &login, &[], 0),
+            Err(Refusal::KeyGone)
+        );
+    }
+
+    #[test]
+    fn each_jump_needs_the_login_key_still_registered() {
+        let servers = vec![server("compute", "dev", "alice", "", RUNNING)];
+        let login = Credential::Key(key(ALICE_KEY));
+        assert_eq!(may_still_jump(&servers, "alice", &login, &[], 0), Ok(()));
+        let rekeyed = vec![server("compute", "dev", "alice", "", RUNNING)]
+            .into_iter()
+            .map(|s| {
+                let mut s = (*s).clone();
+                s.spec.ssh_authorized_keys = vec![OTHER_KEY.into()];
+                Arc::new(s)
+            })
+            .collect::<Vec<_>>();
+        let refusal = may_still_jump(&rekeyed, "alice", &login, &[], 0).unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "the key you logged in with is no longer in the sshAuthorizedKeys of a server of yours; log in again"
+        );
+    }
+
+    #[test]
+    fn each_jump_needs_the_certificate_still_valid_and_permitting_port_forwarding() {
+        use russh::keys::{Algorithm, PrivateKey};
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let trusted = [ca.public_key().fingerprint(HashAlg::Sha256)];
+        let alice = key(ALICE_KEY);
+        let hours = (1_799_990_000, 1_800_010_000);
+        let good = Credential::Certificate(Box::new(certificate(
+            &alice,
+            &ca,
+            &["alice"],
+            hours,
+            CertType::User,
+        )));
+        assert_eq!(
+            may_still_jump(&[], "alice", &good, &trusted, 1_800_000_000),
+            Ok(())
+        );
+        let refusal = may_still_jump(&[], "alice", &good, &trusted, 1_800_020_000).unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "the certificate you logged in with is no longer good: certificate expired, not yet valid, or badly signed; log in again"
+        );
+        let no_forwarding = certificate_with(&alice, &ca, &["alice"], hours, CertType::User, &["permit-pty"]);
+        let refusal = may_still_jump(
+            &[],
+            "alice",
+            &Credential::Certificate(Box::new(no_forwarding)),
+            &trusted,
+            1_800_000_000,
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "your certificate does not permit port forwarding (permit-port-forwarding), and a jump is one"
+        );
     }
 
     #[test]

@@ -74,9 +74,29 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_USER_CA_KEYS")]
     pub user_ca_keys: Option<PathBuf>,
 
+    /// End a connection that has been idle this long (no bytes through any of its jumps, no new
+    /// jump), such as 30m or 8h; 0s: never.
+    #[arg(long, env = "COMPUTE_SERVER_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
+    pub idle_timeout: Duration,
+
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
     pub metrics_address: SocketAddr,
+}
+
+/// What a client idle for `limit` is told as it is disconnected.
+fn idle_reason(limit: Duration) -> String {
+    let friendly =
+        jiff::SignedDuration::try_from(limit).map_or_else(|_| format!("{limit:?}"), |d| format!("{d:#}"));
+    format!("idle for {friendly}; connect again when you need to")
+}
+
+/// A duration flag: `90s`, `30m`, `8h`, `1h30m`.
+fn duration(text: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration; write it like 90s, 30m or 8h"))?;
+    Duration::try_from(parsed).map_err(|_| format!("\"{text}\" is negative"))
 }
 
 /// Runs the bastion until SIGTERM or Ctrl-C: host key, metrics, the server cache, then SSH.
@@ -187,7 +207,13 @@ pub async fn run(args: Args) -> Result<()> {
             },
             () = &mut shutdown => break,
         };
-        tokio::spawn(serve_connection(tcp, peer, config.clone(), shared.clone()));
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            config.clone(),
+            shared.clone(),
+            args.idle_timeout,
+        ));
     }
     info!("bastion stopping");
     watch.abort();
@@ -221,25 +247,46 @@ fn read_user_cas(path: &std::path::Path) -> Result<Vec<russh::keys::ssh_key::Fin
 }
 
 /// Runs one client connection to its end; a client that has not logged in within
-/// [`LOGIN_GRACE`] is disconnected.
+/// [`LOGIN_GRACE`], or that has been idle for `idle_timeout` (unless zero), is disconnected.
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     config: Arc<russh::server::Config>,
     shared: Arc<session::Shared>,
+    idle_timeout: Duration,
 ) {
     let metrics = shared.metrics.clone();
     metrics.connections.inc();
     metrics.open_connections.inc();
     let local = tcp.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     let _ = tcp.set_nodelay(true);
-    let connection = session::Connection::new(shared, peer, local);
+    let activity = Arc::new(session::Activity::new());
+    let connection = session::Connection::new(shared, peer, local, activity.clone());
     let logged_in = connection.logged_in();
     let result = async {
         let session = tokio::time::timeout(LOGIN_GRACE, russh::server::run_stream(config, tcp, connection))
             .await
             .map_err(|_| russh::Error::ConnectionTimeout)??;
         let handle = session.handle();
+        let idle = (!idle_timeout.is_zero()).then(|| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                // Sleeps until the connection would be idle long enough, then looks again.
+                loop {
+                    let at = activity.idle_at(idle_timeout);
+                    if tokio::time::Instant::now() >= at.into() {
+                        break;
+                    }
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                info!(target: "audit", event = "idle", outcome = "disconnected", peer = %peer,
+                      seconds = idle_timeout.as_secs());
+                let reason = idle_reason(idle_timeout);
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, reason, String::new())
+                    .await;
+            })
+        });
         let grace = tokio::spawn(async move {
             tokio::time::sleep(LOGIN_GRACE).await;
             if !logged_in.load(Ordering::Relaxed) {
@@ -254,6 +301,9 @@ async fn serve_connection(
         });
         let result = session.await;
         grace.abort();
+        if let Some(idle) = idle {
+            idle.abort();
+        }
         result
     }
     .await;
@@ -274,5 +324,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_timeouts_are_written_as_people_do() {
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+        assert!(
+            duration("soon")
+                .unwrap_err()
+                .contains("write it like 90s, 30m or 8h")
+        );
+        assert!(duration("-5m").is_err());
+        assert_eq!(
+            idle_reason(Duration::from_secs(3)),
+            "idle for 3s; connect again when you need to"
+        );
+        assert_eq!(
+            idle_reason(Duration::from_secs(3600)),
+            "idle for 1h; connect again when you need to"
+        );
     }
 }

@@ -7,15 +7,18 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::Store;
 use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Certificate, HashAlg, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelStream, Pty};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
@@ -46,6 +49,84 @@ pub struct Shared {
 struct Login {
     user: String,
     fingerprint: String,
+    /// Checked again before each jump.
+    credential: access::Credential,
+}
+
+/// When a connection last did something: logged in, asked for a jump, or carried a byte
+/// through one. Connections idle for longer than `--idle-timeout` are ended.
+pub struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last activity.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    pub fn touch(&self) {
+        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle for `limit`, unless something happens before.
+    pub fn idle_at(&self, limit: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed)) + limit
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity::new()
+    }
+}
+
+/// A stream (a jump's channel) that records each byte it carries, either way, as activity.
+struct Touching<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Touching<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Touching<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The state of one client connection.
@@ -55,17 +136,25 @@ pub struct Connection {
     local: SocketAddr,
     login: Option<Login>,
     logged_in: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl Connection {
-    /// A connection from `peer` to the bastion's address `local`, not logged in yet.
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr, local: SocketAddr) -> Connection {
+    /// A connection from `peer` to the bastion's address `local`, not logged in yet, whose
+    /// activity goes to `activity`.
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        activity: Arc<Activity>,
+    ) -> Connection {
         Connection {
             shared,
             peer,
             local,
             login: None,
             logged_in: Arc::default(),
+            activity,
         }
     }
 
@@ -161,12 +250,14 @@ impl russh::server::Handler for Connection {
         let login = Login {
             user: user.to_string(),
             fingerprint: fingerprint(key.public_key),
+            credential: access::Credential::Key(key.public_key.clone()),
         };
         self.shared.metrics.auth("accepted");
         info!(target: "audit", event = "auth", outcome = "accepted", user = ?login.user,
               key = %login.fingerprint, peer = %self.peer);
         self.login = Some(login);
         self.logged_in.store(true, Ordering::Relaxed);
+        self.activity.touch();
         Ok(Auth::Accept)
     }
 
@@ -192,8 +283,10 @@ impl russh::server::Handler for Connection {
         self.login = Some(Login {
             user: user.to_string(),
             fingerprint: key,
+            credential: access::Credential::Certificate(Box::new(cert.clone())),
         });
         self.logged_in.store(true, Ordering::Relaxed);
+        self.activity.touch();
         Ok(Auth::Accept)
     }
 
@@ -274,9 +367,22 @@ impl russh::server::Handler for Connection {
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
+        self.activity.touch();
         let wanted = format!("{host}:{port}");
         let admin = self.shared.admins.contains(&login.user);
-        match access::authorize(&self.shared.servers.state(), &login.user, admin, host, port) {
+        let servers = self.shared.servers.state();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let decision = access::may_still_jump(
+            &servers,
+            &login.user,
+            &login.credential,
+            &self.shared.user_cas,
+            now,
+        )
+        .and_then(|()| access::authorize(&servers, &login.user, admin, host, port));
+        match decision {
             Err(refusal) => {
                 self.shared.metrics.jump("refused");
                 info!(target: "audit", event = "jump", outcome = "refused", user = ?login.user,
@@ -286,6 +392,10 @@ impl russh::server::Handler for Connection {
             }
             Ok(target) => {
                 let (shared, peer) = (self.shared.clone(), self.peer);
+                let channel = Touching {
+                    inner: channel.into_stream(),
+                    activity: self.activity.clone(),
+                };
                 tokio::spawn(jump(shared, login, peer, wanted, target, channel, reply));
             }
         }
@@ -300,7 +410,7 @@ async fn jump(
     peer: SocketAddr,
     wanted: String,
     target: access::Target,
-    channel: Channel<Msg>,
+    mut channel: Touching<ChannelStream<Msg>>,
     reply: ChannelOpenHandle,
 ) {
     let server = format!("{}/{}", target.namespace, target.name);
@@ -323,8 +433,7 @@ async fn jump(
     info!(target: "audit", event = "jump", outcome = "accepted", user = ?login.user,
           key = %login.fingerprint, target = ?wanted, server, endpoint, peer = %peer);
     let started = Instant::now();
-    let mut stream = channel.into_stream();
-    let result = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+    let result = tokio::io::copy_bidirectional(&mut channel, &mut tcp).await;
     shared.metrics.open_jumps.dec();
     let seconds = started.elapsed().as_secs();
     match result {
@@ -350,4 +459,24 @@ async fn failed(
     let name = wanted.rsplit_once(':').map_or(wanted, |(host, _)| host);
     let reason = format!("server {name} does not answer on its ssh port; try again in a moment");
     reply.reject(ChannelOpenFailure::Other { code: 2, reason }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_a_limit_after_its_last_activity() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(60);
+        let first = activity.idle_at(limit);
+        assert!(first <= Instant::now() + limit);
+        std::thread::sleep(Duration::from_millis(20));
+        activity.touch();
+        let later = activity.idle_at(limit);
+        assert!(
+            later >= first + Duration::from_millis(20),
+            "touched: the deadline moves"
+        );
+    }
 }

@@ -134,7 +134,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<ServerView>), ApiError> {
     ready(&state)?;
     let Json(new) = body.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
-    let server = servers::create(&state.servers, &state.cache, &user, new).await?;
+    let server = servers::create(&state.servers, &state.leases, &state.cache, &user, new).await?;
     Ok((
         StatusCode::CREATED,
         Json(ServerView::new(&server, state.bastion.as_deref())),

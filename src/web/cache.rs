@@ -1,6 +1,10 @@
 //! The watch cache: kube-runtime reflectors over the ComputeServers of the namespace and over
-//! the ComputeProfiles, an index of servers by owner label, and a broadcast of every change for
-//! the live status pages. Pages and the API read from here: no API call per page view.
+//! the ComputeProfiles, an index of servers by owner, and a broadcast of every change for the
+//! live status pages. Pages and the API read from here: no API call per page view.
+//!
+//! It also gives every server of the namespace its owner label when that is missing or wrong:
+//! the API server's admission policy sets it only when `spec.owner` is itself a label value,
+//! as CEL cannot compute the hashed form.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,6 +12,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -32,8 +37,10 @@ pub struct Cache {
     namespace: String,
     servers: Store<ComputeServer>,
     profiles: Store<ComputeProfile>,
-    /// Owner label → server name → server (the same `Arc`s as in the store).
+    /// `spec.owner` → server name → server (the same `Arc`s as in the store).
     by_owner: RwLock<ByOwner>,
+    /// For setting owner labels.
+    api: Api<ComputeServer>,
     servers_synced: AtomicBool,
     profiles_synced: AtomicBool,
     changes: broadcast::Sender<Change>,
@@ -49,6 +56,7 @@ impl Cache {
             servers,
             profiles,
             by_owner: RwLock::default(),
+            api: Api::namespaced(client.clone(), namespace),
             servers_synced: AtomicBool::new(false),
             profiles_synced: AtomicBool::new(false),
             changes: broadcast::channel(1024).0,
@@ -92,15 +100,16 @@ impl Cache {
 
     /// Keeps the owner index in step with the store (already updated by the reflector).
     fn index(&self, event: watcher::Event<ComputeServer>) {
-        let label = |s: &ComputeServer| s.labels().get(OWNER_LABEL).cloned().unwrap_or_default();
+        let owner = |s: &ComputeServer| s.spec.owner.clone();
         match event {
             // The store takes a relisted set only at InitDone: rebuild the index from it then.
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
             watcher::Event::InitDone => {
                 let mut index = ByOwner::new();
                 for server in self.servers.state() {
+                    self.label_owner(&server);
                     index
-                        .entry(label(&server))
+                        .entry(owner(&server))
                         .or_default()
                         .insert(server.name_any(), server);
                 }
@@ -110,13 +119,14 @@ impl Cache {
             watcher::Event::Apply(server) => {
                 let name = server.name_any();
                 let Some(stored) = self.stored(&name) else { return };
+                self.label_owner(&stored);
                 {
                     let mut index = self.by_owner.write().expect("index lock");
                     index.values_mut().for_each(|servers| {
                         servers.remove(&name);
                     });
                     index
-                        .entry(label(&server))
+                        .entry(owner(&server))
                         .or_default()
                         .insert(name, stored.clone());
                 }
@@ -126,13 +136,31 @@ impl Cache {
                 let name = server.name_any();
                 {
                     let mut index = self.by_owner.write().expect("index lock");
-                    if let Some(servers) = index.get_mut(&label(&server)) {
+                    if let Some(servers) = index.get_mut(&owner(&server)) {
                         servers.remove(&name);
                     }
                 }
                 let _ = self.changes.send(Change::Deleted(name));
             }
         }
+    }
+
+    /// Sets the owner label of `server` if it is missing or wrong (made with kubectl, by a user
+    /// whose name is not a label value). Every replica may do it at once: they write the same.
+    fn label_owner(&self, server: &ComputeServer) {
+        let want = owner_label(&server.spec.owner);
+        if server.labels().get(OWNER_LABEL) == Some(&want) || server.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let (api, name) = (self.api.clone(), server.name_any());
+        tokio::spawn(async move {
+            let patch = serde_json::json!({"metadata": {"labels": {OWNER_LABEL: want}}});
+            let params = PatchParams::default();
+            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => tracing::info!(server = %name, label = %want, "set the owner label"),
+                Err(error) => warn!(server = %name, "could not set the owner label: {error}"),
+            }
+        });
     }
 
     fn stored(&self, name: &str) -> Option<Arc<ComputeServer>> {
@@ -144,18 +172,12 @@ impl Cache {
         self.servers_synced.load(Ordering::Acquire) && self.profiles_synced.load(Ordering::Acquire)
     }
 
-    /// The servers whose `spec.owner` is `owner`, by name (found through the owner label).
+    /// The servers whose `spec.owner` is `owner`, by name.
     pub fn owned_by(&self, owner: &str) -> Vec<Arc<ComputeServer>> {
         let index = self.by_owner.read().expect("index lock");
         index
-            .get(&owner_label(owner))
-            .map(|servers| {
-                servers
-                    .values()
-                    .filter(|s| s.spec.owner == owner)
-                    .cloned()
-                    .collect()
-            })
+            .get(owner)
+            .map(|servers| servers.values().cloned().collect())
             .unwrap_or_default()
     }
 

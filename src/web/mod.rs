@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod limit;
 mod metrics;
 pub mod oidc;
 pub mod pages;
@@ -24,6 +25,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
@@ -91,6 +93,8 @@ pub struct AppState {
     pub cookies: Arc<Cookies>,
     /// ComputeServers of the namespace, for changes.
     pub servers: Api<ComputeServer>,
+    /// Leases of the namespace: each user's turn to create ([`limit`]).
+    pub leases: Api<Lease>,
     /// Events of the namespace, for the detail page.
     pub events: Api<Event>,
     /// The public URL without a trailing slash.
@@ -160,6 +164,7 @@ pub async fn run(args: Args) -> Result<()> {
         oidc: oidc.clone(),
         cookies: Arc::new(Cookies::new(session_key(args.session_key.as_deref())?, secure)),
         servers: Api::namespaced(client.clone(), &args.namespace),
+        leases: Api::namespaced(client.clone(), &args.namespace),
         events: Api::namespaced(client, &args.namespace),
         public_url: public_url.clone(),
         bastion: args.bastion_address.as_deref().map(Arc::from),

@@ -416,7 +416,7 @@ async fn create(
         ssh_authorized_keys: form.ssh_keys.lines().map(str::to_string).collect(),
         env: Vec::<EnvVar>::new(),
     };
-    match servers::create(&state.servers, &state.cache, &session.user, new).await {
+    match servers::create(&state.servers, &state.leases, &state.cache, &session.user, new).await {
         Ok(server) => Redirect::to(&format!("/servers/{}", server.name_any())).into_response(),
         Err(Problem::Invalid(errors)) => request_page(
             &state,
@@ -546,7 +546,8 @@ fn status_json(server: &ComputeServer, bastion: Option<&str>) -> String {
 }
 
 /// Server-sent events with the server's status, from the watch cache: one now, then one per
-/// change; `deleted` when it is gone.
+/// change; `deleted` when it is gone. The stream ends when the session's access token expires:
+/// the browser then asks again, and that request renews the session or finds it ended.
 async fn live(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
@@ -562,6 +563,8 @@ async fn live(
         .event("status")
         .data(status_json(&server, bastion.as_deref()));
     let user = session.user;
+    let left = user.expires.saturating_sub(jsonwebtoken::get_current_timestamp());
+    let session_ends = tokio::time::sleep(std::time::Duration::from_secs(left));
     let cache = state.cache.clone();
     let updates = futures::stream::unfold(Some(changes), move |changes| {
         let (name, user, cache, bastion) = (name.clone(), user.clone(), cache.clone(), bastion.clone());
@@ -592,6 +595,7 @@ async fn live(
     });
     let stream = futures::stream::once(async { first })
         .chain(updates)
+        .take_until(session_ends)
         .map(Ok::<_, Infallible>);
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
 use super::cache::Cache;
+use super::limit::{self, Turn};
 use super::oidc::User;
 use crate::api::{
     ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, owner_label, size,
@@ -375,10 +377,12 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Creates a server for `user` after checking the profile's per-user limit against the API
-/// (not the cache, so two quick requests cannot both slip under it).
+/// Creates a server for `user` after checking the profile's per-user limit against the API (not
+/// the cache), during the user's turn ([`super::limit`]): concurrent requests, on any replica,
+/// cannot slip under it together.
 pub async fn create(
     api: &Api<ComputeServer>,
+    leases: &Api<Lease>,
     cache: &Cache,
     user: &User,
     new: NewServer,
@@ -386,24 +390,27 @@ pub async fn create(
     let profiles = profiles_for(cache, user);
     let server = build(user, new, &profiles)?;
     let profile_name = server.spec.profile.clone().unwrap_or_default();
-    let profile = profiles.iter().find(|p| p.name_any() == profile_name);
-    if let Some(limit) = profile.and_then(|p| p.spec.max_servers_per_user) {
-        let selector = format!("{OWNER_LABEL}={}", owner_label(&user.name));
-        let same_profile = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| internal("list servers", e))?
-            .items
-            .iter()
-            .filter(|s| s.spec.owner == user.name && s.spec.profile.as_deref() == Some(&profile_name))
-            .count();
-        if same_profile >= limit as usize {
-            return Err(Problem::Limit(format!(
-                "you have {same_profile} servers of profile {profile_name} already, and its limit (maxServersPerUser) is {limit}; delete one first"
-            )));
+    let limit = profiles
+        .iter()
+        .find(|p| p.name_any() == profile_name)
+        .and_then(|p| p.spec.max_servers_per_user);
+    let created = match limit {
+        None => api.create(&PostParams::default(), &server).await,
+        Some(limit) => {
+            let turn = Turn::take(leases.clone(), &user.name, std::time::Duration::from_secs(10))
+                .await
+                .map_err(|error| match error {
+                    limit::Error::Busy => Problem::Unavailable(
+                        "other requests of yours are still being handled; try again in a moment".into(),
+                    ),
+                    limit::Error::Kube(e) => internal("take the user's turn", e),
+                })?;
+            let result = create_within(api, &turn, user, &server, limit).await;
+            turn.release().await;
+            result?
         }
-    }
-    match api.create(&PostParams::default(), &server).await {
+    };
+    match created {
         Ok(created) => {
             info!(user = %user.name, server = %created.name_any(), "server requested");
             // The next page (or API call) reads the cache: let the watch catch up first.
@@ -419,8 +426,8 @@ pub async fn create(
             "a server named \"{}\" exists already; choose another name",
             server.name_any()
         ))),
-        Err(kube::Error::Api(status)) if status.code == 422 => {
-            // The API server's own validation (CEL rules): its message is for people.
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 403 => {
+            // The API server's own validation (CEL rules, admission policy): its message is for people.
             Err(Problem::Invalid(vec![FieldError {
                 field: "server",
                 message: status.message,
@@ -428,6 +435,40 @@ pub async fn create(
         }
         Err(e) => Err(internal("create server", e)),
     }
+}
+
+/// Counts `user`'s servers of the profile of `server` and creates it if that is under `limit`;
+/// called during the user's turn.
+async fn create_within(
+    api: &Api<ComputeServer>,
+    turn: &Turn,
+    user: &User,
+    server: &ComputeServer,
+    limit: i32,
+) -> Result<Result<ComputeServer, kube::Error>, Problem> {
+    let profile = server.spec.profile.as_deref();
+    let selector = format!("{OWNER_LABEL}={}", owner_label(&user.name));
+    let same_profile = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| internal("list servers", e))?
+        .items
+        .iter()
+        .filter(|s| s.spec.owner == user.name && s.spec.profile.as_deref() == profile)
+        .count();
+    if same_profile >= usize::try_from(limit).unwrap_or(0) {
+        return Err(Problem::Limit(format!(
+            "you have {same_profile} servers of profile {} already, and its limit (maxServersPerUser) is {limit}; delete one first",
+            profile.unwrap_or_default()
+        )));
+    }
+    if !turn.held() {
+        // The API was so slow that another request may have taken the turn over.
+        return Err(Problem::Unavailable(
+            "the cluster is answering slowly; try again in a moment".into(),
+        ));
+    }
+    Ok(api.create(&PostParams::default(), server).await)
 }
 
 /// What a user can do to an existing server.

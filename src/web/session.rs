@@ -261,10 +261,19 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/logout", post(logout))
 }
 
-/// Only a local path may follow sign-in (no open redirect to another site).
+/// Only a path on this site may follow sign-in (no open redirect to another): one that starts
+/// with a single `/` and holds visible ASCII only. Browsers read `//host`, `/\host` and
+/// `/<tab>/host` (they drop tabs and newlines) as another host, and more such spellings exist,
+/// so any control character, space, non-ASCII byte, backslash or `//` sends the user to `/`.
 fn local_path(next: Option<String>) -> String {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\") => p,
+        Some(p)
+            if p.starts_with('/')
+                && !p.contains("//")
+                && p.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            p
+        }
         _ => "/".into(),
     }
 }
@@ -408,6 +417,22 @@ mod tests {
         assert_eq!(local_path(Some("/\\evil.example".into())), "/");
         assert_eq!(local_path(Some("https://evil.example".into())), "/");
         assert_eq!(local_path(None), "/");
+        assert_eq!(local_path(Some("/servers/new?x=1".into())), "/servers/new?x=1");
+        for sneaky in [
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "/\0/evil.example",
+            "/\x7f/evil.example",
+            "/ /evil.example",
+            "/servers\\..\\\\evil.example",
+            "/a//evil.example",
+            "/\u{3000}/evil.example",
+            "evil.example",
+            "",
+        ] {
+            assert_eq!(local_path(Some(sneaky.into())), "/", "{sneaky:?}");
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ up() {
   "${kubectl[@]}" wait --for condition=Established --timeout=60s -f "$REPO_DIR/crds/" >/dev/null
   "${kubectl[@]}" create namespace compute --dry-run=client -o yaml | "${kubectl[@]}" apply -f - >/dev/null
   "${kubectl[@]}" apply -f "$REPO_DIR/manifests/examples/profiles.yaml" >/dev/null
+  # Who may do what to ComputeServers (README "Identity and access"): the chart's admission
+  # policies and user role; the local roles run as admin.
+  bash "$SUPPORT_DIR/manifests.sh" identity | "${kubectl[@]}" apply -f - >/dev/null
 
   if ! wait "$keycloak"; then
     cat "$state/keycloak-start.log" >&2

@@ -60,7 +60,8 @@ compute-server-scheduler
 {{- end }}
 
 {{- define "cs.issuer" -}}
-{{- printf "%s/realms/%s" (trimSuffix "/" .Values.keycloak.url) .Values.keycloak.realm -}}
+{{- $url := required "keycloak.url is not set: give Keycloak's base URL as browsers reach it, such as --set keycloak.url=https://keycloak.example.com" .Values.keycloak.url -}}
+{{- printf "%s/realms/%s" (trimSuffix "/" $url) .Values.keycloak.realm -}}
 {{- end }}
 
 {{- define "cs.publicUrl" -}}
@@ -147,4 +148,15 @@ readinessProbe:
 {{- $pairs = append $pairs (printf "%s=%s" $k (toString $v)) }}
 {{- end }}
 {{- join "," $pairs -}}
+{{- end }}
+
+{{/* Name of one role's ServiceAccount: <role>.serviceAccountName, else the role's name; call
+with (dict "ctx" $ "role" "web"). */}}
+{{- define "cs.serviceAccountName" -}}
+{{- (index .ctx.Values .role).serviceAccountName | default (include "cs.roleName" .) -}}
+{{- end }}
+
+{{/* The user name the API server gives one role's ServiceAccount; call as cs.serviceAccountName. */}}
+{{- define "cs.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .ctx.Release.Namespace (include "cs.serviceAccountName" .) -}}
 {{- end }}

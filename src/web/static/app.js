@@ -20,6 +20,13 @@ if (live && window.EventSource) {
       element.hidden = element.dataset.whenRunning !== String(status.running);
     }
   });
+  // The stream ends with the session's token and the browser asks again; when the session
+  // has ended that answer is no stream: reload, which leads to the sign-in.
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {
+      window.location.reload();
+    }
+  });
   source.addEventListener("deleted", () => {
     source.close();
     window.location.assign("/");
