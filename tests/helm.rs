@@ -253,8 +253,8 @@ fn bad_values_are_refused_with_a_message_naming_them() {
         (&["--set", "image.pullPolicy=Sometimes"], "'/image/pullPolicy'"),
         (&["--set", "web.replica=2"], "'replica' not allowed"),
         (
-            &["--set", "agent.dockerSocketGroup=docker"],
-            "'/agent/dockerSocketGroup'",
+            &["--set", "agent.publishAddress=all interfaces"],
+            "'/agent/publishAddress'",
         ),
         (
             &["--set", "bastion.externalAddress=bastion.example.com"],
@@ -334,7 +334,7 @@ fn helm_template_with_every_option_is_accepted_by_the_apiserver() {
         dir.path(),
         &ns.name,
         &profile,
-        "agent: {dockerSocketGroup: 999, nodeLabels: {gpu: 'true'}, gpus: 1}
+        "agent: {publishAddress: 10.0.0.5, nodeLabels: {gpu: 'true'}, gpus: 1}
 userRole: {groups: ['oidc:students', 'oidc:staff']}
 web:
   serviceAccountName: front
@@ -438,7 +438,13 @@ fn check_pod_security(kind: &str, workload: &Value, as_root: bool) {
             serde_json::json!(["ALL"]),
             "{kind} {name}"
         );
-        assert!(security["capabilities"]["add"].is_null(), "{kind} {name}");
+        // Only the agent adds any: what its firewall for the servers' networks needs.
+        let added = if as_root {
+            serde_json::json!(["NET_ADMIN", "NET_RAW"])
+        } else {
+            Value::Null
+        };
+        assert_eq!(security["capabilities"]["add"], added, "{kind} {name}");
         assert_eq!(
             container["livenessProbe"]["httpGet"]["path"], "/healthz",
             "{kind} {name}"
@@ -592,6 +598,10 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
         .find(|e| e["name"] == "COMPUTE_SERVER_NODE")
         .unwrap();
     assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(
+        pod["hostNetwork"], true,
+        "the servers' firewall is in the host's network"
+    );
     check_pod_security("DaemonSet", &agent, true);
     for role in ["scheduler", "web", "bastion"] {
         let deployment = json(&["get", "deployment", "-n", n, &release.of(role)]);

@@ -194,7 +194,7 @@ pub async fn run(args: Args) -> Result<()> {
         })?;
     info!(listen = %args.listen, host_key = %host_fingerprint, "bastion ready for ssh -J USER@HOST:PORT root@SERVER");
 
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(crate::health::shutdown());
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -310,20 +310,6 @@ async fn serve_connection(
     metrics.open_connections.dec();
     if let Err(error) = result {
         debug!(%peer, %error, "connection ended with an error");
-    }
-}
-
-/// Ctrl-C or SIGTERM (what Kubernetes sends).
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => term.recv().await,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

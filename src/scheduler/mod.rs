@@ -245,7 +245,7 @@ pub async fn run(args: Args) -> Result<()> {
         assumed: HashMap::new(),
     };
     let mut leading = false;
-    let shutdown = shutdown();
+    let shutdown = crate::health::shutdown();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -284,22 +284,6 @@ pub async fn run(args: Args) -> Result<()> {
     drop(leader);
     let _ = election.await;
     Ok(())
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn default_identity() -> String {

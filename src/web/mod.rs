@@ -207,20 +207,12 @@ pub async fn run(args: Args) -> Result<()> {
         })?;
     info!("web front on http://{}", args.listen);
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(crate::health::shutdown())
         .await
         .map_err(|source| Error::Listen {
             addr: args.listen,
             source,
         })
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 fn csp(issuer_origin: &str) -> HeaderValue {
