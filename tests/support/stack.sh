@@ -106,9 +106,12 @@ stop_roles() {
 remove_networks() {
   local state="$1" bin="$REPO_DIR/target/debug/compute-server" host
   [[ -x $bin ]] || return 0
+  local ids
   for host in "unix:///var/run/docker.sock" $(sed -n 's/^DOCKER_HOST_[0-9]*=//p' "$state/env" 2>/dev/null); do
-    [[ $host == unix:///var/run/docker.sock ]] ||
-      DOCKER_HOST="$host" docker rm -f $(DOCKER_HOST="$host" docker ps -aq --filter label=app.kubernetes.io/managed-by=compute-server) >/dev/null 2>&1
+    if [[ $host != unix:///var/run/docker.sock ]]; then
+      ids="$(DOCKER_HOST="$host" docker ps -aq --filter label=app.kubernetes.io/managed-by=compute-server 2>/dev/null || true)"
+      [[ -z $ids ]] || DOCKER_HOST="$host" docker rm -f $ids >/dev/null 2>&1 || true
+    fi
     "$bin" agent uninstall --docker-host "$host" 2>&1 | sed 's/^/    /' || true
   done
 }
