@@ -22,7 +22,7 @@ fn apply_server(ns: &str, name: &str, node: &str, spec: &str) {
 fn server_yaml(ns: &str, name: &str, node: &str, spec: &str) -> String {
     format!(
         "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: {name}\n  namespace: {ns}\n  \
-         labels: {{computeserver.io/node: {node}, computeserver.io/owner: alice}}\nspec:\n{}",
+         labels: {{computeserver.io/node: {node}}}\nspec:\n{}",
         spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
     )
 }

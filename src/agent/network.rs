@@ -250,8 +250,12 @@ async fn ensure_network(
                 };
                 match docker.create_network(request).await {
                     Ok(_) => info!(network = name, "made the servers' network"),
-                    // Made meanwhile by another agent on this engine: inspect it again.
-                    Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {}
+                    // Made meanwhile by another agent on this engine (409: the name, 403: the
+                    // bridge name is taken): inspect it again.
+                    Err(DockerError::DockerResponseServerError {
+                        status_code: 403 | 409,
+                        ..
+                    }) => {}
                     Err(error) => return Err(Error::Docker(error)),
                 }
             }
