@@ -218,9 +218,9 @@ async fn the_api_refuses_bad_requests_with_field_messages_and_enforces_the_per_u
             compute_server::api::size::MEMORY_TOO_BIG,
         ),
         (
-            json!({"memory": 100}),
+            json!({"memory": "64Mb"}),
             "memory",
-            compute_server::api::size::MEMORY_TOO_SMALL,
+            compute_server::api::size::MEMORY_NOT_A_QUANTITY,
         ),
     ] {
         let (status, error) =
@@ -230,6 +230,20 @@ async fn the_api_refuses_bad_requests_with_field_messages_and_enforces_the_per_u
             error["fields"],
             json!([{"field": field, "message": message}]),
             "{resources}"
+        );
+    }
+    // A bare number in the memory field is bytes: the answer says how to write what was meant.
+    for memory in [json!("0.5"), json!(100)] {
+        let (status, error) =
+            post(json!({"name": "tiny-size", "profile": "tiny", "resources": {"memory": memory}})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let text = memory.to_string().trim_matches('"').to_string();
+        assert_eq!(
+            error["fields"][0]["message"],
+            format!(
+                "{}; a number alone counts bytes: write {text}Gi or {text}Mi",
+                compute_server::api::size::MEMORY_TOO_SMALL
+            )
         );
     }
     assert!(

@@ -219,10 +219,15 @@ fn exact_size(field: &'static str, text: &str, errors: &mut Vec<FieldError>) -> 
     };
     exact
         .map_err(|error| {
-            errors.push(FieldError {
-                field,
-                message: error.rule(),
-            })
+            let mut message = error.rule();
+            // "0.5" or "512" in the memory field most likely meant GiB or MiB, not bytes.
+            let bare_number = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            if field == "memory" && bare_number && matches!(error, size::SizeError::TooSmall { .. }) {
+                message.push_str(&format!(
+                    "; a number alone counts bytes: write {text}Gi or {text}Mi"
+                ));
+            }
+            errors.push(FieldError { field, message })
         })
         .ok()
 }
