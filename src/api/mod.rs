@@ -6,6 +6,7 @@
 // kube-derive's repeated `printcolumn(type_ = ...)` arguments look like duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod lifecycle;
 mod node;
 mod profile;
 mod resources;
@@ -13,9 +14,11 @@ mod server;
 pub mod size;
 
 pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, OrphanedVolume};
-pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, RestartPolicy};
+pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, RestartPolicy};
 pub use resources::{Amounts, Resources, quantity_schema};
-pub use server::{ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase, Port};
+pub use server::{
+    Activity, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase, Port,
+};
 
 /// The API group.
 pub const GROUP: &str = "computeserver.io";
@@ -108,6 +111,49 @@ pub fn image_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// Schema for a list of image references, each checked on its own.
 pub fn images_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "array", "maxItems": 32, "items": image_schema(generator) })
+}
+
+/// Schema for a duration such as "30s", "90m", "2h", "7d" or "1h30m", checked at the API server.
+pub fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 32,
+        "x-kubernetes-validations": [{
+            "rule": "self.matches('^([0-9]+(s|m|h|d))+$')",
+            "message": "must be a duration such as 30s, 90m, 2h, 7d or 1h30m",
+        }],
+    })
+}
+
+/// A duration as profiles write it ("30s", "90m", "2h", "7d", "1h30m"), or why it is not one.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let refuse = || format!("{text:?} is not a duration; write it like 30s, 90m, 2h, 7d or 1h30m");
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b"smhd".contains(&b)) {
+        return Err(refuse());
+    }
+    let (mut total, mut number) = (0u64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| refuse())?;
+        number.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 86400,
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(refuse)?;
+    }
+    if !number.is_empty() {
+        return Err(refuse());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 /// Schema for a list of conditions keyed by `type`, as Kubernetes' own types have them.

@@ -70,6 +70,11 @@ pub struct ComputeProfileSpec {
     #[serde(default)]
     pub egress: Egress,
 
+    /// When servers of this profile stop (and go) by themselves: after being idle, after
+    /// running long enough, and how long a stopped one is kept. Unset: never.
+    #[serde(default, skip_serializing_if = "Lifecycle::is_empty")]
+    pub lifecycle: Lifecycle,
+
     /// Size given to a server that does not ask for one.
     #[serde(default)]
     pub default_resources: Resources,
@@ -99,6 +104,46 @@ pub struct ComputeProfileSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<Port>,
+}
+
+/// When a profile's servers stop and go by themselves. Durations such as "30s", "90m", "2h",
+/// "7d" or "1h30m".
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Stop a server (spec.running: false; container and data kept) once it has been idle this
+    /// long: no SSH session through the bastion, CPU under idleCpuPercent, no start or extend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::duration_schema")]
+    pub idle_stop_after: Option<String>,
+
+    /// Stop a server once it has run this long since it last started, busy or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::duration_schema")]
+    pub max_lifetime: Option<String>,
+
+    /// The longest a user may keep a server running past its idle or lifetime stop, with
+    /// "Keep running" (spec.keepRunningUntil). Unset: users cannot extend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::duration_schema")]
+    pub max_extension: Option<String>,
+
+    /// Delete servers that have been stopped this long (their data goes with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::duration_schema")]
+    pub delete_after_stopped: Option<String>,
+
+    /// CPU use (percent of the server's CPU limit) above which a server counts as busy.
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub idle_cpu_percent: Option<i32>,
+}
+
+impl Lifecycle {
+    pub fn is_empty(&self) -> bool {
+        self == &Lifecycle::default()
+    }
 }
 
 /// What happens when a server's program ends by itself.

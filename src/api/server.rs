@@ -54,6 +54,20 @@ use super::Resources;
         priority = 1,
         description = "What is happening, in plain words"
     ),
+    printcolumn(
+        name = "Stops At",
+        type_ = "date",
+        json_path = ".status.stopsAt",
+        priority = 1,
+        description = "When it stops by itself (idle, or its lifetime ends) unless kept running"
+    ),
+    printcolumn(
+        name = "Stop Reason",
+        type_ = "string",
+        json_path = ".status.stopReason",
+        priority = 1,
+        description = "Why it stops, or why it was stopped"
+    ),
     selectable = ".spec.owner"
 )]
 #[x_kube(validation = Rule::new("has(self.profile) || has(self.image)").message("set spec.profile (the name of a ComputeProfile) or spec.image (a container image)"))]
@@ -117,6 +131,12 @@ pub struct ComputeServerSpec {
     /// Run only on ComputeNodes with all of these labels (`kubectl get computenodes --show-labels`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+
+    /// Keep the server running until this time (RFC 3339), past an idle or lifetime stop, up to
+    /// its profile's lifecycle.maxExtension ("Keep running" on the web page sets it). A later
+    /// time is cut to what the profile allows, and status.stopReason says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_running_until: Option<Time>,
 }
 
 /// Each entry is checked on its own, so the API server's message names the bad one.
@@ -227,6 +247,49 @@ pub struct ComputeServerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::conditions_schema")]
     pub conditions: Vec<Condition>,
+
+    /// The last sign of use, of any source (activity): what an idle stop counts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<Time>,
+
+    /// When the server stops by itself unless it is used or kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stops_at: Option<Time>,
+
+    /// Why it stops at stopsAt, or why it was stopped, in plain words, such as "idle: no SSH
+    /// session and under 5% CPU since 14:02".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+
+    /// Signs of use, one entry per source, each written by its own role: ssh (the bastion:
+    /// sessions through it), cpu (the agent: CPU above the profile's threshold), web (the web
+    /// front: a start or extend, a terminal or app opened).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "activity_schema")]
+    pub activity: Vec<Activity>,
+}
+
+/// A sign that a server is in use, from one source.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    /// Where it comes from: ssh, cpu or web.
+    pub source: String,
+    /// When it was last seen.
+    pub last_seen: Time,
+    /// What was seen, for people: "2 SSH sessions", "38% CPU".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A list of activities keyed by source: each role applies its own entry (server-side apply).
+fn activity_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    use schemars::JsonSchema;
+    let mut schema = <Vec<Activity>>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["source"]));
+    schema.insert("maxItems".into(), 8.into());
+    schema
 }
 
 /// A reachable address of a container port.

@@ -363,6 +363,7 @@ pub fn build(
             ports: vec![],
             running: true,
             node_selector: Default::default(),
+            keep_running_until: None,
         },
     );
     server
