@@ -775,7 +775,7 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("scheduler", "list", "leases", here, true),
         ("scheduler", "update", &own_lease, here, true),
         ("scheduler", "update", "lease/computenode-a", here, false),
-        ("scheduler", "delete", "computeservers", everywhere, false),
+        ("scheduler", "delete", "computeservers", everywhere, true),
         ("scheduler", "create", "computeservers", everywhere, false),
         ("scheduler", "patch", "computenodes", &["--subresource=status"], true),
         ("scheduler", "patch", "computenodes", &[], false),

@@ -489,6 +489,19 @@ fn the_roles_service_accounts_may_do_their_job_only() {
     );
     assert_eq!(after["metadata"]["labels"]["computeserver.io/node"], "node-a");
     assert_eq!(after["status"]["message"], "from the agent");
+    // The lifecycle's stop: spec.running from true to false and nothing else; never a start.
+    refused(
+        scheduler.patch(n, "bobs", r#"{"spec":{"running":false,"sshAuthorizedKeys":[]}}"#),
+        scheduler_rule,
+    );
+    scheduler
+        .patch(n, "bobs", r#"{"spec":{"running":false}}"#)
+        .unwrap();
+    refused(
+        scheduler.patch(n, "bobs", r#"{"spec":{"running":true}}"#),
+        scheduler_rule,
+    );
+    assert_eq!(stored(n, "bobs").unwrap()["spec"]["running"], false);
     kubectl_ok(
         &[
             "patch",

@@ -199,6 +199,34 @@ mod tests {
         }
     }
 
+    /// The admission policy lets the scheduler change spec.running alone by naming every other
+    /// field of the spec: a field added to the spec must be added there too.
+    #[test]
+    fn the_admission_policy_names_every_spec_field_but_running() {
+        let policy = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/compute-server/templates/admission.yaml"
+        ));
+        let line = policy
+            .lines()
+            .find(|l| l.contains("range list \"owner\""))
+            .expect("the onlyStopped field list");
+        let mut named: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        named.sort();
+        let crd = serde_json::to_value(ComputeServer::crd()).unwrap();
+        let spec =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let mut fields: Vec<&str> = spec
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|f| *f != "running")
+            .collect();
+        fields.sort();
+        assert_eq!(named, fields);
+    }
+
     /// The API server, the web front and the agent refuse a size with the same words.
     #[test]
     fn the_crds_refuse_sizes_in_the_words_the_agent_and_the_web_front_use() {

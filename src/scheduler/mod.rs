@@ -7,6 +7,7 @@
 //! where (including its own placements the caches do not show yet), which nodes are Ready,
 //! and places the pending servers oldest first.
 
+mod lifecycle;
 pub mod placement;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +24,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -76,6 +78,14 @@ struct Metrics {
     pending: Gauge,
     leader: Gauge,
     pass_duration: Histogram,
+    lifecycle_stops: Family<StopLabel, Counter>,
+    lifecycle_deletions: Counter,
+}
+
+/// Why the lifecycle stopped a server: idle, lifetime or extension (a keep-running ran out).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct StopLabel {
+    reason: String,
 }
 
 impl Metrics {
@@ -86,6 +96,8 @@ impl Metrics {
             pending: Gauge::default(),
             leader: Gauge::default(),
             pass_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            lifecycle_stops: Family::default(),
+            lifecycle_deletions: Counter::default(),
         };
         registry.register(
             "placements",
@@ -111,6 +123,16 @@ impl Metrics {
             "pass_duration_seconds",
             "Time one scheduling pass took",
             metrics.pass_duration.clone(),
+        );
+        registry.register(
+            "lifecycle_stops",
+            "Servers the lifecycle stopped, by reason (idle, lifetime, extension)",
+            metrics.lifecycle_stops.clone(),
+        );
+        registry.register(
+            "lifecycle_deletions",
+            "Servers the lifecycle deleted after they were stopped too long",
+            metrics.lifecycle_deletions.clone(),
         );
         metrics
     }
@@ -393,6 +415,8 @@ enum Write {
         node: String,
         reason: String,
     },
+    /// What the lifecycle controller writes.
+    Lifecycle(lifecycle::Write),
     /// A server being deleted whose ComputeNode is gone: nobody is left to run its finalizer.
     Release {
         server: Arc<ComputeServer>,
@@ -548,6 +572,11 @@ impl Scheduler {
             }
         }
         self.metrics.unschedulable.set(unschedulable);
+        writes.extend(
+            lifecycle::writes(&servers, &profiles, now)
+                .into_iter()
+                .map(Write::Lifecycle),
+        );
 
         let failed: Vec<String> = futures::stream::iter(writes)
             .map(|write| self.write(write, leader))
@@ -595,6 +624,12 @@ impl Scheduler {
             Write::NodeLost { node, reason } => {
                 if let Err(error) = self.node_lost(&node, &reason).await {
                     warn!(%error, node = %node.name_any(), "could not mark the node lost");
+                }
+                None
+            }
+            Write::Lifecycle(write) => {
+                if let Err(error) = self.lifecycle(write).await {
+                    warn!(%error, "lifecycle write failed; retrying next pass");
                 }
                 None
             }
@@ -652,6 +687,78 @@ impl Scheduler {
         );
         labelled.map_err(Error::Kube)?;
         info!(server = %server.name_any(), namespace = server.namespace(), %node, "placed");
+        Ok(())
+    }
+
+    /// Carries out one write of the lifecycle controller.
+    async fn lifecycle(&self, write: lifecycle::Write) -> Result<()> {
+        let apply = PatchParams::apply(lifecycle::FIELD_MANAGER).force();
+        match write {
+            lifecycle::Write::Status { server, fields } => {
+                self.api(&server)
+                    .patch_status(&server.name_any(), &apply, &Patch::Apply(fields.apply(&server)))
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+            lifecycle::Write::Stop {
+                server,
+                reason,
+                fields,
+            } => {
+                // Based on what was decided on: a server changed meanwhile is looked at again.
+                let patch = serde_json::json!({
+                    "metadata": { "resourceVersion": server.resource_version() },
+                    "spec": { "running": false },
+                });
+                self.api(&server)
+                    .patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(Error::Kube)?;
+                self.api(&server)
+                    .patch_status(&server.name_any(), &apply, &Patch::Apply(fields.apply(&server)))
+                    .await
+                    .map_err(Error::Kube)?;
+                let kind = if reason.starts_with("idle") {
+                    "idle"
+                } else if reason.starts_with("kept running") {
+                    "extension"
+                } else {
+                    "lifetime"
+                };
+                self.metrics
+                    .lifecycle_stops
+                    .get_or_create(&StopLabel { reason: kind.into() })
+                    .inc();
+                info!(server = %server.name_any(), namespace = server.namespace(), %reason, "stopped by the lifecycle");
+                let note = format!(
+                    "stopped it ({reason}); its container and data are kept: start it again to go on"
+                );
+                self.event(&server, EventType::Normal, "LifecycleStop", note)
+                    .await;
+            }
+            lifecycle::Write::Delete { server, reason } => {
+                let params = kube::api::DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: server.uid(),
+                        resource_version: server.resource_version(),
+                    }),
+                    ..Default::default()
+                };
+                self.event(
+                    &server,
+                    EventType::Normal,
+                    "LifecycleDelete",
+                    format!("deleting it: {reason}"),
+                )
+                .await;
+                self.api(&server)
+                    .delete(&server.name_any(), &params)
+                    .await
+                    .map_err(Error::Kube)?;
+                self.metrics.lifecycle_deletions.inc();
+                info!(server = %server.name_any(), namespace = server.namespace(), %reason, "deleted by the lifecycle");
+            }
+        }
         Ok(())
     }
 
