@@ -5,6 +5,7 @@
 //! ([`docker`]), then write status ([`status`]). Every step is idempotent: the container's
 //! deterministic name and labels let a restarted agent adopt what it made.
 
+mod activity;
 pub mod decide;
 mod docker;
 mod metrics;
@@ -152,6 +153,8 @@ pub struct Context {
     pub servers: Store<ComputeServer>,
     /// Failed reconciles in a row per server uid, for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The last CPU sample of each container, for the lifecycle's activity.
+    samples: activity::Samples,
 }
 
 impl Context {
@@ -220,6 +223,7 @@ pub async fn run(args: Args) -> Result<()> {
         host,
         network,
         failures: Default::default(),
+        samples: Default::default(),
     });
     info!(%node, %selector, "agent starting");
     let ready: crate::health::ReadyCheck = {
@@ -349,8 +353,16 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     };
     match docker::ensure(server, &plan, ctx).await {
         Ok(observed) => {
-            status::write(server, ctx, status::observed(server, ctx, &plan, &observed)).await?;
-            Ok(Action::requeue(RESYNC))
+            // A stop near: the message says when and why, from the moment the warning begins.
+            let rules = crate::api::lifecycle::Rules::of(profile.as_ref());
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let warning = crate::api::lifecycle::warning(server, &rules, now);
+            let status = status::observed(server, ctx, &plan, &observed, warning.as_deref());
+            status::write(server, ctx, status).await?;
+            let next = crate::api::lifecycle::warning_starts(server, &rules, now)
+                .and_then(|t| std::time::Duration::try_from(t.duration_since(now)).ok())
+                .map_or(RESYNC, |until| until.min(RESYNC));
+            Ok(Action::requeue(next))
         }
         Err(error) => {
             let message = docker::explain(&error, &plan, &ctx.node);

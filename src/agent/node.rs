@@ -146,8 +146,14 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
             .get_or_create(&super::metrics::PhaseLabel { phase })
             .inc();
     }
+    let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    super::activity::report(ctx, &servers, &profiles).await;
     let firewall = super::network::check(&ctx.docker, &ctx.network).await;
-    let mut status = status(ctx, previous, &servers, *gpus, firewall).await?;
+    let mut status = status(ctx, previous, &servers, &profiles, *gpus, firewall).await?;
     status.orphaned_volumes = orphaned_volumes;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes
@@ -212,13 +218,10 @@ async fn status(
     ctx: &Context,
     previous: Option<ComputeNodeStatus>,
     servers: &[Arc<ComputeServer>],
+    profiles: &[ComputeProfile],
     gpus: i32,
     firewall: std::result::Result<(), String>,
 ) -> Result<ComputeNodeStatus> {
-    let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?;
     let mut used = Request::default();
     for server in servers {
         let profile = server

@@ -78,6 +78,7 @@ pub fn observed(
     ctx: &Context,
     plan: &Plan,
     observed: &Observed,
+    warning: Option<&str>,
 ) -> ComputeServerStatus {
     let container = &observed.container;
     let state = container.state.clone().unwrap_or_default();
@@ -110,6 +111,9 @@ pub fn observed(
     };
     if let Some(note) = &observed.note {
         message = format!("{message} ({note})");
+    }
+    if let (true, Some(warning)) = (running, warning) {
+        message = format!("{message}; {warning}");
     }
     let endpoints = if running {
         endpoints(plan, container, &ctx.address)
@@ -158,7 +162,16 @@ fn endpoints(
 /// Writes the status if it changed (ignoring condition timestamps, which are kept), so
 /// that an unchanged server does not trigger another reconcile.
 pub async fn write(server: &ComputeServer, ctx: &Context, status: ComputeServerStatus) -> Result<()> {
-    if server.status.as_ref() == Some(&status) {
+    // Compared on the agent's own fields: the lifecycle's, bastion's and web front's are theirs.
+    let current = server.status.clone().unwrap_or_default();
+    let mine = ComputeServerStatus {
+        activity: current.activity.clone(),
+        last_activity: current.last_activity.clone(),
+        stops_at: current.stops_at.clone(),
+        stop_reason: current.stop_reason.clone(),
+        ..status.clone()
+    };
+    if server.status.is_some() && current == mine {
         return Ok(());
     }
     let api: Api<ComputeServer> =
