@@ -80,6 +80,11 @@ impl Fields {
     }
 }
 
+/// A time as the API server keeps it (whole seconds), so that what was written compares equal.
+fn second(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
 /// What the lifecycle writes now, for every server in the cache.
 pub fn writes(
     servers: &[Arc<ComputeServer>],
@@ -101,8 +106,8 @@ pub fn writes(
         }
         let verdict = lifecycle::verdict(server, &rules, now);
         let mut fields = Fields {
-            last_activity: verdict.last_activity.map(Time),
-            stops_at: verdict.stops_at.map(Time),
+            last_activity: verdict.last_activity.map(second),
+            stops_at: verdict.stops_at.map(second),
             stop_reason: verdict.reason.clone(),
         };
         if !server.spec.running {
