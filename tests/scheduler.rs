@@ -92,14 +92,17 @@ fn wait_pending_with(ns: &str, name: &str, text: &str) -> Value {
     })
 }
 
-/// Containers of ours on local node engine `daemon`, by the docker CLI.
-fn containers_on(daemon: usize) -> usize {
+/// Running containers of namespace `ns`'s servers on local node engine `daemon`, by the docker
+/// CLI (other tests share the engines).
+fn containers_on(daemon: usize, ns: &str) -> usize {
     let out = std::process::Command::new("docker")
         .args([
             "ps",
             "-q",
             "--filter",
             "label=app.kubernetes.io/managed-by=compute-server",
+            "--filter",
+            &format!("label=computeserver.io/namespace={ns}"),
         ])
         .env("DOCKER_HOST", Stack::get().node_docker_host(daemon))
         .output()
@@ -113,7 +116,6 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
     let ns = TestNamespace::new("sched-spread");
     // One agent per Docker engine: three real daemons, three nodes.
     let agents = ready_nodes(&ns.name, "spread", 3);
-    let before: Vec<usize> = (1..=3).map(containers_on).collect();
     let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
 
     let names: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
@@ -141,10 +143,10 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
     let expected: BTreeMap<String, usize> = agents.iter().map(|a| (a.node.clone(), 10)).collect();
     assert_eq!(per_node, expected, "servers per node");
 
-    // Docker agrees: ten more containers on each engine.
-    for (i, daemon) in (1..=3).enumerate() {
+    // Docker agrees: ten containers of these servers on each engine.
+    for daemon in 1..=3 {
         eventually("ten containers per engine", 30, || {
-            (containers_on(daemon) == before[i] + 10).then_some(())
+            (containers_on(daemon, &ns.name) == 10).then_some(())
         });
     }
     // And so do the nodes' own reports, as `kubectl get computenodes` shows them.

@@ -19,7 +19,7 @@ use crate::api::lifecycle::Rules;
 use crate::api::{ComputeProfile, ComputeServer, Phase, size};
 
 const FIELD_MANAGER: &str = "compute-server-agent";
-/// A busy server's entry is written at most this often.
+/// A busy server's entry is written at most this often (or four times per idle time, if shorter).
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The last CPU sample of each container: its total CPU time (ns) and when it was read.
@@ -47,7 +47,7 @@ pub async fn report(ctx: &Context, servers: &[Arc<ComputeServer>], profiles: &[C
             .and_then(|p| profiles.iter().find(|q| &q.name_any() == p));
         let rules = Rules::of(profile);
         let status = server.status.clone().unwrap_or_default();
-        let (Some(_), Some(Phase::Running), Some(id)) =
+        let (Some(idle), Some(Phase::Running), Some(id)) =
             (rules.idle_stop_after, status.phase, status.container_id)
         else {
             continue;
@@ -81,13 +81,12 @@ pub async fn report(ctx: &Context, servers: &[Arc<ComputeServer>], profiles: &[C
         if busy < f64::from(rules.idle_cpu_percent) {
             continue;
         }
+        let refresh = REFRESH.min(idle / 4).as_secs() as i64;
         let fresh = status
             .activity
             .iter()
             .find(|a| a.source == "cpu")
-            .is_some_and(|a| {
-                Timestamp::now().duration_since(a.last_seen.0).as_secs() < REFRESH.as_secs() as i64
-            });
+            .is_some_and(|a| Timestamp::now().duration_since(a.last_seen.0).as_secs() < refresh);
         if fresh {
             continue;
         }
