@@ -946,3 +946,106 @@ fn an_idle_connection_ends_after_the_idle_timeout_and_a_busy_one_does_not() {
     assert_eq!(stdout(&out), "1\n2\n3\n4\n5\n6\n");
     drop(agent);
 }
+
+/// The server's `status.activity` entry of `source`, if there is one.
+fn activity(ns: &str, name: &str, source: &str) -> Option<Value> {
+    let out = kubectl(&["get", "csrv", "-n", ns, name, "-o", "json"], None);
+    let server: Value = serde_json::from_slice(&out.stdout).ok()?;
+    server["status"]["activity"]
+        .as_array()?
+        .iter()
+        .find(|a| a["source"] == source)
+        .cloned()
+}
+
+fn last_seen(entry: &Value) -> jiff::Timestamp {
+    entry["lastSeen"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_open_quiet_jump_keeps_the_servers_ssh_activity_fresh_and_other_roles_entries_stay() {
+    use jiff::{SignedDuration, Timestamp};
+    install_crds();
+    let ns = TestNamespace::new("bastion-activity");
+    let alice = SshUser::new("alice");
+    let agent = Agent::start(&unique("node"));
+    apply_server(&ns.name, "dev", &agent.node, "alice", &debian(&alice.public));
+    let bastion = Bastion::start(&ns.name, &alice.dir.path().join("bastion_host_key"));
+    let server = wait_phase(&ns.name, "dev", "Running");
+    // sshd answers (straight to its port, not through the bastion, which would count it).
+    let endpoint = &server["status"]["endpoints"][0];
+    let (host, port) = (endpoint["host"].as_str().unwrap(), endpoint["port"].to_string());
+    eventually("sshd to answer", 30, || {
+        let out = alice.ssh(&["-p", &port, &format!("root@{host}"), "true"]);
+        out.status.success().then_some(())
+    });
+    // Another role's entry (the agent's cpu), under a field manager of its own.
+    let cpu = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {{name: dev, namespace: {}}}\n\
+         status: {{activity: [{{source: cpu, lastSeen: '2026-12-01T14:00:00Z', detail: 38% CPU}}]}}\n",
+        ns.name
+    );
+    let apply = [
+        "apply",
+        "--server-side",
+        "--subresource=status",
+        "--field-manager=test-agent",
+        "-f",
+        "-",
+    ];
+    kubectl_ok(&apply, Some(&cpu));
+    let cpu = activity(&ns.name, "dev", "cpu").unwrap();
+    assert!(activity(&ns.name, "dev", "ssh").is_none(), "no session yet");
+
+    // A session that is open and sends nothing: it waits for a line on its stdin.
+    let mut child = alice
+        .jump_command(&bastion, "dev", "echo started; read line; echo $line")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let opened = Timestamp::now();
+    let first = eventually("the ssh entry to appear", 10, || activity(&ns.name, "dev", "ssh"));
+    assert_eq!(first["detail"], "1 SSH session");
+    assert!(last_seen(&first) >= opened - SignedDuration::from_secs(2));
+    let applied = || metric(&bastion, "activity_reports_total", "{outcome=\"applied\"}");
+    assert_eq!(applied(), 1.0);
+
+    // Quiet as it is, it is refreshed within a minute, and not sooner than 30 s after.
+    let refreshed = eventually("the ssh entry to be refreshed", 70, || {
+        activity(&ns.name, "dev", "ssh").filter(|entry| last_seen(entry) > last_seen(&first))
+    });
+    let gap = last_seen(&refreshed).duration_since(last_seen(&first)).as_secs();
+    assert!((30..=60).contains(&gap), "refreshed after {gap} s");
+    assert_eq!(refreshed["detail"], "1 SSH session");
+    assert_eq!(applied(), 2.0);
+
+    // Closed: reported once more, with the time it closed.
+    child.stdin.take().unwrap().write_all(b"bye\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    assert!(child.wait().unwrap().success());
+    let closed = Timestamp::now();
+    let last = eventually("the close to be reported", 40, || {
+        activity(&ns.name, "dev", "ssh").filter(|entry| entry["detail"] == "0 SSH sessions")
+    });
+    let seen = last_seen(&last);
+    assert!(
+        seen >= closed - SignedDuration::from_secs(3) && seen <= closed,
+        "last seen {seen}, closed at {closed}"
+    );
+    assert_eq!(applied(), 3.0);
+
+    // Each entry has its own field manager, and the bastion's applies left the other alone.
+    assert_eq!(activity(&ns.name, "dev", "cpu").unwrap(), cpu);
+    let managers = support::activity_managers(&ns.name, "dev");
+    assert_eq!(managers["ssh"], "compute-server-bastion");
+    assert_eq!(managers["cpu"], "test-agent");
+    drop(agent);
+}

@@ -795,13 +795,15 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("web", "update", "leases", here, false),
         ("web", "create", "leases", elsewhere, false),
         ("web", "create", "computeservers", elsewhere, false),
-        ("web", "patch", "computeservers", &["-n", &ns.name, "--subresource=status"], false),
+        // Its own entry of status.activity (a start, Keep running).
+        ("web", "patch", "computeservers", &["-n", &ns.name, "--subresource=status"], true),
+        ("web", "patch", "computeservers", &["-n", "default", "--subresource=status"], false),
         ("web", "delete", "computenodes", &[], false),
         ("web", "list", "computenodes", &[], false),
         ("web", "create", "computeprofiles", &[], false),
         ("web", "get", "secrets", here, false),
         ("web", "list", "secrets", everywhere, false),
-        // The bastion: reads servers and its own host key.
+        // The bastion: reads servers and its own host key, reports open jumps in their status.
         ("bastion", "get", "computeservers", here, true),
         ("bastion", "list", "computeservers", here, true),
         ("bastion", "watch", "computeservers", here, true),
@@ -809,6 +811,8 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("bastion", "create", "computeservers", here, false),
         ("bastion", "delete", "computeservers", here, false),
         ("bastion", "patch", "computeservers", here, false),
+        ("bastion", "patch", "computeservers", &["-n", &ns.name, "--subresource=status"], true),
+        ("bastion", "patch", "computeservers", &["-n", "default", "--subresource=status"], false),
         ("bastion", "get", "secret/other", here, false),
         ("bastion", "list", "secrets", here, false),
         ("bastion", "update", &host_key, here, false),

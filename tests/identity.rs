@@ -591,3 +591,63 @@ fn a_real_service_account_token_of_the_agent_cannot_change_a_spec() {
         None,
     );
 }
+
+#[test]
+fn the_bastion_and_the_web_front_apply_their_activity_entries_past_the_policy() {
+    let ns = namespace_for_people("id-activity");
+    let n = &ns.name;
+    // What the chart's Roles give them on servers' status: patch.
+    let status = "--resource=computeservers.computeserver.io/status";
+    kubectl_ok(
+        &["create", "role", "activity", "--verb=patch", status, "-n", n],
+        None,
+    );
+    for role in ["bastion", "web"] {
+        let account = format!("--serviceaccount=compute:compute-server-{role}");
+        kubectl_ok(
+            &[
+                "create",
+                "rolebinding",
+                role,
+                "--role=activity",
+                &account,
+                "-n",
+                n,
+            ],
+            None,
+        );
+    }
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&server(n, "bobs", "", "owner: bob, profile: tiny")),
+    );
+    let before = stored(n, "bobs").unwrap();
+
+    // The identity policy matches the servers themselves, not their status: each role's apply of
+    // its own entry (server-side apply on the status subresource, its own field manager) passes.
+    for (role, source) in [("bastion", "ssh"), ("web", "web")] {
+        let entry = format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {{name: bobs, namespace: {n}}}\n\
+             status: {{activity: [{{source: {source}, lastSeen: '2026-12-01T14:00:00Z', detail: from {role}}}]}}\n"
+        );
+        let manager = format!("--field-manager=compute-server-{role}");
+        let args = [
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            &manager,
+            "-f",
+            "-",
+        ];
+        outcome(As::role(role).kubectl(&args, Some(&entry))).unwrap();
+    }
+    let after = stored(n, "bobs").unwrap();
+    let activity: Vec<(&str, &str)> = after["status"]["activity"]
+        .as_array()
+        .expect("activity")
+        .iter()
+        .map(|a| (a["source"].as_str().unwrap(), a["detail"].as_str().unwrap()))
+        .collect();
+    assert_eq!(activity, [("ssh", "from bastion"), ("web", "from web")]);
+    assert_eq!(after["spec"], before["spec"]);
+}

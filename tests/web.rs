@@ -956,6 +956,200 @@ async fn the_live_status_stream_ends_when_its_session_does() {
     );
 }
 
+/// What the lifecycle controller writes of a server (it does not run here): the stop its
+/// verdict gives, by the same pure function.
+async fn write_verdict(ns: &str, name: &str, profile: &str) -> (jiff::Timestamp, String) {
+    use compute_server::api::lifecycle::{Rules, verdict};
+    use compute_server::api::{ComputeProfile, ComputeServer};
+    let client = support::kube_client().await;
+    let server = kube::Api::<ComputeServer>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let profile = kube::Api::<ComputeProfile>::all(client)
+        .get(profile)
+        .await
+        .unwrap();
+    let verdict = verdict(&server, &Rules::of(Some(&profile)), jiff::Timestamp::now());
+    let (at, reason) = (verdict.stops_at.unwrap(), verdict.reason.unwrap());
+    support::patch_status(ns, name, json!({"stopsAt": at.to_string(), "stopReason": reason}));
+    (at, reason)
+}
+
+#[tokio::test]
+async fn keep_running_sets_keep_running_until_within_the_profiles_extension_for_the_owner_only() {
+    use compute_server::api::lifecycle::clock;
+    use jiff::{SignedDuration, Timestamp};
+    install_crds();
+    let ns = TestNamespace::new("web-extend");
+    let keeps = support::TestProfile::new("keeps", "lifecycle: {idleStopAfter: 30m, maxExtension: 2h}");
+    let stops = support::TestProfile::new("stops", "lifecycle: {idleStopAfter: 30m}");
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let (alice, bob, ops) = (
+        access_token("compute-server", "alice").await,
+        access_token("compute-server", "bob").await,
+        access_token("compute-server", "ops").await,
+    );
+    // Two Running servers of alice (their status as an agent writes it), with the stop the
+    // lifecycle controller would announce.
+    let started = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    for (name, profile) in [("kept", &keeps.name), ("stopping", &stops.name)] {
+        let yaml = format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {{name: {name}, namespace: {}}}\n\
+             spec: {{owner: alice, profile: {profile}}}\n",
+            ns.name
+        );
+        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+        support::patch_status(
+            &ns.name,
+            name,
+            json!({"phase": "Running", "startedAt": started.to_string()}),
+        );
+        let (at, _) = write_verdict(&ns.name, name, profile).await;
+        assert_eq!(at, started + SignedDuration::from_mins(30));
+    }
+    let servers = format!("{}/api/v1/servers", web.url);
+    let extend = |name: &str, token: &str, body: Option<Value>| {
+        let (url, token) = (format!("{servers}/{name}/extend"), token.to_string());
+        async move { call(reqwest::Method::POST, url, &token, body).await }
+    };
+    let stop_at = (started + SignedDuration::from_mins(30)).to_string();
+    support::eventually_async("the web front to see the stops", 10, || async {
+        let (_, list) = call(reqwest::Method::GET, servers.clone(), &alice, None).await;
+        let all = list.as_array()?;
+        (all.len() == 2 && all.iter().all(|s| s["stopsAt"] == stop_at.as_str())).then_some(())
+    })
+    .await;
+    let before = stored(&ns.name, "kept").unwrap();
+
+    // Bob may not keep alice's server running: to him it does not exist.
+    let (status, error) = extend("kept", &bob, Some(json!({"for": "1h"}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["message"], "you have no server named \"kept\"");
+
+    // How long must be a duration; the answer names the field.
+    for body in [
+        Some(json!({"for": "soon"})),
+        Some(json!({"for": "0s"})),
+        Some(json!({"for": 4})),
+        Some(json!({})),
+        None,
+    ] {
+        let (status, error) = extend("kept", &alice, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body:?}: {error}");
+        assert_eq!(error["fields"][0]["field"], "for", "{body:?}: {error}");
+    }
+    let (_, error) = extend("kept", &alice, Some(json!({"for": "soon"}))).await;
+    assert_eq!(
+        error["message"],
+        "for: \"soon\" is not a duration; write it like 30s, 90m, 2h, 7d or 1h30m"
+    );
+    let (status, _) = extend("kept", &alice, Some(json!({"for": "1h", "until": "forever"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A profile without maxExtension allows none, and says so.
+    let (status, error) = extend("stopping", &alice, Some(json!({"for": "1h"}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(
+        error["message"],
+        format!(
+            "stopping cannot be kept running: its profile allows no keeping it running longer \
+             (profile {} sets no lifecycle.maxExtension)",
+            stops.name
+        )
+    );
+    assert_eq!(stored(&ns.name, "kept").unwrap(), before, "nothing changed");
+    assert!(stored(&ns.name, "stopping").unwrap()["spec"]["keepRunningUntil"].is_null());
+
+    // Asking for a week gets what the profile allows: 2h past the idle stop.
+    let (status, kept) = extend("kept", &alice, Some(json!({"for": "7d"}))).await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    let most = started + SignedDuration::from_mins(150);
+    let spec = stored(&ns.name, "kept").unwrap()["spec"].clone();
+    assert_eq!(spec["keepRunningUntil"], most.to_string());
+    assert_eq!(kept["keepRunningUntil"], most.to_string());
+    // The answer shows the stop that follows from it (the controller has not written it yet).
+    assert_eq!(kept["stopsAt"], most.to_string());
+    assert_eq!(
+        kept["stopReason"],
+        format!("kept running until {}", clock(most, Timestamp::now()))
+    );
+    assert_eq!(kept["warning"], Value::Null);
+    // The extend is a sign of use, in the web front's own entry.
+    let server = stored(&ns.name, "kept").unwrap();
+    assert_eq!(
+        server["status"]["activity"][0]["detail"],
+        "kept running for 7d by alice"
+    );
+    assert_eq!(
+        support::activity_managers(&ns.name, "kept")["web"],
+        "compute-server-web"
+    );
+
+    // An hour from now is within what the profile allows; admins may keep it running too.
+    for token in [&alice, &ops] {
+        let asked = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+        let (status, kept) = extend("kept", token, Some(json!({"for": "1h"}))).await;
+        assert_eq!(status, StatusCode::OK, "{kept}");
+        let until: Timestamp = kept["keepRunningUntil"].as_str().unwrap().parse().unwrap();
+        let hour = SignedDuration::from_hours(1);
+        assert!(
+            until >= asked + hour && until <= Timestamp::now() + hour,
+            "{until} is an hour after {asked}"
+        );
+        assert_eq!(kept["stopsAt"], until.to_string());
+    }
+    assert_eq!(
+        stored(&ns.name, "kept").unwrap()["status"]["activity"][0]["detail"],
+        "kept running for 1h by ops"
+    );
+
+    // Near its stop, the API warns.
+    let soon = Timestamp::from_second(Timestamp::now().as_second() + 60).unwrap();
+    let reason = "idle: no SSH session and under 5% CPU since the test began";
+    support::patch_status(
+        &ns.name,
+        "stopping",
+        json!({"stopsAt": soon.to_string(), "stopReason": reason}),
+    );
+    let warning = format!(
+        "stops at {} ({reason}) unless kept running",
+        clock(soon, Timestamp::now())
+    );
+    support::eventually_async("the API to warn", 10, || async {
+        let (_, one) = call(reqwest::Method::GET, format!("{servers}/stopping"), &alice, None).await;
+        (one["warning"] == warning.as_str()).then_some(())
+    })
+    .await;
+
+    // A start through the web front is a sign of use too.
+    let (status, _) = call(
+        reqwest::Method::POST,
+        format!("{servers}/stopping/start"),
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        stored(&ns.name, "stopping").unwrap()["status"]["activity"][0]["detail"],
+        "started by alice"
+    );
+
+    // The page's Keep running form needs the session's CSRF token.
+    let browser = Browser::new();
+    browser.sign_in(&web, "alice").await;
+    let before = stored(&ns.name, "kept").unwrap()["spec"].clone();
+    let (status, _, page) = browser
+        .post(
+            &format!("{}/servers/kept/extend", web.url),
+            &[("csrf", "forged"), ("for", "2h")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert_eq!(stored(&ns.name, "kept").unwrap()["spec"], before);
+}
+
 /// `make bench-web`: wrk against alice's "My servers" page with a signed-in session, with
 /// 10,000 ComputeServers in the namespace (50 of them alice's). Prints req/s, latency
 /// percentiles and the web front's RSS.

@@ -282,6 +282,20 @@ pub struct Activity {
     pub detail: Option<String>,
 }
 
+impl Activity {
+    /// The server-side apply body that sets this one entry of server `name`'s status.activity
+    /// (to send to the status subresource under the role's own field manager): the entries of
+    /// other sources, owned by other managers, are left as they are.
+    pub fn apply_patch(&self, name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "computeserver.io/v1alpha1",
+            "kind": "ComputeServer",
+            "metadata": {"name": name},
+            "status": {"activity": [self]},
+        })
+    }
+}
+
 /// A list of activities keyed by source: each role applies its own entry (server-side apply).
 fn activity_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     use schemars::JsonSchema;
@@ -301,4 +315,29 @@ pub struct Endpoint {
     pub host: String,
     /// Port on the node.
     pub port: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_activity_apply_carries_only_its_own_entry() {
+        let activity = Activity {
+            source: "ssh".into(),
+            last_seen: Time("2026-12-01T14:02:03.5Z".parse().unwrap()),
+            detail: Some("2 SSH sessions".into()),
+        };
+        assert_eq!(
+            activity.apply_patch("dev"),
+            serde_json::json!({
+                "apiVersion": "computeserver.io/v1alpha1",
+                "kind": "ComputeServer",
+                "metadata": {"name": "dev"},
+                "status": {"activity": [
+                    {"source": "ssh", "lastSeen": "2026-12-01T14:02:03Z", "detail": "2 SSH sessions"}
+                ]},
+            })
+        );
+    }
 }

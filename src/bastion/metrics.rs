@@ -6,10 +6,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// An outcome label: `accepted`, `refused` or `failed`.
+/// An outcome label: `accepted`, `refused` or `failed` (and `applied`, `gone` for activity).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
-    /// `accepted`, `refused` or `failed`.
+    /// `accepted`, `refused` or `failed` (and `applied`, `gone` for activity).
     pub outcome: &'static str,
 }
 
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub jumps: Family<Outcome, Counter>,
     /// Jumps piping bytes now.
     pub open_jumps: Gauge,
+    /// Applies of servers' `ssh` activity entries by outcome.
+    pub activity_reports: Family<Outcome, Counter>,
 }
 
 impl Metrics {
@@ -53,12 +55,22 @@ impl Metrics {
             metrics.jumps.clone(),
         );
         registry.register("open_jumps", "Jumps open now", metrics.open_jumps.clone());
+        registry.register(
+            "activity_reports",
+            "Applies of servers' ssh activity entries (status.activity) by outcome (applied, gone: the server was deleted, failed)",
+            metrics.activity_reports.clone(),
+        );
         metrics
     }
 
     /// Counts one authentication with `outcome`.
     pub fn auth(&self, outcome: &'static str) {
         self.auths.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts one apply of a server's activity entry with `outcome`.
+    pub fn activity_report(&self, outcome: &'static str) {
+        self.activity_reports.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// Counts one jump with `outcome`.

@@ -6,9 +6,11 @@
 //! (kube-runtime reflector), not from an API call per login. A `direct-tcpip` request is
 //! allowed to port 22 of the user's own Running servers and piped to the server's ssh
 //! endpoint (`session.rs`); everything else is refused with a reason the user sees. The host
-//! key persists in a file or a Secret ([`host_key`]).
+//! key persists in a file or a Secret ([`host_key`]). Open jumps are reported as the servers'
+//! `ssh` activity, so the lifecycle does not stop a server someone is logged in to ([`activity`]).
 
 pub mod access;
+pub mod activity;
 pub mod host_key;
 mod metrics;
 mod session;
@@ -143,6 +145,8 @@ pub async fn run(args: Args) -> Result<()> {
         }
     });
 
+    let activity = activity::Reporter::new(client.clone(), metrics.clone());
+    let reporter = tokio::spawn(activity.clone().run());
     let servers: Api<ComputeServer> = match args.all_namespaces {
         true => Api::all(client),
         false => Api::namespaced(client, &args.namespace),
@@ -172,6 +176,7 @@ pub async fn run(args: Args) -> Result<()> {
         metrics: metrics.clone(),
         address: args.bastion_address,
         user_cas,
+        activity,
     });
     let config = Arc::new(russh::server::Config {
         methods: (&[MethodKind::PublicKey][..]).into(),
@@ -216,6 +221,7 @@ pub async fn run(args: Args) -> Result<()> {
         ));
     }
     info!("bastion stopping");
+    reporter.abort();
     watch.abort();
     health.abort();
     Ok(())

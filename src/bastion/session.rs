@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::access;
+use super::activity::Reporter;
 use super::metrics::Metrics;
 use crate::api::ComputeServer;
 
@@ -42,6 +43,8 @@ pub struct Shared {
     pub address: Option<String>,
     /// Fingerprints of the CAs whose user certificates are accepted (`--user-ca-keys`).
     pub user_cas: Vec<Fingerprint>,
+    /// Reports open jumps as the servers' `ssh` activity.
+    pub activity: Arc<Reporter>,
 }
 
 /// Who logged in on this connection, and with which key.
@@ -428,6 +431,8 @@ async fn jump(
     };
     let _ = tcp.set_nodelay(true);
     reply.accept().await;
+    // The server is in use while this is held, traffic or not (the lifecycle's idle stop).
+    let _in_use = shared.activity.open(&target.namespace, &target.name);
     shared.metrics.jump("accepted");
     shared.metrics.open_jumps.inc();
     info!(target: "audit", event = "jump", outcome = "accepted", user = ?login.user,

@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::AppState;
+use super::lifecycle;
 use super::oidc::User;
-use super::servers::{self, Action, NewServer, Problem, ServerView};
-use crate::api::Resources;
+use super::servers::{self, Action, FieldError, NewServer, Problem, ServerView};
+use crate::api::{ComputeServer, Resources};
 
 /// The API's routes.
 pub fn routes() -> Router<AppState> {
@@ -25,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/servers/{name}", get(one).delete(delete))
         .route("/api/v1/servers/{name}/stop", post(stop))
         .route("/api/v1/servers/{name}/start", post(start))
+        .route("/api/v1/servers/{name}/extend", post(extend))
         .route("/api/v1/profiles", get(profiles))
 }
 
@@ -87,6 +89,12 @@ impl FromRequestParts<AppState> for Bearer {
     }
 }
 
+/// A server as the API shows it now.
+fn view(state: &AppState, server: &ComputeServer) -> ServerView {
+    let rules = lifecycle::rules(&state.cache, server);
+    ServerView::new(server, &rules, state.bastion.as_deref(), jiff::Timestamp::now())
+}
+
 fn ready(state: &AppState) -> Result<(), ApiError> {
     if state.cache.synced() {
         Ok(())
@@ -109,12 +117,7 @@ async fn list(
 ) -> Result<Json<Vec<ServerView>>, ApiError> {
     ready(&state)?;
     let servers = servers::list(&state.cache, &user, query.owner.as_deref())?;
-    Ok(Json(
-        servers
-            .iter()
-            .map(|s| ServerView::new(s, state.bastion.as_deref()))
-            .collect(),
-    ))
+    Ok(Json(servers.iter().map(|s| view(&state, s)).collect()))
 }
 
 async fn one(
@@ -124,7 +127,7 @@ async fn one(
 ) -> Result<Json<ServerView>, ApiError> {
     ready(&state)?;
     let server = servers::visible(&state.cache, &user, &name)?;
-    Ok(Json(ServerView::new(&server, state.bastion.as_deref())))
+    Ok(Json(view(&state, &server)))
 }
 
 async fn create(
@@ -135,17 +138,14 @@ async fn create(
     ready(&state)?;
     let Json(new) = body.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
     let server = servers::create(&state.servers, &state.leases, &state.cache, &user, new).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(ServerView::new(&server, state.bastion.as_deref())),
-    ))
+    Ok((StatusCode::CREATED, Json(view(&state, &server))))
 }
 
 async fn change(state: &AppState, user: &User, name: &str, action: Action) -> Result<Response, ApiError> {
     ready(state)?;
     let changed = servers::act(&state.servers, &state.cache, user, name, action).await?;
     Ok(match changed {
-        Some(server) => Json(ServerView::new(&server, state.bastion.as_deref())).into_response(),
+        Some(server) => Json(view(state, &server)).into_response(),
         None => (
             StatusCode::ACCEPTED,
             Json(json!({"name": name, "message": "deleting: the server is gone once its container is removed"})),
@@ -168,6 +168,45 @@ async fn start(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     change(&state, &user, &name, Action::Start).await
+}
+
+/// The body of an extend: `{"for": "4h"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Extend {
+    #[serde(rename = "for", default)]
+    keep_for: Option<serde_json::Value>,
+}
+
+/// Keep running: `{"for": "4h"}` sets spec.keepRunningUntil, within the profile's maxExtension.
+async fn extend(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ServerView>, ApiError> {
+    ready(&state)?;
+    // No body at all is a missing `for`, as `{}` is.
+    let body: Extend = match body.is_empty() {
+        true => Extend { keep_for: None },
+        false => serde_json::from_slice(&body).map_err(|e| {
+            ApiError(Problem::BadRequest(format!(
+                "the body is not {{\"for\": \"4h\"}}: {e}"
+            )))
+        })?,
+    };
+    let asked = match &body.keep_for {
+        Some(serde_json::Value::String(text)) => lifecycle::keep_for(Some(text))?,
+        None | Some(serde_json::Value::Null) => lifecycle::keep_for(None)?,
+        Some(other) => {
+            return Err(ApiError(Problem::Invalid(vec![FieldError {
+                field: "for",
+                message: format!("must be text such as \"4h\", not {other}"),
+            }])));
+        }
+    };
+    let server = lifecycle::extend(&state.servers, &state.cache, &user, &name, asked).await?;
+    Ok(Json(view(&state, &server)))
 }
 
 async fn delete(

@@ -196,14 +196,30 @@ impl Cache {
     /// Waits (at most `timeout`) until the watch has brought server `name`, so that a page
     /// shown right after creating it finds it.
     pub async fn wait_for(&self, name: &str, timeout: std::time::Duration) -> bool {
+        self.wait_until(name, |_| true, timeout).await
+    }
+
+    /// Waits (at most `timeout`) until the watch has brought server `name` in a state where
+    /// `check` holds, such as a change just made.
+    pub async fn wait_until(
+        &self,
+        name: &str,
+        check: impl Fn(&ComputeServer) -> bool,
+        timeout: std::time::Duration,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.server(name).is_none() {
+        while !self.server(name).is_some_and(|s| check(&s)) {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         true
+    }
+
+    /// One profile by name.
+    pub fn profile(&self, name: &str) -> Option<Arc<ComputeProfile>> {
+        self.profiles.get(&ObjectRef::new(name))
     }
 
     /// Every profile, by name.

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod lifecycle;
 pub mod limit;
 mod metrics;
 pub mod oidc;

@@ -20,8 +20,10 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::cache::Change;
+use super::lifecycle;
 use super::servers::{self, Action, FieldError, NewResources, NewServer, Problem};
 use super::session::{MaybeSession, Session, SignedIn};
+use crate::api::lifecycle::Rules;
 use crate::api::{ComputeProfile, ComputeServer, EnvVar};
 
 /// The page routes (behind the session middleware).
@@ -477,6 +479,11 @@ async fn detail(
     let ssh = servers::ssh_command(&server, state.bastion.as_deref(), &server.spec.owner);
     let profiles = state.cache.profiles();
     let running = servers::runs(&server).to_string();
+    let rules = lifecycle::rules(&state.cache, &server);
+    let now = jiff::Timestamp::now();
+    let stop = lifecycle::stop(&server, &rules, now);
+    let warning = stop.as_ref().and_then(|s| s.warning.clone());
+    let line = stop.filter(|s| s.warning.is_none()).map(|s| s.line(now));
     page(
         StatusCode::OK,
         &name,
@@ -500,6 +507,20 @@ async fn detail(
                 }
             }
             p.message data-field="message" { (status.message.as_deref().unwrap_or("Waiting for the scheduler to choose a node.")) }
+            div.stop-warning role="status" data-shown-by="warning" hidden[warning.is_none()] {
+                p { "This server " span data-field="warning" { (warning.as_deref().unwrap_or("")) } "." }
+                @match rules.max_extension {
+                    Some(most) => form method="post" action={ "/servers/" (name) "/extend" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        input type="hidden" name="for" value={ (most.as_secs()) "s" };
+                        button.button type="submit" { "Keep running for " (crate::api::lifecycle::human(most)) }
+                    },
+                    None => p.muted { "Its profile does not let it be kept running longer." },
+                }
+            }
+            p.muted.stops data-shown-by="stops" hidden[line.is_none()] {
+                span data-field="stops" { (line.as_deref().unwrap_or("")) }
+            }
             section.card {
                 dl.facts {
                     dt { "Owner" } dd { (server.spec.owner) }
@@ -532,22 +553,30 @@ async fn detail(
     )
 }
 
-/// The status fields the detail page updates live.
-fn status_json(server: &ComputeServer, bastion: Option<&str>) -> String {
+/// The status fields the detail page updates live: `warning` while a stop is near, else `stops`
+/// when one is coming ("" when not).
+fn status_json(server: &ComputeServer, bastion: Option<&str>, rules: &Rules) -> String {
     let status = server.status.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let stop = lifecycle::stop(server, rules, now);
+    let warning = stop.as_ref().and_then(|s| s.warning.clone());
+    let line = stop.filter(|s| s.warning.is_none()).map(|s| s.line(now));
     serde_json::json!({
         "phase": servers::phase(server),
         "message": status.message.unwrap_or_else(|| "Waiting for the scheduler to choose a node.".into()),
         "node": status.node.unwrap_or_else(|| "—".into()),
         "ssh": servers::ssh_command(server, bastion, &server.spec.owner).unwrap_or_else(|| "—".into()),
         "running": servers::runs(server),
+        "warning": warning.unwrap_or_default(),
+        "stops": line.unwrap_or_default(),
     })
     .to_string()
 }
 
 /// Server-sent events with the server's status, from the watch cache: one now, then one per
-/// change; `deleted` when it is gone. The stream ends when the session's access token expires:
-/// the browser then asks again, and that request renews the session or finds it ended.
+/// change, and one when the warning of a coming stop begins; `deleted` when it is gone. The
+/// stream ends when the session's access token expires: the browser then asks again, and that
+/// request renews the session or finds it ended.
 async fn live(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
@@ -559,19 +588,29 @@ async fn live(
         Err(problem) => return problem_page(&session, problem),
     };
     let bastion = state.bastion.clone();
+    let rules = lifecycle::rules(&state.cache, &server);
     let first = SseEvent::default()
         .event("status")
-        .data(status_json(&server, bastion.as_deref()));
+        .data(status_json(&server, bastion.as_deref(), &rules));
     let user = session.user;
     let left = user.expires.saturating_sub(jsonwebtoken::get_current_timestamp());
     let session_ends = tokio::time::sleep(std::time::Duration::from_secs(left));
     let cache = state.cache.clone();
-    let updates = futures::stream::unfold(Some(changes), move |changes| {
+    let updates = futures::stream::unfold(Some((changes, server)), move |state| {
         let (name, user, cache, bastion) = (name.clone(), user.clone(), cache.clone(), bastion.clone());
         async move {
-            let mut changes = changes?;
+            let (mut changes, mut last) = state?;
             loop {
-                let server = match changes.recv().await {
+                // The warning's start is no change in the cluster: wake for it.
+                let now = jiff::Timestamp::now();
+                let warn_in = lifecycle::warning_starts(&last, &lifecycle::rules(&cache, &last), now)
+                    .and_then(|at| std::time::Duration::try_from(at.duration_since(now)).ok())
+                    .unwrap_or(std::time::Duration::from_secs(24 * 3600));
+                let changed = tokio::select! {
+                    changed = changes.recv() => changed,
+                    () = tokio::time::sleep(warn_in) => Ok(Change::Applied(last.clone())),
+                };
+                let server = match changed {
                     Ok(Change::Applied(s)) if s.name_any() == name => s,
                     Ok(Change::Deleted(n)) if n == name => {
                         return Some((SseEvent::default().event("deleted").data("{}"), None));
@@ -586,10 +625,13 @@ async fn live(
                 if !(user.admin || server.spec.owner == user.name) {
                     return None;
                 }
-                let event = SseEvent::default()
-                    .event("status")
-                    .data(status_json(&server, bastion.as_deref()));
-                return Some((event, Some(changes)));
+                last = server;
+                let rules = lifecycle::rules(&cache, &last);
+                let event =
+                    SseEvent::default()
+                        .event("status")
+                        .data(status_json(&last, bastion.as_deref(), &rules));
+                return Some((event, Some((changes, last))));
             }
         }
     });
@@ -601,21 +643,25 @@ async fn live(
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
+struct ActionForm {
     #[serde(default)]
     csrf: String,
+    /// How long to keep running (extend only).
+    #[serde(default, rename = "for")]
+    keep_for: Option<String>,
 }
 
 async fn act(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
     Path((name, action)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<ActionForm>,
 ) -> Response {
     let action = match action.as_str() {
         "stop" => Action::Stop,
         "start" => Action::Start,
         "delete" => Action::Delete,
+        "extend" => return extend(state, session, name, form).await,
         _ => return problem_page(&session, Problem::NotFound(name)),
     };
     if !session.csrf_ok(&form.csrf) {
@@ -623,6 +669,21 @@ async fn act(
     }
     match servers::act(&state.servers, &state.cache, &session.user, &name, action).await {
         Ok(_) if action == Action::Delete => Redirect::to("/").into_response(),
+        Ok(_) => Redirect::to(&format!("/servers/{name}")).into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+/// Keep running, from the warning's button: back to the page, which shows the new stop.
+async fn extend(state: AppState, session: Session, name: String, form: ActionForm) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    let asked = match lifecycle::keep_for(form.keep_for.as_deref()) {
+        Ok(asked) => asked,
+        Err(problem) => return problem_page(&session, problem),
+    };
+    match lifecycle::extend(&state.servers, &state.cache, &session.user, &name, asked).await {
         Ok(_) => Redirect::to(&format!("/servers/{name}")).into_response(),
         Err(problem) => problem_page(&session, problem),
     }

@@ -34,6 +34,8 @@ pub enum Problem {
     Exists(String),
     /// A per-user limit of the profile is reached (409).
     Limit(String),
+    /// Not possible for this server as it is (409): not running, or its profile forbids it.
+    Conflict(String),
     /// Fields with bad values, each with its message (422).
     Invalid(Vec<FieldError>),
     /// Not ready to serve yet (503).
@@ -59,6 +61,7 @@ impl Problem {
             Problem::NotFound(_) => (404, "not_found"),
             Problem::Exists(_) => (409, "already_exists"),
             Problem::Limit(_) => (409, "limit_reached"),
+            Problem::Conflict(_) => (409, "conflict"),
             Problem::Invalid(_) => (422, "invalid"),
             Problem::Unavailable(_) => (503, "unavailable"),
             Problem::Internal => (500, "internal"),
@@ -73,6 +76,7 @@ impl Problem {
             | Problem::Forbidden(m)
             | Problem::Exists(m)
             | Problem::Limit(m)
+            | Problem::Conflict(m)
             | Problem::Unavailable(m) => m.clone(),
             Problem::NotFound(name) => format!("you have no server named \"{name}\""),
             Problem::Invalid(errors) => errors
@@ -529,16 +533,22 @@ pub async fn act(
             api.delete(name, &params).await.map(|_| None)
         }
     };
-    match result {
-        Ok(changed) => {
-            info!(user = %user.name, server = %name, ?action, "server changed");
-            Ok(changed)
-        }
+    let changed = result.map_err(|e| change_failed(name, e))?;
+    info!(user = %user.name, server = %name, ?action, "server changed");
+    if action == Action::Start {
+        super::lifecycle::touch(api, name, format!("started by {}", user.name)).await;
+    }
+    Ok(changed)
+}
+
+/// What a failed change of server `name` means for its user.
+pub fn change_failed(name: &str, error: kube::Error) -> Problem {
+    match error {
         // Gone, or replaced by another object of the same name since the check.
-        Err(kube::Error::Api(status)) if [404, 409, 422].contains(&status.code) => {
-            Err(Problem::NotFound(name.to_string()))
+        kube::Error::Api(status) if [404, 409, 422].contains(&status.code) => {
+            Problem::NotFound(name.to_string())
         }
-        Err(e) => Err(internal("change server", e)),
+        e => internal("change server", e),
     }
 }
 
@@ -557,6 +567,14 @@ pub struct ServerView {
     pub ssh: Option<String>,
     pub created: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
+    /// When it stops by itself (idle, or its lifetime ends) unless kept running.
+    pub stops_at: Option<String>,
+    /// Why it stops then.
+    pub stop_reason: Option<String>,
+    /// "stops at 14:32 UTC (…) unless kept running", while that stop is near.
+    pub warning: Option<String>,
+    /// What Keep running (extend) set.
+    pub keep_running_until: Option<String>,
     pub status: Option<crate::api::ComputeServerStatus>,
 }
 
@@ -599,7 +617,14 @@ pub fn ssh_command(server: &ComputeServer, bastion: Option<&str>, user: &str) ->
 }
 
 impl ServerView {
-    pub fn new(server: &ComputeServer, bastion: Option<&str>) -> ServerView {
+    /// The view of `server`, whose profile's lifecycle is `rules`, at `now`.
+    pub fn new(
+        server: &ComputeServer,
+        rules: &crate::api::lifecycle::Rules,
+        bastion: Option<&str>,
+        now: jiff::Timestamp,
+    ) -> ServerView {
+        let stop = super::lifecycle::stop(server, rules, now);
         ServerView {
             name: server.name_any(),
             owner: server.spec.owner.clone(),
@@ -616,6 +641,10 @@ impl ServerView {
                 .as_ref()
                 .map(|t| t.0.to_string()),
             ssh_authorized_keys: server.spec.ssh_authorized_keys.clone(),
+            stops_at: stop.as_ref().map(|s| s.at.to_string()),
+            stop_reason: stop.as_ref().map(|s| s.reason.clone()),
+            warning: stop.and_then(|s| s.warning),
+            keep_running_until: server.spec.keep_running_until.as_ref().map(|t| t.0.to_string()),
             status: server.status.clone(),
         }
     }

@@ -622,3 +622,87 @@ pub async fn access_token(client_id: &str, user: &str) -> String {
         .unwrap_or_else(|| panic!("no access token for {user}: {body}"))
         .to_string()
 }
+
+/// A ComputeProfile of the test's own (they are cluster-wide), deleted when dropped.
+pub struct TestProfile {
+    pub name: String,
+}
+
+impl TestProfile {
+    /// A busybox profile (as `tiny`) named `prefix-PID-N`, with `spec` added: the insides of a
+    /// YAML flow mapping such as `lifecycle: {idleStopAfter: 30m, maxExtension: 2h}`.
+    pub fn new(prefix: &str, spec: &str) -> TestProfile {
+        let name = unique(prefix);
+        let yaml = format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {{name: {name}}}\n\
+             spec: {{image: 'computeserver/busybox:local', command: [sleep, infinity], \
+             defaultResources: {{cpu: 100m, memory: 32Mi}}, {spec}}}\n"
+        );
+        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+        TestProfile { name }
+    }
+}
+
+impl Drop for TestProfile {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "computeprofile", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Merges `status` into the server's status (the status subresource, as admin): what a role
+/// that is not running in the test would have written.
+pub fn patch_status(ns: &str, name: &str, status: serde_json::Value) {
+    let patch = serde_json::json!({ "status": status }).to_string();
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+        None,
+    );
+}
+
+/// The field managers of the server's `status.activity` entries: source → manager, from its
+/// managedFields.
+pub fn activity_managers(ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    let out = kubectl_ok(
+        &[
+            "get",
+            "csrv",
+            "-n",
+            ns,
+            name,
+            "--show-managed-fields",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let server: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut managers = std::collections::BTreeMap::new();
+    for field in server["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let activity = &field["fieldsV1"]["f:status"]["f:activity"];
+        for key in activity.as_object().into_iter().flatten().map(|(k, _)| k) {
+            // Entries of a list-map are named k:{"source":"ssh"}.
+            if let Some(entry) = key.strip_prefix("k:") {
+                let source: serde_json::Value = serde_json::from_str(entry).unwrap();
+                managers.insert(
+                    source["source"].as_str().unwrap().to_string(),
+                    field["manager"].as_str().unwrap().to_string(),
+                );
+            }
+        }
+    }
+    managers
+}

@@ -19,6 +19,11 @@ if (live && window.EventSource) {
     for (const element of document.querySelectorAll("[data-when-running]")) {
       element.hidden = element.dataset.whenRunning !== String(status.running);
     }
+    // The stop warning (with Keep running) and the quiet "Stops by itself at" line: shown
+    // while their text is not empty.
+    for (const element of document.querySelectorAll("[data-shown-by]")) {
+      element.hidden = !status[element.dataset.shownBy];
+    }
   });
   // The stream ends with the session's token and the browser asks again; when the session
   // has ended that answer is no stream: reload, which leads to the sign-in.
