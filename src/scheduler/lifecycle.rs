@@ -175,7 +175,7 @@ mod tests {
     fn the_forecast_is_written_once_then_left_alone() {
         let now = at("2026-12-01T14:10:00Z");
         let s = Arc::new(server(true, Phase::Running));
-        let [Write::Status { fields, .. }] = &writes(&[s.clone()], &profile(), now)[..] else {
+        let [Write::Status { fields, .. }] = &writes(std::slice::from_ref(&s), &profile(), now)[..] else {
             panic!("one status write")
         };
         assert_eq!(fields.stops_at, Some(Time(at("2026-12-01T14:30:00Z"))));
