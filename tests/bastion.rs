@@ -1049,3 +1049,89 @@ fn an_open_quiet_jump_keeps_the_servers_ssh_activity_fresh_and_other_roles_entri
     assert_eq!(managers["cpu"], "test-agent");
     drop(agent);
 }
+
+#[test]
+fn an_open_ssh_session_keeps_an_idle_server_running_and_it_stops_once_closed() {
+    use jiff::{SignedDuration, Timestamp};
+    install_crds();
+    let ns = TestNamespace::new("bastion-idle");
+    let alice = SshUser::new("alice");
+    // A Debian profile that stops servers after a minute without use; the scheduler's
+    // lifecycle controller does it, the bastion's ssh entry is the use.
+    let profile = unique("idle-ssh");
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {{name: {profile}}}\n\
+         spec: {{image: 'computeserver/debian-ssh:local', defaultResources: {{cpu: 500m, memory: 256Mi}}, \
+         ports: [{{name: ssh, containerPort: 22}}], lifecycle: {{idleStopAfter: 60s}}}}\n"
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    let flags = ["--lease-namespace", ns.name.as_str(), "--lease-seconds", "8"];
+    let agent = Agent::start_with(&unique("node"), 1, &flags);
+    let _scheduler = support::Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+    let bastion = Bastion::start(&ns.name, &alice.dir.path().join("bastion_host_key"));
+    let spec = format!("profile: {profile}\nsshAuthorizedKeys: [\"{}\"]", alice.public);
+    apply_server(&ns.name, "dev", &agent.node, "alice", &spec);
+    let running = wait_phase(&ns.name, "dev", "Running");
+    let started: Timestamp = running["status"]["startedAt"].as_str().unwrap().parse().unwrap();
+
+    // A session that is open and quiet: it waits for a line on its stdin.
+    let mut child = eventually("a session through the bastion", 30, || {
+        let mut child = alice
+            .jump_command(&bastion, "dev", "echo started; read line; echo $line")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if line == "started\n" {
+            Some(child)
+        } else {
+            let _ = child.wait();
+            None
+        }
+    });
+    // Well past the minute the server would have had without it, and 15 s past its idle time
+    // after the session's first report: still running, the stop moved on by the session.
+    let held_until = started + SignedDuration::from_secs(80);
+    std::thread::sleep(held_until.duration_since(Timestamp::now()).unsigned_abs());
+    let server = support::server_json(&ns.name, "dev").unwrap();
+    assert_eq!(server["status"]["phase"], "Running", "{}", server["status"]);
+    let ssh = activity(&ns.name, "dev", "ssh").expect("the bastion reports the session");
+    assert_eq!(ssh["detail"], "1 SSH session");
+    let stops_at: Timestamp = server["status"]["stopsAt"].as_str().unwrap().parse().unwrap();
+    assert!(stops_at > Timestamp::now(), "stops at {stops_at}");
+
+    // Closed: the server is idle from then on, and stops a minute later, saying why.
+    child.stdin.take().unwrap().write_all(b"bye\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let closed = Timestamp::now();
+    let stopped = eventually("the idle server to stop", 150, || {
+        support::server_json(&ns.name, "dev").filter(|s| s["status"]["phase"] == "Stopped")
+    });
+    let stopped_at: Timestamp = stopped["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["lastTransitionTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stopped_at >= closed + SignedDuration::from_secs(55),
+        "stopped at {stopped_at}, the session closed at {closed}"
+    );
+    let reason = stopped["status"]["stopReason"].as_str().unwrap();
+    assert!(
+        reason.contains("idle: no SSH session and under 5% CPU since"),
+        "{reason}"
+    );
+    assert_eq!(stopped["spec"]["running"], false);
+    let _ = kubectl(&["delete", "computeprofile", &profile, "--wait=false"], None);
+    drop(agent);
+}
