@@ -1,7 +1,8 @@
 //! End to end in headless Chromium (Debian's chromium and chromium-driver, driven through
 //! WebDriver with fantoccini): alice signs in on Keycloak's own page, requests a server with the
 //! form, watches it go live to Running on a real agent and the real scheduler, reaches it over
-//! SSH, stops it and deletes it; ops sees it on the admin page. Screenshots of each page go to
+//! SSH, stops it and deletes it; ops sees it on the admin page; she is warned of a coming stop
+//! and presses Keep running. Screenshots of each page go to
 //! target/test-artifacts/.
 
 mod support;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use support::{
-    Agent, Scheduler, TestNamespace, WebFront, eventually, eventually_async, free_port, install_crds,
-    kubectl, ssh, ssh_keypair, unique,
+    Agent, Scheduler, TestNamespace, TestProfile, WebFront, eventually, eventually_async, free_port,
+    install_crds, kubectl, ssh, ssh_keypair, unique,
 };
 
 /// A chromedriver process on a free port, killed when dropped.
@@ -369,4 +370,93 @@ async fn alice_requests_a_server_in_chromium_sees_it_running_stops_and_deletes_i
     alice.goto(&web.url).await.unwrap();
     assert!(text(&alice, "main").await.contains("You have no servers yet."));
     alice.close().await.unwrap();
+}
+
+/// Whether the first element matching `css` is shown.
+async fn shown(browser: &Client, css: &str) -> bool {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .is_displayed()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn alice_is_warned_of_a_coming_stop_and_keeps_her_server_running() {
+    install_crds();
+    let ns = TestNamespace::new("browser-life");
+    let flags = ["--lease-namespace", ns.name.as_str(), "--lease-seconds", "6"];
+    let agent = Agent::start_with(&unique("browser-node"), 1, &flags);
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+    // Servers of this profile stop after 10 minutes, whatever they do: inside the warning
+    // (15 minutes at most) from their start. Keep running holds one up to 2 hours longer.
+    let profile = TestProfile::new("lifetime", "lifecycle: {maxLifetime: 10m, maxExtension: 2h}");
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: job\n  namespace: {}\n  \
+         labels: {{computeserver.io/owner: alice}}\nspec: {{owner: alice, profile: {}}}\n",
+        ns.name, profile.name
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    let web = WebFront::start(&ns.name, "compute-server", &[]);
+    let driver = ChromeDriver::start();
+
+    let alice = driver.session("alice").await;
+    alice.goto(&format!("{}/servers/job", web.url)).await.unwrap();
+    keycloak_login(&alice, "alice").await;
+    alice.wait().for_element(Locator::Css("span.user")).await.unwrap();
+    wait_for_phase(&alice, "Running", 90).await;
+
+    // The warning: when, why, and the button, live on the page as the controller writes it.
+    eventually_async("the warning on the page", 30, || {
+        let alice = alice.clone();
+        async move { shown(&alice, "div.stop-warning").await.then_some(()) }
+    })
+    .await;
+    let warning = text(&alice, "div.stop-warning").await;
+    assert!(
+        warning.starts_with("This server stops at ")
+            && warning.contains(" UTC unless kept running: its lifetime of 10m is over (started at "),
+        "{warning}"
+    );
+    let button = text(&alice, "div.stop-warning button").await;
+    assert_eq!(button, "Keep running for 2h");
+    screenshot(&alice, "6-stop-warning").await;
+
+    // Keep running: the server is kept two hours on, and the page says so quietly.
+    let pressed = jiff::Timestamp::now();
+    alice
+        .find(Locator::Css("div.stop-warning button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice
+        .wait()
+        .for_url(&format!("{}/servers/job", web.url).parse().unwrap())
+        .await
+        .unwrap();
+    let stops = text(&alice, "[data-field=stops]").await;
+    assert!(stops.starts_with("Stops by itself at "), "{stops}");
+    assert!(!shown(&alice, "div.stop-warning").await);
+    screenshot(&alice, "7-kept-running").await;
+    let ns_name = ns.name.clone();
+    let server: serde_json::Value = tokio::task::spawn_blocking(move || {
+        let out = support::kubectl_ok(&["get", "csrv", "-n", &ns_name, "job", "-o", "json"], None);
+        serde_json::from_str(&out).unwrap()
+    })
+    .await
+    .unwrap();
+    let until: jiff::Timestamp = server["spec"]["keepRunningUntil"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let held = until.duration_since(pressed).as_secs();
+    assert!((7195..=7205).contains(&held), "kept {held} s from the press");
+    assert_eq!(server["status"]["phase"], "Running");
+    alice.close().await.unwrap();
+    drop(agent);
 }

@@ -1113,7 +1113,7 @@ async fn keep_running_sets_keep_running_until_within_the_profiles_extension_for_
         json!({"stopsAt": soon.to_string(), "stopReason": reason}),
     );
     let warning = format!(
-        "stops at {} ({reason}) unless kept running",
+        "stops at {} unless kept running: {reason}",
         clock(soon, Timestamp::now())
     );
     support::eventually_async("the API to warn", 10, || async {

@@ -236,7 +236,7 @@ pub fn warning(server: &ComputeServer, rules: &Rules, now: Timestamp) -> Option<
     (server.spec.running && stops_at.duration_since(now) <= SignedDuration::try_from(rules.warning()).ok()?)
         .then(|| {
             format!(
-                "stops at {} ({}) unless kept running",
+                "stops at {} unless kept running: {}",
                 clock(stops_at, now),
                 status.stop_reason.as_deref().unwrap_or("its profile says so")
             )
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(
             warning(&server, &long, at("2026-12-01T15:50:00Z")).as_deref(),
             Some(
-                "stops at 16:00 UTC (idle: no SSH session and under 5% CPU since 14:00 UTC) unless kept running"
+                "stops at 16:00 UTC unless kept running: idle: no SSH session and under 5% CPU since 14:00 UTC"
             )
         );
         assert_eq!(

@@ -64,15 +64,15 @@ pub fn shown<'a>(server: &'a ComputeServer, rules: &Rules, now: Timestamp) -> Co
 pub struct Stop {
     pub at: Timestamp,
     pub reason: String,
-    /// "stops at 14:32 UTC (…) unless kept running", while the stop is near.
+    /// "stops at 14:32 UTC unless kept running: …", while the stop is near.
     pub warning: Option<String>,
 }
 
 impl Stop {
-    /// The quiet line for a stop that is not near: "Stops by itself at 18:00 UTC (…)".
+    /// The quiet line for a stop that is not near: "Stops by itself at 18:00 UTC: …".
     pub fn line(&self, now: Timestamp) -> String {
         format!(
-            "Stops by itself at {} ({})",
+            "Stops by itself at {}: {}",
             lifecycle::clock(self.at, now),
             self.reason
         )
@@ -225,13 +225,13 @@ mod tests {
         assert_eq!(far.warning, None);
         assert_eq!(
             far.line(at("2026-12-01T14:10:00Z")),
-            "Stops by itself at 14:30 UTC (idle: no SSH session and under 5% CPU since 14:00 UTC)"
+            "Stops by itself at 14:30 UTC: idle: no SSH session and under 5% CPU since 14:00 UTC"
         );
         let near = stop(&server, &rules(), at("2026-12-01T14:28:00Z")).unwrap();
         assert_eq!(
             near.warning.as_deref(),
             Some(
-                "stops at 14:30 UTC (idle: no SSH session and under 5% CPU since 14:00 UTC) unless kept running"
+                "stops at 14:30 UTC unless kept running: idle: no SSH session and under 5% CPU since 14:00 UTC"
             )
         );
         assert_eq!(

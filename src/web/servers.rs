@@ -571,7 +571,7 @@ pub struct ServerView {
     pub stops_at: Option<String>,
     /// Why it stops then.
     pub stop_reason: Option<String>,
-    /// "stops at 14:32 UTC (…) unless kept running", while that stop is near.
+    /// "stops at 14:32 UTC unless kept running: …", while that stop is near.
     pub warning: Option<String>,
     /// What Keep running (extend) set.
     pub keep_running_until: Option<String>,
