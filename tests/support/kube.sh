@@ -148,7 +148,8 @@ start() {
 
 stop() {
   local state; state="$(cd "$1" 2>/dev/null && pwd -P)" || return 0
-  stop_group "$state/kube/apiserver.pid" kube-apiserver "$state/kube"
+  # Its command line names the state by its certificates (the kube/ folder only with OIDC).
+  stop_group "$state/kube/apiserver.pid" kube-apiserver "$state/pki"
   stop_group "$state/kube/etcd.pid" etcd "$state/kube"
 }
 
