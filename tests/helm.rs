@@ -334,7 +334,7 @@ fn helm_template_with_every_option_is_accepted_by_the_apiserver() {
         dir.path(),
         &ns.name,
         &profile,
-        "agent: {publishAddress: 10.0.0.5, nodeLabels: {gpu: 'true'}, gpus: 1}
+        "agent: {publishAddress: 10.0.0.5, nodeLabels: {gpu: 'true'}, gpuDevices: ['0', 'GPU-4b1c'], gpuDiscovery: true}
 userRole: {groups: ['oidc:students', 'oidc:staff']}
 web:
   serviceAccountName: front

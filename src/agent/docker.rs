@@ -403,6 +403,15 @@ pub fn explain(error: &Error, plan: &Plan, node: &str) -> String {
         Error::Pull { image, source } => format!("could not pull image {image}: {}", docker_reason(source)),
         Error::VolumeConflict(why) => why.clone(),
         Error::Docker(source) => match source {
+            DockerError::DockerResponseServerError { message, .. }
+                if message.contains("could not select device driver") =>
+            {
+                format!(
+                    "node {node} cannot give containers GPUs: its Docker has no NVIDIA runtime. On the \
+                     node, install the NVIDIA driver and the NVIDIA Container Toolkit (package \
+                     nvidia-container-toolkit), then restart Docker ({message})"
+                )
+            }
             DockerError::DockerResponseServerError { message, .. } => {
                 format!("Docker on node {node} refused: {message}")
             }

@@ -8,6 +8,7 @@
 mod activity;
 pub mod decide;
 mod docker;
+pub mod gpu;
 mod metrics;
 pub mod network;
 pub mod node;
@@ -107,9 +108,10 @@ pub struct Args {
     #[arg(long = "label", env = "COMPUTE_SERVER_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
-    /// GPUs this node offers to servers.
-    #[arg(long, env = "COMPUTE_SERVER_NODE_GPUS", default_value_t = 0)]
-    pub gpus: i32,
+    /// The GPUs this node offers to servers, by index or UUID (`--gpu-devices 0,1`), for hosts
+    /// where they are not to be found with nvidia-smi (the default: all it lists; none without it).
+    #[arg(long, env = "COMPUTE_SERVER_GPU_DEVICES", value_delimiter = ',')]
+    pub gpu_devices: Vec<String>,
 
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
@@ -155,6 +157,10 @@ pub struct Context {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The last CPU sample of each container, for the lifecycle's activity.
     samples: activity::Samples,
+    /// This node's GPUs.
+    pub gpus: Vec<crate::api::NodeGpu>,
+    /// GPUs given to servers whose status may not show it yet.
+    claims: gpu::Claims,
 }
 
 impl Context {
@@ -212,7 +218,10 @@ pub async fn run(args: Args) -> Result<()> {
         watcher::Config::default().labels(&selector),
     );
     let servers = controller.store();
+    let gpus = gpu::inventory(&args.gpu_devices).await;
     let ctx = Arc::new(Context {
+        gpus,
+        claims: Default::default(),
         servers: servers.clone(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
@@ -252,7 +261,6 @@ pub async fn run(args: Args) -> Result<()> {
     let heartbeat = {
         let registration = node::Registration {
             labels: args.labels.into_iter().collect(),
-            gpus: args.gpus,
             lease_namespace: args.lease_namespace,
             lease_seconds: args.lease_seconds,
         };
@@ -351,6 +359,21 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
+    // Its GPUs first, recorded in its status before a container uses them.
+    let (server, plan) = match gpus(server, plan, ctx).await? {
+        Ok(ready) => ready,
+        Err(wait) => {
+            let message = format!("{wait}; it starts when one is free");
+            status::write(
+                server,
+                ctx,
+                status::waiting(server, ctx, "WaitingForGpu", message),
+            )
+            .await?;
+            return Ok(Action::requeue(GPU_RETRY));
+        }
+    };
+    let server = &server;
     match docker::ensure(server, &plan, ctx).await {
         Ok(observed) => {
             // A stop near: the message says when and why, from the moment the warning begins.
@@ -376,8 +399,61 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// How often a server waiting for a GPU is tried again.
+const GPU_RETRY: Duration = Duration::from_secs(5);
+
+/// Assigns the server its GPUs (one server at a time: under the claims' lock) and records
+/// them in its status.gpuDevices; the plan gets them. `Ok(Err)`: it has to wait.
+async fn gpus(
+    server: &ComputeServer,
+    mut plan: plan::Plan,
+    ctx: &Context,
+) -> Result<std::result::Result<(ComputeServer, plan::Plan), gpu::Wait>> {
+    let uid = server.uid().unwrap_or_default();
+    let had = server
+        .status
+        .as_ref()
+        .map(|s| s.gpu_devices.clone())
+        .unwrap_or_default();
+    let wanted = usize::try_from(plan.request.gpus).unwrap_or_default();
+    if wanted == 0 && had.is_empty() {
+        return Ok(Ok((server.clone(), plan)));
+    }
+    let mut claims = ctx.claims.0.lock().await;
+    let servers = ctx.servers.state();
+    claims.retain(|uid, _| servers.iter().any(|s| s.uid().as_deref() == Some(uid)));
+    let held = gpu::held_by_others(&servers, &claims, &uid);
+    let devices = match gpu::assign(&ctx.gpus, &held, &had, wanted) {
+        Ok(devices) => devices,
+        Err(wait) => return Ok(Err(wait)),
+    };
+    let mut server = server.clone();
+    if devices != had {
+        let api: Api<ComputeServer> =
+            Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
+        let patch = serde_json::json!({ "status": { "gpuDevices": devices } });
+        api.patch_status(
+            &server.name_any(),
+            &Default::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        info!(?devices, "GPUs assigned");
+        server.status.get_or_insert_default().gpu_devices = devices.clone();
+    }
+    claims.insert(uid, (gpu::holder(&server), devices.clone()));
+    plan.gpu_devices = devices;
+    Ok(Ok((server, plan)))
+}
+
 async fn cleanup(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     docker::remove(server, ctx).await?;
+    ctx.claims
+        .0
+        .lock()
+        .await
+        .remove(&server.uid().unwrap_or_default());
     info!("container and data volume removed");
     Ok(Action::await_change())
 }

@@ -30,8 +30,6 @@ const FIELD_MANAGER: &str = "compute-server-agent";
 pub struct Registration {
     /// Labels of the ComputeNode, for nodeSelector.
     pub labels: BTreeMap<String, String>,
-    /// GPUs offered to servers.
-    pub gpus: i32,
     /// Namespace of the Lease.
     pub lease_namespace: String,
     /// Seconds the Lease lasts; the node reports in four times as often.
@@ -69,7 +67,6 @@ pub async fn heartbeat(
 async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
     let Registration {
         labels,
-        gpus,
         lease_namespace,
         lease_seconds,
     } = registration;
@@ -153,7 +150,7 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
         .items;
     super::activity::report(ctx, &servers, &profiles).await;
     let firewall = super::network::check(&ctx.docker, &ctx.network).await;
-    let mut status = status(ctx, previous, &servers, &profiles, *gpus, firewall).await?;
+    let mut status = status(ctx, previous, &servers, &profiles, firewall).await?;
     status.orphaned_volumes = orphaned_volumes;
     let patch = serde_json::json!({ "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode", "status": status });
     nodes
@@ -219,7 +216,6 @@ async fn status(
     previous: Option<ComputeNodeStatus>,
     servers: &[Arc<ComputeServer>],
     profiles: &[ComputeProfile],
-    gpus: i32,
     firewall: std::result::Result<(), String>,
 ) -> Result<ComputeNodeStatus> {
     let mut used = Request::default();
@@ -240,7 +236,7 @@ async fn status(
                 cpu: info.ncpu.map(|n| Quantity(n.to_string())),
                 // Whole MiB, rounded down: easier to read, and never more than the host has.
                 memory: info.mem_total.map(|m| size::memory_quantity(m >> 20 << 20)),
-                gpus: Some(gpus),
+                gpus: Some(ctx.gpus.len() as i32),
             },
             info.server_version,
             Ok(()),
@@ -277,5 +273,6 @@ async fn status(
         docker_version,
         conditions: vec![condition],
         orphaned_volumes: vec![],
+        gpus: super::gpu::listed(&ctx.gpus, servers),
     })
 }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use kube::ResourceExt;
 
@@ -53,6 +54,9 @@ pub struct Plan {
     pub data_path: String,
     pub restart: crate::api::RestartPolicy,
     pub egress: Egress,
+    /// The node's GPUs given to the server (status.gpuDevices); filled in by the agent once
+    /// they are assigned.
+    pub gpu_devices: Vec<String>,
 }
 
 /// Why a server cannot be planned; shown to the user in status.message.
@@ -132,6 +136,7 @@ pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<
             .unwrap_or_else(|| "/home".into()),
         restart: profile.map(|p| p.spec.restart_policy).unwrap_or_default(),
         egress: profile.map(|p| p.spec.egress).unwrap_or_default(),
+        gpu_devices: vec![],
     })
 }
 
@@ -229,6 +234,16 @@ pub fn container(server: &ComputeServer, plan: &Plan, host: &Host) -> ContainerC
                 ..Default::default()
             }]),
             restart_policy: Some(restart_policy(plan.restart)),
+            // As `docker run --gpus device=0,1`: the NVIDIA Container Toolkit's hook hands
+            // these devices, and no others, to the container.
+            device_requests: (!plan.gpu_devices.is_empty()).then(|| {
+                vec![DeviceRequest {
+                    driver: Some("nvidia".into()),
+                    device_ids: Some(plan.gpu_devices.clone()),
+                    capabilities: Some(vec![vec!["gpu".into()]]),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -469,5 +484,45 @@ spec: {image: busybox, egress: None, restartPolicy: OnFailure}
         let restart = host_config.restart_policy.unwrap();
         assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
         assert_eq!(restart.maximum_retry_count, Some(5));
+    }
+
+    #[test]
+    fn assigned_gpus_are_handed_to_the_container_as_docker_run_gpus_does() {
+        let gpu = profile(
+            "
+apiVersion: computeserver.io/v1alpha1
+kind: ComputeProfile
+metadata: {name: gpu}
+spec: {image: busybox, maxResources: {gpus: 2}}
+",
+        );
+        let s = server(
+            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {name: g, namespace: compute}, spec: {owner: alice, profile: gpu, resources: {gpus: 2}}}",
+        );
+        let mut planned = plan(&s, Some(&gpu)).unwrap();
+        assert_eq!(planned.request.gpus, 2);
+        let none = container(&s, &planned, &host());
+        assert!(
+            none.host_config.unwrap().device_requests.is_none(),
+            "none before they are assigned"
+        );
+        planned.gpu_devices = vec!["0".into(), "GPU-abc".into()];
+        let body = container(&s, &planned, &host());
+        let requests = body.host_config.unwrap().device_requests.unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
+        assert_eq!(
+            requests[0].device_ids.as_deref(),
+            Some(&["0".to_string(), "GPU-abc".to_string()][..])
+        );
+        assert_eq!(requests[0].capabilities, Some(vec![vec!["gpu".to_string()]]));
+        assert_eq!(requests[0].count, None, "devices by ID, never a count");
+        // Other devices are another container.
+        planned.gpu_devices = vec!["1".into()];
+        let other = container(&s, &planned, &host());
+        assert_ne!(
+            body.labels.unwrap()[SPEC_HASH_LABEL],
+            other.labels.unwrap()[SPEC_HASH_LABEL]
+        );
     }
 }

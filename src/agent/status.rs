@@ -54,6 +54,11 @@ fn base(
         message: Some(message),
         observed_generation: server.metadata.generation,
         conditions,
+        gpu_devices: server
+            .status
+            .as_ref()
+            .map(|s| s.gpu_devices.clone())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -64,6 +69,16 @@ pub fn failed(server: &ComputeServer, ctx: &Context, reason: &str, message: Stri
     ComputeServerStatus {
         container_id: old.container_id,
         ..base(server, ctx, Phase::Failed, message, condition)
+    }
+}
+
+/// Waiting on its node for something other servers hold (GPUs).
+pub fn waiting(server: &ComputeServer, ctx: &Context, reason: &str, message: String) -> ComputeServerStatus {
+    let condition = ready(server, false, reason, &message);
+    let old = server.status.clone().unwrap_or_default();
+    ComputeServerStatus {
+        container_id: old.container_id,
+        ..base(server, ctx, Phase::Pending, message, condition)
     }
 }
 

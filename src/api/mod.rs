@@ -13,7 +13,7 @@ mod resources;
 mod server;
 pub mod size;
 
-pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, OrphanedVolume};
+pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeGpu, OrphanedVolume};
 pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, RestartPolicy};
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{

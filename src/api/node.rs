@@ -92,6 +92,31 @@ pub struct ComputeNodeStatus {
     /// `compute-server agent prune --node NAME --older-than 7d`. At most 100, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orphaned_volumes: Vec<OrphanedVolume>,
+
+    /// The host's GPUs (found with nvidia-smi, or given with --gpu-devices) and which server
+    /// holds each. capacity.gpus is their number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<NodeGpu>,
+}
+
+/// One GPU of a host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGpu {
+    /// The ID servers are given it by: its index or UUID, as Docker's --gpus device= takes it.
+    pub id: String,
+    /// The GPU's UUID, when nvidia-smi found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Its model, such as "NVIDIA A100-SXM4-40GB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Its memory, such as "40960 MiB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// The server that holds it, as NAMESPACE/NAME; none when free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// A data volume kept on a node after its server went.

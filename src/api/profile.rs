@@ -104,6 +104,11 @@ pub struct ComputeProfileSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<Port>,
+
+    /// Servers of this profile run only on ComputeNodes with all of these labels, besides the
+    /// server's own nodeSelector: `{gpu: "true"}` keeps GPU servers on GPU nodes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_selector: std::collections::BTreeMap<String, String>,
 }
 
 /// When a profile's servers stop and go by themselves. Durations such as "30s", "90m", "2h",

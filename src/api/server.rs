@@ -267,6 +267,13 @@ pub struct ComputeServerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "activity_schema")]
     pub activity: Vec<Activity>,
+
+    /// The GPUs of its node given to this server (their IDs as the node lists them in
+    /// status.gpus), by its agent: the same after an agent restart, a recreate or a stop and
+    /// start, and free for other servers once it is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub gpu_devices: Vec<String>,
 }
 
 /// A sign that a server is in use, from one source.

@@ -384,6 +384,19 @@ fn request(
     size::request(server, profile).map_err(|refusal| refusal.to_string())
 }
 
+/// The labels a node needs for `server`: its own nodeSelector and its profile's, where the
+/// profile's win (an admin's rule, such as gpu=true, is not the user's to change).
+fn node_selector(
+    server: &ComputeServer,
+    profiles: &HashMap<String, Arc<ComputeProfile>>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut selector = server.spec.node_selector.clone();
+    if let Some(profile) = server.spec.profile.as_ref().and_then(|p| profiles.get(p)) {
+        selector.extend(profile.spec.node_selector.clone());
+    }
+    selector
+}
+
 struct Scheduler {
     client: Client,
     recorder: Recorder,
@@ -547,7 +560,7 @@ impl Scheduler {
         let mut unschedulable = 0;
         for server in pending {
             let placed = request(&server, &profiles).and_then(|request| {
-                let selector = server.spec.node_selector.clone();
+                let selector = node_selector(&server, &profiles);
                 placement::choose(&nodes, &request, &selector).map(|placed| (placed, request))
             });
             match placed {

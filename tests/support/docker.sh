@@ -10,7 +10,8 @@
 #   docker.sh node-start STATE_DIR N   a dockerd of its own for local node number N (2, 3, ...):
 #                                own data root, exec root, socket and bridge; loads the local
 #                                images (only busybox with NODE_IMAGES=busybox); appends
-#                                DOCKER_HOST_N=... to STATE_DIR/env
+#                                DOCKER_HOST_N=... to STATE_DIR/env. NODE_GPU_HOOK=N: node N's
+#                                dockerd has the stand-in NVIDIA hook (GPU_HOOK_LOG_N in env)
 #   docker.sh node-halt STATE_DIR N    stop it, keeping its data and bridge (node-start restarts it)
 #   docker.sh node-stop STATE_DIR N    stop it and remove its bridge, keeping its data (idempotent)
 #   docker.sh node-remove STATE_DIR N  stop it and remove its bridge and data: its containers,
@@ -301,10 +302,16 @@ cmd_node_start() {
       ip addr add "$NODE_SUBNET" dev "$NODE_BRIDGE"
     }
     ip link set "$NODE_BRIDGE" up
-    step "Starting dockerd for local node $n (log $log)"
+    local gpu=()
+    if [[ $n == "${NODE_GPU_HOOK:-}" ]]; then
+      # Docker's "nvidia" device driver, with a stand-in hook that records what it is asked.
+      gpu=(env "PATH=$SUPPORT_DIR/nvidia:$PATH" "NVIDIA_HOOK_LOG=$NODE_DIR/nvidia-hook.log")
+      : >"$NODE_DIR/nvidia-hook.log"
+    fi
+    step "Starting dockerd for local node $n (log $log${gpu:+; with a stand-in NVIDIA hook})"
     # No iptables of its own: the main daemon owns the DOCKER chains, and published ports
     # reach containers through docker-proxy anyway.
-    start_group "$pidf" "$log" dockerd -H "$host" --data-root "$NODE_DIR/data" --exec-root "$NODE_RUN/exec" \
+    start_group "$pidf" "$log" "${gpu[@]}" dockerd -H "$host" --data-root "$NODE_DIR/data" --exec-root "$NODE_RUN/exec" \
       --pidfile "$NODE_RUN/dockerd.pid" --bridge "$NODE_BRIDGE" --iptables=false --ip-masq=false
     # (No --default-address-pool: with one, this daemon deletes the main daemon's docker0 when
     # it starts. The servers' networks get subnets Docker finds free among the host's routes.)
@@ -314,6 +321,7 @@ cmd_node_start() {
   fi
   DOCKER_HOST="$host" cmd_images "${NODE_IMAGES:-}"
   set_env "$state" "DOCKER_HOST_$n" "$host"
+  [[ $n != "${NODE_GPU_HOOK:-}" ]] || set_env "$state" "GPU_HOOK_LOG_$n" "$NODE_DIR/nvidia-hook.log"
 }
 
 cmd_node_halt() {

@@ -308,7 +308,8 @@ run_tests() {
   state="$REPO_DIR/target/test"  # global: the trap reads it
   local t0=$SECONDS
   # The scheduler's tests place busybox servers on three real Docker engines.
-  export NODES=3 NODE_IMAGES=busybox
+  # The GPU tests give node 3's engine a stand-in for the NVIDIA Container Toolkit's hook.
+  export NODES=3 NODE_IMAGES=busybox NODE_GPU_HOOK=3
   install
   cargo_build
   # Throwaway state: the servers' networks and firewall rules go too.
