@@ -526,6 +526,9 @@ async fn detail(
                     dt { "Owner" } dd { (server.spec.owner) }
                     dt { "Profile" } dd { (server.spec.profile.as_deref().unwrap_or("—")) }
                     dt { "Size" } dd { (size(&server, &profiles)) }
+                    @if !status.gpu_devices.is_empty() {
+                        dt { "GPUs" } dd data-field="gpus" { "device " (status.gpu_devices.join(", ")) }
+                    }
                     dt { "Node" } dd data-field="node" { (status.node.as_deref().unwrap_or("—")) }
                     dt { "Age" } dd { (age(&server)) }
                     dt { "SSH" } dd { code.ssh data-field="ssh" { (ssh.as_deref().unwrap_or("—")) } }
