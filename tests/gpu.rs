@@ -166,13 +166,10 @@ fn servers_get_gpus_of_their_own_wait_when_none_is_free_and_keep_theirs_across_a
     assert_eq!(devices(&second), ["1"]);
     assert_eq!(given(&ns.name, "second").1, "1");
 
-    // A restarted agent keeps every assignment.
-    drop(agent);
-    let agent = Agent::start_with(
-        &node["metadata"]["name"].as_str().unwrap().to_string(),
-        GPU_ENGINE,
-        &flags,
-    );
+    // A restarted agent (killed, as a crash would) keeps every assignment.
+    let mut crashed = agent;
+    crashed.kill();
+    let agent = Agent::start_with(&crashed.node, GPU_ENGINE, &flags);
     std::thread::sleep(std::time::Duration::from_secs(6));
     assert_eq!(devices(&server_json(&ns.name, "first").unwrap()), ["0"]);
     assert_eq!(devices(&server_json(&ns.name, "second").unwrap()), ["1"]);
@@ -187,6 +184,7 @@ fn servers_get_gpus_of_their_own_wait_when_none_is_free_and_keep_theirs_across_a
     assert_eq!(devices(&third), ["0"]);
     assert_eq!(given(&ns.name, "third").1, "0");
     drop(agent);
+    drop(crashed);
 }
 
 #[test]
