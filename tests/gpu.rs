@@ -31,6 +31,14 @@ fn wait_for(ns: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) ->
     })
 }
 
+/// The ComputeNode, once its agent has registered it.
+fn computenode(name: &str) -> Option<Value> {
+    let out = support::kubectl(&["get", "computenode", name, "-o", "json"], None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
 fn phase_is(phase: &'static str) -> impl Fn(&Value) -> bool {
     move |s: &Value| s["status"]["phase"] == phase
 }
@@ -87,8 +95,7 @@ fn servers_get_gpus_of_their_own_wait_when_none_is_free_and_keep_theirs_across_a
 
     // The node lists its two GPUs.
     let node = eventually("the node to list its GPUs", 30, || {
-        let out = kubectl_ok(&["get", "computenode", &agent.node, "-o", "json"], None);
-        let node: Value = serde_json::from_str(&out).unwrap();
+        let node = computenode(&agent.node)?;
         (node["status"]["capacity"]["gpus"] == 2).then_some(node)
     });
     assert_eq!(node["status"]["gpus"][0]["id"], "0");
@@ -136,9 +143,8 @@ fn servers_get_gpus_of_their_own_wait_when_none_is_free_and_keep_theirs_across_a
     );
     assert!(devices(&third).is_empty());
     let node = eventually("the node to show the holders", 30, || {
-        let out = kubectl_ok(&["get", "computenode", &agent.node, "-o", "json"], None);
-        let node: Value = serde_json::from_str(&out).unwrap();
-        (node["status"]["gpus"][1]["server"] == b.as_str()).then_some(node)
+        let node = computenode(&agent.node)?;
+        (node["status"]["gpus"][1]["server"] == b.as_str() && node["status"]["servers"] == 3).then_some(node)
     });
     assert_eq!(node["status"]["gpus"][0]["server"], a.as_str());
     assert_eq!(

@@ -909,3 +909,29 @@ fn with_condition(server: &ComputeServer, condition: Condition) -> Vec<Condition
     conditions.push(condition);
     conditions
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profiles_node_selector_adds_to_the_servers_and_wins() {
+        let profile: ComputeProfile = serde_yaml::from_str(
+            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeProfile, metadata: {name: gpu}, \
+             spec: {image: busybox, nodeSelector: {gpu: 'true'}}}",
+        )
+        .unwrap();
+        let profiles = HashMap::from([("gpu".to_string(), Arc::new(profile))]);
+        let server: ComputeServer = serde_yaml::from_str(
+            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {name: s}, \
+             spec: {owner: alice, profile: gpu, nodeSelector: {gpu: 'false', zone: a}}}",
+        )
+        .unwrap();
+        let selector = node_selector(&server, &profiles);
+        let pairs: Vec<(&str, &str)> = selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("gpu", "true"), ("zone", "a")]);
+        let mut plain = server.clone();
+        plain.spec.profile = None;
+        assert_eq!(node_selector(&plain, &profiles), server.spec.node_selector);
+    }
+}
