@@ -225,3 +225,11 @@ fn a_node_without_the_nvidia_toolkit_refuses_gpu_servers_saying_what_to_install(
         "assigned all the same: it runs once the node can"
     );
 }
+
+#[test]
+fn the_example_gpu_profile_is_accepted_by_the_apiserver() {
+    install_crds();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/examples/gpu.yaml");
+    let out = kubectl_ok(&["apply", "--dry-run=server", "-f", path], None);
+    assert_eq!(out.trim(), "computeprofile.computeserver.io/gpu created (server dry run)");
+}
