@@ -763,3 +763,90 @@ fn docker_stopped_and_started_again_is_reported_and_recovered_from() {
         events(&ns.name, "steady")
     );
 }
+
+#[test]
+fn a_stopped_servers_network_is_kept_by_uninstall_and_a_removed_one_is_healed_on_start() {
+    use std::process::Command;
+    install_crds();
+    let ns = TestNamespace::new("agent-net");
+    // Local node 2's engine, on the closed network, which few other tests use.
+    let profile = support::TestProfile::new("closed", "egress: None");
+    let agent = Agent::start_with(&unique("node"), 2, &[]);
+    let engine = support::Stack::get().node_docker_host(2).to_string();
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", &engine)
+            .output()
+            .unwrap()
+    };
+    let container = format!("csrv.{}.kept", ns.name);
+    apply_server(
+        &ns.name,
+        "kept",
+        &agent.node,
+        &format!("owner: alice\nprofile: {}", profile.name),
+    );
+    wait_phase(&ns.name, "kept", "Running");
+    assert!(
+        docker(&["exec", &container, "sh", "-c", "echo kept > /home/note"])
+            .status
+            .success()
+    );
+    let running = |on: bool| {
+        let patch = format!("{{\"spec\":{{\"running\":{on}}}}}");
+        kubectl_ok(
+            &[
+                "patch",
+                "csrv",
+                "-n",
+                &ns.name,
+                "kept",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        );
+    };
+    running(false);
+    wait_phase(&ns.name, "kept", "Stopped");
+
+    // uninstall removes nothing while a server's container is on the engine, even stopped.
+    let out = Command::new(env!("CARGO_BIN_EXE_compute-server"))
+        .args(["agent", "uninstall", "--docker-host", &engine])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("still on this engine, running or stopped") && said.contains(&container),
+        "{said}"
+    );
+    assert!(said.contains("nothing was removed"), "{said}");
+    assert!(
+        docker(&["network", "inspect", "compute-server-closed"])
+            .status
+            .success()
+    );
+
+    // Removed by hand all the same: starting the server again recreates its container on the
+    // network the agent puts back, with its data.
+    let removed = docker(&["network", "rm", "compute-server-closed"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    running(true);
+    let server = wait_phase(&ns.name, "kept", "Running");
+    assert_eq!(server["status"]["phase"], "Running");
+    let note = docker(&["exec", &container, "cat", "/home/note"]);
+    assert_eq!(String::from_utf8_lossy(&note.stdout), "kept\n");
+    let events = events(&ns.name, "kept");
+    assert!(
+        events.contains("its Docker network was removed while it was stopped"),
+        "{events}"
+    );
+    drop(agent);
+}

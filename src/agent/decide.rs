@@ -35,11 +35,14 @@ fn label(container: &ContainerInspectResponse, key: &str) -> Option<String> {
         .and_then(|l| l.get(key).cloned())
 }
 
-/// Whether the existing container (by name) is this server's and is as planned (`desired_hash`).
+/// Whether the existing container (by name) is this server's and is as planned (`desired_hash`),
+/// on a network that still exists (`network_gone`: Docker no longer has the network it was
+/// attached to, so it cannot start again).
 pub fn existing(
     server: &ComputeServer,
     desired_hash: &str,
     current: Option<&ContainerInspectResponse>,
+    network_gone: bool,
 ) -> Existing {
     match current {
         None => Existing::Missing {
@@ -54,6 +57,10 @@ pub fn existing(
         }
         Some(c) if label(c, SPEC_HASH_LABEL).as_deref() != Some(desired_hash) => Existing::Replace(
             "the server's image, size or settings changed; recreated its container (data volume kept)",
+        ),
+        Some(_) if network_gone => Existing::Replace(
+            "its Docker network was removed while it was stopped; recreated its container on the servers' \
+             network (data volume kept)",
         ),
         Some(_) => Existing::Keep,
     }
@@ -487,17 +494,27 @@ status:
             }),
             ..Default::default()
         };
-        assert_eq!(existing(&s, "h", Some(&container("u1", "h"))), Existing::Keep);
+        assert_eq!(
+            existing(&s, "h", Some(&container("u1", "h")), false),
+            Existing::Keep
+        );
         assert!(matches!(
-            existing(&s, "h", Some(&container("u0", "h"))),
+            existing(&s, "h", Some(&container("u0", "h")), false),
             Existing::Replace(_)
         ));
         assert!(matches!(
-            existing(&s, "h", Some(&container("u1", "old"))),
+            existing(&s, "h", Some(&container("u1", "old")), false),
             Existing::Replace(_)
         ));
         assert_eq!(
-            existing(&s, "h", None),
+            existing(&s, "h", Some(&container("u1", "h")), true),
+            Existing::Replace(
+                "its Docker network was removed while it was stopped; recreated its container on the \
+                 servers' network (data volume kept)"
+            )
+        );
+        assert_eq!(
+            existing(&s, "h", None, false),
             Existing::Missing {
                 removed_by_hand: true
             }

@@ -77,7 +77,11 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
         .unwrap_or_default();
     let mut note = None;
     let current = inspect(docker, &plan.container_name).await?;
-    let create = match decide::existing(server, &desired_hash, current.as_ref()) {
+    let gone = match &current {
+        Some(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => network_gone(docker, c).await?,
+        _ => false,
+    };
+    let create = match decide::existing(server, &desired_hash, current.as_ref(), gone) {
         decide::Existing::Keep => false,
         decide::Existing::Replace(why) => {
             remove_container(docker, &plan.container_name).await?;
@@ -272,6 +276,29 @@ async fn log_tail(docker: &Docker, name: &str) -> Option<String> {
     let chunks: Vec<_> = docker.logs(name, Some(options)).try_collect().await.ok()?;
     let text: String = chunks.iter().map(|c| c.to_string()).collect();
     Some(decide::log_tail(&text, 3))
+}
+
+/// Whether a network the (stopped) container is attached to is gone, or is another network of
+/// the same name now (`compute-server agent uninstall`, or `docker network rm`, while it was
+/// stopped): Docker would refuse to start it.
+async fn network_gone(docker: &Docker, container: &ContainerInspectResponse) -> Result<bool> {
+    let attached = container
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .unwrap_or_default();
+    for (name, endpoint) in attached {
+        match docker
+            .inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+        {
+            Ok(network) if network.id.is_some() && network.id != endpoint.network_id => return Ok(true),
+            Ok(_) => {}
+            Err(error) if not_found(&error) => return Ok(true),
+            Err(error) => return Err(Error::Docker(error)),
+        }
+    }
+    Ok(false)
 }
 
 /// Pulls the image if this node lacks it, telling the user while it does.

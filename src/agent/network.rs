@@ -348,6 +348,37 @@ pub async fn check(docker: &Docker, setup: &Setup) -> std::result::Result<(), St
 /// `agent uninstall`: removes the servers' networks of this Docker engine, and the firewall
 /// rules of each network that could be removed (a network still in use keeps its rules).
 pub async fn uninstall(docker: &Docker, docker_host: &str) -> Result<Vec<String>> {
+    // Stopped containers keep their network's ID: removing it under them would keep them from
+    // starting again. Nothing is removed while any server's container is here.
+    let options = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY}")],
+        )])),
+        ..Default::default()
+    };
+    let left = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(Error::Docker)?;
+    if !left.is_empty() {
+        let names: Vec<String> = left
+            .iter()
+            .filter_map(|c| {
+                c.names
+                    .as_ref()?
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+            })
+            .collect();
+        return Err(Error::Firewall(format!(
+            "{} servers' containers are still on this engine, running or stopped ({}): delete their \
+             servers first; nothing was removed",
+            left.len(),
+            names.join(", ")
+        )));
+    }
     let mut done = Vec::new();
     for network in [NETWORK, CLOSED_NETWORK] {
         let bridge = match docker.inspect_network(network, None).await {
