@@ -80,10 +80,12 @@ fn an_idle_server_stops_with_the_reason_and_keeps_its_data() {
         "{reason}"
     );
     let wide = kubectl_ok(&["get", "csrv", "-n", &ns.name, "quiet", "-o", "wide"], None);
+    let stops_at = forecast["status"]["stopsAt"].as_str().unwrap();
     assert!(
-        wide.contains("STOPS AT") && wide.contains("idle: no SSH session"),
-        "{wide}"
+        wide.contains("STOPS AT") && wide.contains(stops_at) && wide.contains("idle: no SSH session"),
+        "kubectl shows when, as a time: {wide}"
     );
+    assert!(!wide.contains("<invalid>"), "{wide}");
 
     let stopped = wait_phase(&ns.name, "quiet", "Stopped");
     assert_eq!(stopped["spec"]["running"], false);

@@ -56,7 +56,8 @@ use super::Resources;
     ),
     printcolumn(
         name = "Stops At",
-        type_ = "date",
+        // A time, not an age: kubectl shows a date in the future as <invalid>.
+        type_ = "string",
         json_path = ".status.stopsAt",
         priority = 1,
         description = "When it stops by itself (idle, or its lifetime ends) unless kept running"
