@@ -1103,7 +1103,14 @@ fn crds_are_made_by_the_first_install_changed_by_upgrades_and_kept_by_uninstall(
     let changed = chart_with_changed_crd(dir.path());
     helm(&[&["upgrade", "cs", changed.to_str().unwrap()][..], &common].concat());
     assert!(cluster.server_columns().contains(&"Team".to_string()));
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(server));
+    // The apiserver serves the changed CRD a moment after it shows it ("There can be a delay
+    // between when CustomResourceDefinitions are created and when they are available").
+    support::eventually("the changed CRD to be served", 30, || {
+        kubectl_at(&kubeconfig, &["apply", "-f", "-"], Some(server))
+            .status
+            .success()
+            .then_some(())
+    });
     let listed = cluster.kubectl_ok(&["get", "csrv", "-n", "compute"], None);
     assert!(listed.contains("TEAM") && listed.contains("physics"), "{listed}");
 
