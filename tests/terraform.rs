@@ -144,6 +144,44 @@ impl PrivateCluster {
         text(&out.stdout)
     }
 
+    /// Does what the namespace controller would (this control plane has none): once `ns` is
+    /// being deleted, and so emptied by whoever deletes it, removes its finalizer.
+    fn finalize_namespace_when_deleted(&self, ns: &str) -> std::thread::JoinHandle<()> {
+        let kubectl = cs_bin().join("kubectl");
+        let kubeconfig = self.kubeconfig();
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(300) {
+                let out = Command::new(&kubectl)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["get", "namespace", &ns, "-o", "json"])
+                    .output()
+                    .unwrap();
+                if !out.status.success() {
+                    return; // gone
+                }
+                let mut namespace: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if namespace["metadata"]["deletionTimestamp"].is_string() {
+                    namespace["spec"]["finalizers"] = serde_json::json!([]);
+                    let mut child = Command::new(&kubectl)
+                        .arg("--kubeconfig")
+                        .arg(&kubeconfig)
+                        .args(["replace", "--raw", &format!("/api/v1/namespaces/{ns}/finalize"), "-f", "-"])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap();
+                    use std::io::Write;
+                    child.stdin.take().unwrap().write_all(namespace.to_string().as_bytes()).unwrap();
+                    child.wait().unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        })
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -454,10 +492,16 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
     let (code, plan) = plan_exit(&dir, &[]);
     assert_eq!(code, 0, "a second plan must show no changes:\n{plan}");
 
+    let finalizer = cluster.finalize_namespace_when_deleted("compute");
     tofu_ok(&dir, &["destroy", "-auto-approve", "-no-color"]);
-    let out = cluster.kubectl(&["get", "namespace", "compute"]);
-    let gone = !out.status.success() || text(&out.stdout).contains("Terminating");
-    assert!(gone, "destroy left the namespace: {}", text(&out.stdout));
-    let out = cluster.kubectl(&["get", "clusterrole", "compute-server-user"]);
-    assert!(!out.status.success(), "destroy left the user role");
+    finalizer.join().unwrap();
+    for gone in [
+        "namespace/compute",
+        "clusterrole/compute-server-user",
+        "crd/computeservers.computeserver.io",
+        "validatingadmissionpolicy/compute-server-identity",
+    ] {
+        let out = cluster.kubectl(&["get", gone]);
+        assert!(!out.status.success(), "destroy left {gone}");
+    }
 }
