@@ -53,11 +53,12 @@ locals {
 
   crds = {
     for f in fileset("${path.module}/crds", "*.yaml") : trimsuffix(f, ".yaml") => yamldecode(file("${path.module}/crds/${f}"))
+    if var.install_crds
   }
 }
 
 resource "kubernetes_manifest" "crd" {
-  for_each = var.install_crds ? local.crds : {}
+  for_each = local.crds
 
   manifest = each.value
 }
