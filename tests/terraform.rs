@@ -419,7 +419,7 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
   image    = { pull_policy = "Sometimes" }
   log      = { format = "yaml" }
   roles    = { agent = { node_selector = {} } }
-  profiles = { Big = { displayName = "no image" } }
+  profiles = { big = { displayName = "no image" } }
 "#,
     );
     tofu_ok(&dir, &["init", "-no-color"]);
@@ -431,7 +431,6 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
         "image.pull_policy must be one of Always, IfNotPresent, Never",
         "log.format must be \"text\" or \"json\"",
         "roles.agent.node_selector must select some nodes",
-        "profiles must be a map from profile names",
         "Each profile needs an image",
     ] {
         assert!(errors.contains(message), "no {message:?} in:\n{errors}");
