@@ -2,6 +2,10 @@
 # templates/ (the chart rendered as manifests/ holds it, with the values below put in), and the
 # ComputeProfiles. Every object is applied server-side by the Kubernetes provider's
 # kubernetes_manifest, so `plan` shows field-level changes and the API server validates them.
+#
+# templates/ follows the chart: after a change to charts/compute-server/templates, render it
+# (`bash tests/support/manifests.sh render`) and carry the change over; tests/terraform.rs fails
+# when the module's objects and manifests/ differ in kind or name.
 
 locals {
   app_version = "0.1.0"
