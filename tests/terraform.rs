@@ -168,13 +168,24 @@ impl PrivateCluster {
                     let mut child = Command::new(&kubectl)
                         .arg("--kubeconfig")
                         .arg(&kubeconfig)
-                        .args(["replace", "--raw", &format!("/api/v1/namespaces/{ns}/finalize"), "-f", "-"])
+                        .args([
+                            "replace",
+                            "--raw",
+                            &format!("/api/v1/namespaces/{ns}/finalize"),
+                            "-f",
+                            "-",
+                        ])
                         .stdin(std::process::Stdio::piped())
                         .stdout(std::process::Stdio::null())
                         .spawn()
                         .unwrap();
                     use std::io::Write;
-                    child.stdin.take().unwrap().write_all(namespace.to_string().as_bytes()).unwrap();
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(namespace.to_string().as_bytes())
+                        .unwrap();
                     child.wait().unwrap();
                 }
                 std::thread::sleep(std::time::Duration::from_millis(500));
@@ -256,11 +267,18 @@ fn every_tf_folder_is_formatted_and_valid() {
         text(&out.stderr)
     );
     let folders = tf_folders(&root);
-    assert!(folders.len() >= 2, "terraform/ has no module or example: {folders:?}");
+    assert!(
+        folders.len() >= 2,
+        "terraform/ has no module or example: {folders:?}"
+    );
     for dir in folders {
         tofu_ok(&dir, &["init", "-backend=false", "-no-color"]);
         let valid = tofu_ok(&dir, &["validate", "-no-color"]);
-        assert!(valid.contains("The configuration is valid"), "{}: {valid}", dir.display());
+        assert!(
+            valid.contains("The configuration is valid"),
+            "{}: {valid}",
+            dir.display()
+        );
     }
 }
 
@@ -299,7 +317,10 @@ fn the_example_applies_plans_no_change_and_destroys_only_what_it_made() {
 
     // A kubeconfig that is not there is refused by the variable's validation, naming it.
     tofu_ok(&dir, &["init", "-no-color"]);
-    let out = tofu(&dir, &["plan", "-no-color", "-var", "kubeconfig=/nonexistent/kubeconfig"]);
+    let out = tofu(
+        &dir,
+        &["plan", "-no-color", "-var", "kubeconfig=/nonexistent/kubeconfig"],
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("kubeconfig must be the path of an existing file"),
@@ -309,7 +330,10 @@ fn the_example_applies_plans_no_change_and_destroys_only_what_it_made() {
 
     let (code, plan) = plan_exit(&dir, &var);
     assert_eq!(code, 2, "the first plan makes the profile:\n{plan}");
-    assert!(plan.contains("Plan: 1 to add, 0 to change, 0 to destroy"), "{plan}");
+    assert!(
+        plan.contains("Plan: 1 to add, 0 to change, 0 to destroy"),
+        "{plan}"
+    );
     assert!(
         !cluster.profile_names().contains("terraform-example"),
         "plan changed nothing"
@@ -322,9 +346,15 @@ fn the_example_applies_plans_no_change_and_destroys_only_what_it_made() {
     assert_eq!(profile["spec"]["maxServersPerUser"], 2);
     assert_eq!(profile["spec"]["allowedGroups"][0], "staff");
     assert_eq!(profile["spec"]["lifecycle"]["idleStopAfter"], "2h");
-    assert_eq!(profile["metadata"]["labels"]["app.kubernetes.io/managed-by"], "OpenTofu");
+    assert_eq!(
+        profile["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "OpenTofu"
+    );
     let output = tofu_ok(&dir, &["output", "-json", "profiles"]);
-    assert_eq!(serde_json::from_str::<Value>(&output).unwrap(), serde_json::json!(["terraform-example"]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&output).unwrap(),
+        serde_json::json!(["terraform-example"])
+    );
 
     let (code, plan) = plan_exit(&dir, &var);
     assert_eq!(code, 0, "a second plan must show no changes:\n{plan}");
@@ -348,7 +378,10 @@ fn the_example_applies_plans_no_change_and_destroys_only_what_it_made() {
 
     tofu_ok(&dir, &["destroy", "-auto-approve", "-no-color", var[0], var[1]]);
     let left = cluster.profile_names();
-    assert!(!left.contains("terraform-example"), "destroy left the profile: {left:?}");
+    assert!(
+        !left.contains("terraform-example"),
+        "destroy left the profile: {left:?}"
+    );
     assert!(
         left.contains("tiny") && left.contains("debian"),
         "destroy removed what it did not make: {left:?}"
@@ -436,7 +469,11 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
         assert!(errors.contains(message), "no {message:?} in:\n{errors}");
     }
     assert!(
-        cluster.kubectl(&["get", "crd", "computeservers.computeserver.io"]).status.code() != Some(0),
+        cluster
+            .kubectl(&["get", "crd", "computeservers.computeserver.io"])
+            .status
+            .code()
+            != Some(0),
         "a refused plan made something"
     );
 
@@ -479,12 +516,18 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
             )
         })
         .collect();
-    assert_eq!(found, expected, "in the API server (left) and in manifests/ (right)");
+    assert_eq!(
+        found, expected,
+        "in the API server (left) and in manifests/ (right)"
+    );
     let web = cluster.json(&["get", "deployment", "compute-server-web", "-n", "compute"]);
     let env = &web["spec"]["template"]["spec"]["containers"][0]["env"];
     assert!(
-        env.as_array().unwrap().iter().any(|e| e["name"] == "COMPUTE_SERVER_OIDC_ISSUER"
-            && e["value"] == "https://keycloak.example.com/realms/compute"),
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "COMPUTE_SERVER_OIDC_ISSUER"
+                && e["value"] == "https://keycloak.example.com/realms/compute"),
         "{env}"
     );
 

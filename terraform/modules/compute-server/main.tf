@@ -65,18 +65,33 @@ resource "kubernetes_manifest" "crd" {
   for_each = local.crds
 
   manifest = each.value
+
+  field_manager {
+    name            = "opentofu"
+    force_conflicts = var.force_conflicts
+  }
 }
 
 resource "kubernetes_manifest" "namespace" {
   count = var.create_namespace ? 1 : 0
 
   manifest = yamldecode(templatefile("${path.module}/templates/namespace.yaml.tftpl", local.template_vars))
+
+  field_manager {
+    name            = "opentofu"
+    force_conflicts = var.force_conflicts
+  }
 }
 
 resource "kubernetes_manifest" "object" {
   for_each = local.objects
 
   manifest = each.value
+
+  field_manager {
+    name            = "opentofu"
+    force_conflicts = var.force_conflicts
+  }
 
   depends_on = [kubernetes_manifest.crd, kubernetes_manifest.namespace]
 }
@@ -95,6 +110,11 @@ resource "kubernetes_manifest" "profile" {
       }
     }
     spec = each.value
+  }
+
+  field_manager {
+    name            = "opentofu"
+    force_conflicts = var.force_conflicts
   }
 
   depends_on = [kubernetes_manifest.crd]

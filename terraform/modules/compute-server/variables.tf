@@ -131,6 +131,12 @@ variable "admission" {
   }
 }
 
+variable "force_conflicts" {
+  description = "Take back fields that another field manager (kubectl edit or patch, a controller) has changed since: apply puts the configuration back. false: such a conflict fails the apply, naming the other manager."
+  type        = bool
+  default     = true
+}
+
 variable "user_role" {
   description = "Create the ClusterRole compute-server-user for people (aggregated to the built-in edit role)."
   type        = bool
