@@ -359,6 +359,11 @@ fn the_example_applies_plans_no_change_and_destroys_only_what_it_made() {
     let (code, plan) = plan_exit(&dir, &var);
     assert_eq!(code, 0, "a second plan must show no changes:\n{plan}");
     assert!(plan.contains("No changes"), "{plan}");
+    let after_plan = cluster.json(&["get", "computeprofile", "terraform-example"]);
+    assert_eq!(
+        after_plan["metadata"]["resourceVersion"], profile["metadata"]["resourceVersion"],
+        "a plan wrote to the profile"
+    );
 
     // A change by hand is drift the next plan shows, and apply puts back.
     cluster.kubectl_ok(&[
