@@ -5,11 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 
 TOFU_VERSION="$(sed -n 's/^require github.com\/opentofu\/opentofu //p' "$SUPPORT_DIR/tofu/go.mod")"
-# The provider's module has no tags the Go module proxy serves since 2.0 (its path lacks /v3), so
-# it is pinned by a commit's pseudo-version: the release 3.2.1 and two commits after it (a code
-# owners file and a grpc bump), the newest commit the proxy serves; the mirror calls it 3.2.1.
+# The provider is pinned by a commit's pseudo-version in its module (see its go.mod); the mirror
+# calls it by the release it follows.
 KUBERNETES_PROVIDER_VERSION="3.2.1"
-KUBERNETES_PROVIDER_MODULE="github.com/hashicorp/terraform-provider-kubernetes@v1.13.4-0.20260821094251-3a33fb6cc605"
+KUBERNETES_PROVIDER_MODULE="$(sed -n 's/^require github.com\/hashicorp\/terraform-provider-kubernetes //p' "$SUPPORT_DIR/tofu-kubernetes/go.mod")"
 
 TOFU_MIRROR="$CS_CACHE/tofu-providers"
 TOFU_CLI_CONFIG="$CS_CACHE/tofurc"
@@ -17,7 +16,7 @@ TOFU_CLI_CONFIG="$CS_CACHE/tofurc"
 if [[ -x $CS_BIN/tofu && -f $CS_BIN/.tofu-$TOFU_VERSION ]]; then
   info "tofu $TOFU_VERSION: cached"
 else
-  step "Building OpenTofu $TOFU_VERSION from the Go module proxy (about 5 min on 2 cores, once)"
+  step "Building OpenTofu $TOFU_VERSION from the Go module proxy (5-10 min on 2 cores, once)"
   ( cd "$SUPPORT_DIR/tofu" && \
     with_progress "go build tofu" go build -mod=readonly -trimpath \
       -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" \
@@ -27,17 +26,16 @@ fi
 
 provider_dir="$TOFU_MIRROR/registry.opentofu.org/hashicorp/kubernetes/$KUBERNETES_PROVIDER_VERSION/linux_amd64"
 provider="$provider_dir/terraform-provider-kubernetes_v$KUBERNETES_PROVIDER_VERSION"
-stamp="$provider_dir/.built-from-${KUBERNETES_PROVIDER_MODULE##*@}"
+stamp="$provider_dir/.built-from-$KUBERNETES_PROVIDER_MODULE"
 if [[ -x $provider && -f $stamp ]]; then
   info "Kubernetes provider $KUBERNETES_PROVIDER_VERSION: cached"
 else
-  step "Building the Kubernetes provider $KUBERNETES_PROVIDER_VERSION from the Go module proxy (about 5 min on 2 cores, once)"
+  step "Building the Kubernetes provider $KUBERNETES_PROVIDER_VERSION from the Go module proxy (5-10 min on 2 cores, once)"
   rm -rf "$provider_dir" && mkdir -p "$provider_dir"
-  tmp="$(mktemp -d)"
-  with_progress "go install terraform-provider-kubernetes" env GOBIN="$tmp" go install -trimpath \
-    -ldflags "-s -w -X main.Version=$KUBERNETES_PROVIDER_VERSION" "$KUBERNETES_PROVIDER_MODULE"
-  mv "$tmp/terraform-provider-kubernetes" "$provider"
-  rmdir "$tmp"
+  ( cd "$SUPPORT_DIR/tofu-kubernetes" && \
+    with_progress "go build terraform-provider-kubernetes" go build -mod=readonly -trimpath \
+      -ldflags "-s -w -X main.Version=$KUBERNETES_PROVIDER_VERSION" \
+      -o "$provider" github.com/hashicorp/terraform-provider-kubernetes )
   touch "$stamp"
 fi
 
