@@ -28,10 +28,11 @@ bench:
 install:
 	@bash $(STACK) install
 
-## crds: regenerate crds/ (and the Helm chart's copy, then manifests/) from the Rust types
+## crds: regenerate crds/ (and the Helm chart's and Terraform module's copies, then manifests/) from the Rust types
 crds:
 	cargo run --quiet -- crd --out-dir crds
 	cargo run --quiet -- crd --out-dir charts/compute-server/files/crds
+	cargo run --quiet -- crd --out-dir terraform/modules/compute-server/crds
 	@bash tests/support/manifests.sh write
 
 ## manifests: regenerate manifests/ (plain YAML for kubectl apply -k) from the Helm chart

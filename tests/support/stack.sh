@@ -30,6 +30,7 @@ install() {
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver wrk
   }
   bash "$SUPPORT_DIR/kube.sh" install
+  bash "$SUPPORT_DIR/install-tofu.sh"
   bash "$SUPPORT_DIR/keycloak.sh" install
   info "everything installed ($((SECONDS - t0)) s)"
 }

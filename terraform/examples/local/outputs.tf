@@ -1,0 +1,4 @@
+output "profiles" {
+  description = "The ComputeProfiles made (`kubectl get computeprofiles`)."
+  value       = module.compute_server.profiles
+}
