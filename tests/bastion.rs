@@ -1112,16 +1112,7 @@ fn an_open_ssh_session_keeps_an_idle_server_running_and_it_stops_once_closed() {
     let stopped = eventually("the idle server to stop", 150, || {
         support::server_json(&ns.name, "dev").filter(|s| s["status"]["phase"] == "Stopped")
     });
-    let stopped_at: Timestamp = stopped["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()["lastTransitionTime"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stopped_at = support::ready_since(&stopped);
     assert!(
         stopped_at >= closed + SignedDuration::from_secs(55),
         "stopped at {stopped_at}, the session closed at {closed}"

@@ -154,16 +154,7 @@ fn a_busy_server_keeps_running_and_a_lifetime_stops_it() {
     let stopped = wait_phase(&ns.name, "busy", "Stopped");
     let reason = stopped["status"]["stopReason"].as_str().unwrap();
     assert!(reason.contains("its lifetime of 45s is over"), "{reason}");
-    let stopped_at: jiff::Timestamp = stopped["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()["lastTransitionTime"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stopped_at = support::ready_since(&stopped);
     let lived = stopped_at.duration_since(started).as_secs();
     assert!((45..75).contains(&lived), "stopped {lived} s after it started");
 }

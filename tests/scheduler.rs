@@ -47,13 +47,6 @@ fn node_of(server: &Value) -> Option<String> {
         .map(String::from)
 }
 
-fn condition<'a>(server: &'a Value, type_: &str) -> &'a Value {
-    server["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or(&Value::Null)
-}
-
 fn computenode(name: &str) -> Value {
     serde_json::from_str(&kubectl_ok(&["get", "computenode", name, "-o", "json"], None)).unwrap()
 }
@@ -129,7 +122,7 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
     for server in &placed {
         let node = node_of(server).expect("every server has a node");
         assert_eq!(server["status"]["node"], node.as_str());
-        let scheduled = condition(server, "Scheduled");
+        let scheduled = support::condition(server, "Scheduled");
         assert_eq!(scheduled["status"], "True", "{server}");
         assert!(
             scheduled["message"]
@@ -191,7 +184,7 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     let waiting = wait_pending_with(&ns.name, "more", "1 lacks 1 free CPUs");
     let message = waiting["status"]["message"].as_str().unwrap();
     assert!(message.starts_with("0/"), "{message}");
-    let scheduled = condition(&waiting, "Scheduled");
+    let scheduled = support::condition(&waiting, "Scheduled");
     assert_eq!(scheduled["status"], "False");
     assert_eq!(scheduled["reason"], "Unschedulable");
     assert_eq!(scheduled["message"], message);
@@ -202,7 +195,7 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     let second = Agent::start_with(&unique("room"), 2, &flags);
     let placed = wait_phase(&ns.name, "more", "Running");
     assert_eq!(node_of(&placed).as_deref(), Some(second.node.as_str()));
-    assert_eq!(condition(&placed, "Scheduled")["status"], "True");
+    assert_eq!(support::condition(&placed, "Scheduled")["status"], "True");
 }
 
 #[test]
@@ -297,8 +290,8 @@ fn a_killed_agent_makes_its_servers_node_lost_until_it_comes_back() {
     let message = lost["status"]["message"].as_str().unwrap();
     assert!(message.starts_with(&format!("node {node} is lost")), "{message}");
     assert!(message.contains("not moved to another node"), "{message}");
-    assert_eq!(condition(&lost, "Ready")["status"], "False");
-    assert_eq!(condition(&lost, "Ready")["reason"], "NodeLost");
+    assert_eq!(support::condition(&lost, "Ready")["status"], "False");
+    assert_eq!(support::condition(&lost, "Ready")["reason"], "NodeLost");
     let cnode = computenode(&node);
     let ready = cnode["status"]["conditions"]
         .as_array()
@@ -315,7 +308,7 @@ fn a_killed_agent_makes_its_servers_node_lost_until_it_comes_back() {
     let _agent = Agent::start_with(&node, 1, &flags);
     let back = wait_phase(&ns.name, "work", "Running");
     assert_eq!(back["status"]["containerID"], container);
-    assert_eq!(condition(&back, "Ready")["status"], "True");
+    assert_eq!(support::condition(&back, "Ready")["status"], "True");
     wait_ready(&node);
 }
 

@@ -364,6 +364,23 @@ pub fn server_json(ns: &str, name: &str) -> Option<serde_json::Value> {
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// The server's condition of `type_` (Null when it has none).
+pub fn condition<'a>(server: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
+    server["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// When the server's Ready condition last changed: for a stopped server, when it stopped.
+pub fn ready_since(server: &serde_json::Value) -> jiff::Timestamp {
+    condition(server, "Ready")["lastTransitionTime"]
+        .as_str()
+        .expect("a Ready condition")
+        .parse()
+        .unwrap()
+}
+
 /// Waits until the server's phase is `phase` and returns the server.
 pub fn wait_phase(ns: &str, name: &str, phase: &str) -> serde_json::Value {
     eventually(&format!("{name} to be {phase}"), 90, || {
