@@ -359,7 +359,7 @@ fn two_schedulers_never_place_a_server_twice_and_the_standby_takes_over() {
     let standby = schedulers.iter().position(|s| s.identity != holder).unwrap();
     assert_eq!(placements(&schedulers[standby]), 0, "the standby placed nothing");
 
-    // The leader dies without handing over; the standby takes over once the 4 s lease runs out.
+    // The leader dies without handing over; the standby takes over once the 6 s lease runs out.
     let leader_index = 1 - standby;
     schedulers[leader_index].kill();
     let late: Vec<String> = (0..4).map(|i| format!("late{i}")).collect();

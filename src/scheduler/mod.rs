@@ -246,7 +246,9 @@ pub async fn run(args: Args) -> Result<()> {
         .with_identity(&identity)
         .with_field_manager(FIELD_MANAGER)
         .with_duration(lease_seconds)
-        .with_grace((lease_seconds / 3).max(1))
+        // Renew at half the lease: a leader whose API calls are slow for a moment keeps it
+        // (client-go renews with a third of the lease to spare; this leaves half).
+        .with_grace((lease_seconds / 2).max(1))
         .build()
         .await
         .map_err(|e| Error::Leader(e.to_string()))?;

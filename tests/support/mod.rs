@@ -305,7 +305,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for the servers of `namespace`, with its leader Lease and the nodes'
-    /// Leases in `lease_namespace`, and a 4 s leader Lease so takeovers are quick.
+    /// Leases in `lease_namespace`, and a 6 s leader Lease so takeovers are quick.
     pub fn start(identity: &str, namespace: &str, lease_namespace: &str) -> Scheduler {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
@@ -320,7 +320,7 @@ impl Scheduler {
                 "--lease-namespace",
                 lease_namespace,
                 "--leader-lease-seconds",
-                "4",
+                "6",
                 "--metrics-address",
                 &metrics,
             ],
