@@ -82,6 +82,7 @@ async fn raw(docker: &bollard::Docker, n: usize, in_flight: usize) -> Run {
                 s.metadata.namespace = Some("bench".into());
                 // Docker's own bridge: the floor need not wait for the agent's networks.
                 let host = plan::Host {
+                    user_cas: vec![],
                     publish_address: "127.0.0.1".into(),
                     networks: ("bridge".into(), "bridge".into()),
                     ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),

@@ -10,6 +10,7 @@ pub mod bastion;
 pub mod crd;
 pub mod health;
 pub mod scheduler;
+pub mod ssh_ca;
 pub mod telemetry;
 pub mod web;
 

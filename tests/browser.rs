@@ -460,3 +460,288 @@ async fn alice_is_warned_of_a_coming_stop_and_keeps_her_server_running() {
     alice.close().await.unwrap();
     drop(agent);
 }
+
+/// The roles a browser session goes through: an agent, the scheduler, a bastion and a web
+/// front sharing one user CA (as `make up` runs them), for servers of one namespace.
+struct BrowserStack {
+    _agent: Agent,
+    _scheduler: Scheduler,
+    bastion: support::Bastion,
+    web: WebFront,
+    _keys: tempfile::TempDir,
+}
+
+impl BrowserStack {
+    fn start(ns: &str) -> BrowserStack {
+        let keys = tempfile::tempdir().unwrap();
+        let (ca, ca_public) = ssh_keypair(keys.path(), "user-ca");
+        let ca_file = keys.path().join("user_ca_keys");
+        std::fs::write(&ca_file, format!("{ca_public}\n")).unwrap();
+        let ca_file = ca_file.display().to_string();
+        let (host_key, host_public) = ssh_keypair(keys.path(), "bastion");
+        let agent_flags = [
+            "--lease-namespace",
+            ns,
+            "--lease-seconds",
+            "6",
+            "--user-ca-keys",
+            &ca_file,
+        ];
+        let agent = Agent::start_with(&unique("browser-node"), 1, &agent_flags);
+        let scheduler = Scheduler::start(&unique("sched"), ns, ns);
+        let bastion = support::Bastion::start_with(
+            ns,
+            &[
+                "--host-key-file".into(),
+                host_key.display().to_string(),
+                "--user-ca-keys".into(),
+                ca_file.clone(),
+            ],
+        );
+        let address = format!("127.0.0.1:{}", bastion.port);
+        let ca = ca.display().to_string();
+        let web = WebFront::start(
+            ns,
+            "compute-server",
+            &[
+                "--bastion-address",
+                &address,
+                "--user-ca-key",
+                &ca,
+                "--bastion-host-key",
+                &host_public,
+            ],
+        );
+        BrowserStack {
+            _agent: agent,
+            _scheduler: scheduler,
+            bastion,
+            web,
+            _keys: keys,
+        }
+    }
+}
+
+/// Applies a server of alice's and waits until it runs.
+fn alices_server(ns: &str, name: &str, profile: &str) {
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: {name}\n  namespace: {ns}\n  \
+         labels: {{computeserver.io/owner: alice}}\nspec: {{owner: alice, profile: {profile}}}\n"
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    support::wait_phase(ns, name, "Running");
+}
+
+/// What the terminal shows, row by row.
+async fn terminal_text(browser: &Client) -> String {
+    match browser.find(Locator::Css(".xterm-rows")).await {
+        Ok(rows) => rows.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Types `line` and Enter into the terminal, and waits until it shows a line for which
+/// `check` answers; returns that answer.
+async fn type_and_wait<T>(browser: &Client, line: &str, what: &str, check: impl Fn(&str) -> Option<T>) -> T {
+    let input = browser
+        .find(Locator::Css(".xterm-helper-textarea"))
+        .await
+        .unwrap();
+    input.send_keys(&format!("{line}\u{E007}")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = terminal_text(browser).await;
+        if let Some(found) = shown.lines().find_map(|l| check(l.trim())) {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the terminal did not show {what}: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Signs `user` in with a browser of their own, landing on `path`.
+async fn signed_in(driver: &ChromeDriver, web: &WebFront, user: &str, path: &str) -> Client {
+    let browser = driver.session(user).await;
+    browser.goto(&format!("{}{path}", web.url)).await.unwrap();
+    keycloak_login(&browser, user).await;
+    browser
+        .wait()
+        .for_element(Locator::Css("span.user"))
+        .await
+        .unwrap();
+    browser
+}
+
+#[tokio::test]
+async fn alice_types_in_a_terminal_in_her_browser_and_bob_cannot_open_it() {
+    install_crds();
+    let ns = TestNamespace::new("browser-term");
+    let stack = BrowserStack::start(&ns.name);
+    alices_server(&ns.name, "term", "debian");
+    let driver = ChromeDriver::start();
+
+    // The detail page offers the terminal; it opens, and runs a shell on the server.
+    let alice = signed_in(&driver, &stack.web, "alice", "/servers/term").await;
+    let link = alice.find(Locator::LinkText("Open terminal")).await.unwrap();
+    assert!(link.is_displayed().await.unwrap());
+    let href = link.attr("href").await.unwrap().unwrap();
+    assert_eq!(href, "/servers/term/terminal");
+    alice.goto(&format!("{}{href}", stack.web.url)).await.unwrap();
+    eventually_async("Connected", 30, || {
+        let alice = alice.clone();
+        async move { (text(&alice, "[data-terminal-state]").await == "Connected").then_some(()) }
+    })
+    .await;
+    type_and_wait(&alice, "hostname", "the host name", |l| {
+        (l == "term").then_some(())
+    })
+    .await;
+    screenshot(&alice, "7-terminal").await;
+
+    // Resizing the window resizes the terminal (stty reads the pty's size).
+    let size = |l: &str| {
+        let (rows, cols) = l.split_once(' ')?;
+        Some((rows.parse::<u32>().ok()?, cols.parse::<u32>().ok()?))
+    };
+    let before = type_and_wait(&alice, "stty size", "its size", size).await;
+    alice.set_window_size(900, 600).await.unwrap();
+    let after = eventually_async("another size", 20, || {
+        let alice = alice.clone();
+        async move {
+            let now = type_and_wait(&alice, "clear; stty size", "its size", size).await;
+            (now != before).then_some(now)
+        }
+    })
+    .await;
+    assert!(
+        after.1 < before.1,
+        "narrower window, fewer columns: {before:?} then {after:?}"
+    );
+
+    // The bastion's audit log has the browser session, with alice's name.
+    let log = std::fs::read_to_string(format!(
+        "{}/target/test-logs/bastion-{}.log",
+        env!("CARGO_MANIFEST_DIR"),
+        ns.name
+    ))
+    .unwrap();
+    let audited = log.lines().any(|l| {
+        l.contains("\"event\":\"auth\"")
+            && l.contains("\"outcome\":\"accepted\"")
+            && l.contains("\"user\":\"\\\"alice\\\"\"")
+            && l.contains(&format!("web terminal of alice on term.{}", ns.name))
+    });
+    assert!(
+        audited,
+        "no audited browser login of alice in the bastion's log:\n{log}"
+    );
+    assert_eq!(
+        support::metric(&stack.bastion.health_url, "compute_server_bastion_open_jumps"),
+        1
+    );
+
+    // Closing the page ends the session: the bastion's jump closes.
+    alice
+        .goto(&format!("{}/servers/term", stack.web.url))
+        .await
+        .unwrap();
+    eventually("the jump to close", 20, || {
+        (support::metric(&stack.bastion.health_url, "compute_server_bastion_open_jumps") == 0).then_some(())
+    });
+
+    // Bob gets "not found", as for a server that does not exist.
+    let bob = signed_in(&driver, &stack.web, "bob", "/").await;
+    for path in ["/servers/term/terminal", "/servers/term/apps/jupyter/"] {
+        bob.goto(&format!("{}{path}", stack.web.url)).await.unwrap();
+        assert_eq!(text(&bob, "h1").await, "Not found", "{path}");
+    }
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn alice_opens_jupyter_through_the_front_and_its_kernel_answers_over_websockets() {
+    install_crds();
+    let ns = TestNamespace::new("browser-app");
+    let stack = BrowserStack::start(&ns.name);
+    let profile = TestProfile {
+        name: unique("jupyter"),
+    };
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {{name: {}}}\n\
+         spec: {{image: 'computeserver/jupyter:local', defaultResources: {{cpu: '1', memory: 1Gi}}, \
+         ports: [{{name: ssh, containerPort: 22}}, {{name: jupyter, containerPort: 8888, appProtocol: http}}]}}\n",
+        profile.name
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    alices_server(&ns.name, "nb", &profile.name);
+    let driver = ChromeDriver::start();
+
+    // The detail page lists the app; it opens at its path on the front.
+    let alice = signed_in(&driver, &stack.web, "alice", "/servers/nb").await;
+    let link = alice.find(Locator::LinkText("Open jupyter")).await.unwrap();
+    assert_eq!(
+        link.attr("href").await.unwrap().as_deref(),
+        Some("/servers/nb/apps/jupyter/")
+    );
+    let app = format!("{}/servers/nb/apps/jupyter/", stack.web.url);
+    eventually_async("Jupyter's page", 90, || {
+        let (alice, app) = (alice.clone(), app.clone());
+        async move {
+            alice.goto(&app).await.ok()?;
+            let title = alice.title().await.ok()?;
+            title.contains("Home").then_some(())
+        }
+    })
+    .await;
+    let url = alice.current_url().await.unwrap();
+    assert!(url.path().starts_with("/servers/nb/apps/jupyter/tree"), "{url}");
+    screenshot(&alice, "8-jupyter").await;
+
+    // A kernel starts, and runs code over its WebSocket, through the front.
+    let answer = alice
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+            const base = "/servers/nb/apps/jupyter/";
+            const xsrf = decodeURIComponent((document.cookie.match(/_xsrf=([^;]+)/) || [])[1] || "");
+            fetch(base + "api/kernels", {method: "POST", headers: {"X-XSRFToken": xsrf}})
+              .then((r) => r.json())
+              .then((kernel) => {
+                const ws = new WebSocket(`ws://${location.host}${base}api/kernels/${kernel.id}/channels`);
+                ws.onopen = () => ws.send(JSON.stringify({
+                  header: {msg_id: "m1", username: "test", session: "s1", msg_type: "execute_request",
+                           version: "5.3", date: new Date().toISOString()},
+                  parent_header: {}, metadata: {}, channel: "shell", buffers: [],
+                  content: {code: "print(6 * 7)", silent: false, store_history: false,
+                            user_expressions: {}, allow_stdin: false}}));
+                ws.onmessage = (event) => {
+                  const message = JSON.parse(event.data);
+                  if (message.msg_type === "stream") { done(message.content.text.trim()); ws.close(); }
+                };
+                ws.onerror = () => done("the WebSocket failed");
+              })
+              .catch((error) => done("error: " + error));"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, json!("42"));
+
+    // Bob: not found. Signed out: to the sign-in.
+    let bob = signed_in(&driver, &stack.web, "bob", "/").await;
+    bob.goto(&app).await.unwrap();
+    assert_eq!(text(&bob, "h1").await, "Not found");
+    let nobody = driver.session("nobody").await;
+    nobody.goto(&app).await.unwrap();
+    nobody
+        .wait()
+        .for_element(Locator::Id("kc-form-login"))
+        .await
+        .unwrap();
+    for browser in [alice, bob, nobody] {
+        browser.close().await.unwrap();
+    }
+}

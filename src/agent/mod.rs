@@ -113,6 +113,12 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_GPU_DEVICES", value_delimiter = ',')]
     pub gpu_devices: Vec<String>,
 
+    /// File of user CA public keys (the bastion's --user-ca-keys): each server's root account
+    /// accepts certificates they signed for that server's principal, which is how the web
+    /// front's browser terminal and apps log in. Without it, those are not offered.
+    #[arg(long, env = "COMPUTE_SERVER_USER_CA_KEYS")]
+    pub user_ca_keys: Option<std::path::PathBuf>,
+
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
     pub metrics_address: std::net::SocketAddr,
@@ -205,6 +211,10 @@ pub async fn run(args: Args) -> Result<()> {
             network.network(crate::api::Egress::None),
         ),
         ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
+        user_cas: match &args.user_ca_keys {
+            Some(path) => crate::ssh_ca::read_public_keys(path)?,
+            None => Vec::new(),
+        },
     };
     let reporter = Reporter {
         controller: "compute-server-agent".into(),

@@ -162,6 +162,9 @@ pub struct Host {
     pub networks: (String, String),
     /// Whether the node has IPv6: then it is turned off inside servers (no firewall rules for it).
     pub ipv6: bool,
+    /// User CAs whose certificates for a server's own principal log in as root
+    /// ([`crate::ssh_ca`]): the web front's terminal and apps.
+    pub user_cas: Vec<russh::keys::PublicKey>,
 }
 
 impl Host {
@@ -183,16 +186,29 @@ pub fn container(server: &ComputeServer, plan: &Plan, host: &Host) -> ContainerC
         .iter()
         .map(|e| format!("{}={}", e.name, e.value))
         .collect();
-    if !spec.ssh_authorized_keys.is_empty() {
+    let principal = crate::ssh_ca::server_principal(server);
+    let authorized: Vec<String> = (spec.ssh_authorized_keys.iter().cloned())
+        .chain(
+            host.user_cas
+                .iter()
+                .map(|ca| crate::ssh_ca::authorized_line(ca, &principal)),
+        )
+        .collect();
+    if !authorized.is_empty() {
         // The image's entrypoint writes these to ~/.ssh/authorized_keys for its sshd.
+        env.push(format!("SSH_AUTHORIZED_KEYS={}", authorized.join("\n")));
+    }
+    // Where the web front serves the first web app: apps such as Jupyter need their base URL.
+    if let Some(app) = plan.ports.iter().find(|p| p.is_app()) {
         env.push(format!(
-            "SSH_AUTHORIZED_KEYS={}",
-            spec.ssh_authorized_keys.join("\n")
+            "COMPUTE_SERVER_BASE_URL={}",
+            crate::api::app_path(&server.name_any(), &app.name)
         ));
     }
     let port_key = |p: &Port| format!("{}/tcp", p.container_port);
-    let bindings = plan
-        .ports
+    // Web apps are reached through the web front's tunnel, never published on the node.
+    let published: Vec<&Port> = plan.ports.iter().filter(|p| !p.is_app()).collect();
+    let bindings = published
         .iter()
         .map(|p| {
             (
@@ -211,7 +227,7 @@ pub fn container(server: &ComputeServer, plan: &Plan, host: &Host) -> ContainerC
         env: Some(env),
         hostname: Some(server.name_any().chars().take(63).collect()),
         labels: Some(labels(server)),
-        exposed_ports: Some(plan.ports.iter().map(port_key).collect()),
+        exposed_ports: Some(published.iter().map(|p| port_key(p)).collect()),
         host_config: Some(HostConfig {
             memory: Some(plan.request.memory_bytes),
             memory_swap: Some(plan.request.memory_bytes),
@@ -296,6 +312,7 @@ mod tests {
             publish_address: "127.0.0.1".into(),
             networks: ("compute-server".into(), "compute-server-closed".into()),
             ipv6: true,
+            user_cas: vec![],
         }
     }
 
@@ -523,6 +540,48 @@ spec: {image: busybox, maxResources: {gpus: 2}}
         assert_ne!(
             body.labels.unwrap()[SPEC_HASH_LABEL],
             other.labels.unwrap()[SPEC_HASH_LABEL]
+        );
+    }
+
+    #[test]
+    fn web_apps_are_not_published_and_are_told_their_base_url_and_the_ca_logs_in_for_this_server_only() {
+        let s = server(
+            "
+apiVersion: computeserver.io/v1alpha1
+kind: ComputeServer
+metadata: {name: nb, namespace: compute, uid: u9}
+spec:
+  owner: alice
+  image: computeserver/jupyter:local
+  ports: [{name: ssh, containerPort: 22}, {name: jupyter, containerPort: 8888, appProtocol: http}]
+",
+        );
+        let ca = russh::keys::PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ca",
+        )
+        .unwrap();
+        let host = Host {
+            user_cas: vec![ca],
+            ..host()
+        };
+        let body = container(&s, &plan(&s, None).unwrap(), &host);
+        let bindings = body.host_config.unwrap().port_bindings.unwrap();
+        assert_eq!(
+            bindings.keys().collect::<Vec<_>>(),
+            ["22/tcp"],
+            "the app port stays unpublished"
+        );
+        let env = body.env.unwrap();
+        assert!(env.contains(&"COMPUTE_SERVER_BASE_URL=/servers/nb/apps/jupyter/".to_string()));
+        let keys = env
+            .iter()
+            .find(|e| e.starts_with("SSH_AUTHORIZED_KEYS="))
+            .unwrap();
+        assert!(
+            keys.starts_with(
+                "SSH_AUTHORIZED_KEYS=cert-authority,principals=\"compute-server:u9\" ssh-ed25519 "
+            ),
+            "{keys}"
         );
     }
 }

@@ -17,7 +17,8 @@ pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeGpu, Orphane
 pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, RestartPolicy};
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{
-    Activity, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase, Port,
+    Activity, AppProtocol, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase,
+    Port, app_path,
 };
 
 /// The API group.

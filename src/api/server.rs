@@ -187,6 +187,34 @@ pub struct Port {
     /// The port number inside the container, from 1 to 65535.
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("containerPort must be a port number from 1 to 65535"))]
     pub container_port: i32,
+
+    /// `http`: a web app (Jupyter, code-server, TensorBoard) the web front serves to the owner
+    /// at /servers/NAME/apps/PORT-NAME/, through an SSH tunnel into the server; it is not
+    /// published on the node, so it may listen on 127.0.0.1 only. Unset: a plain port,
+    /// published on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<AppProtocol>,
+}
+
+impl Port {
+    /// Whether the web front serves this port as a web app.
+    pub fn is_app(&self) -> bool {
+        self.app_protocol == Some(AppProtocol::Http)
+    }
+}
+
+/// What a port speaks, for the web front.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// A web app over HTTP (WebSockets included).
+    Http,
+}
+
+/// Where the web front serves the app on `port` of server `name`; also the app's
+/// COMPUTE_SERVER_BASE_URL.
+pub fn app_path(name: &str, port: &str) -> String {
+    format!("/servers/{name}/apps/{port}/")
 }
 
 /// Where a server is in its life.

@@ -227,29 +227,17 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The fingerprints of the CA keys in `path`; blank lines and `#` comments are skipped.
+/// The fingerprints of the CA keys in `path`.
 fn read_user_cas(path: &std::path::Path) -> Result<Vec<russh::keys::ssh_key::Fingerprint>> {
-    let error = |reason: String| Error::UserCa {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    let lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let mut cas = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let key = russh::keys::PublicKey::from_openssh(line)
-            .map_err(|e| error(format!("key {} is not an SSH public key line ({e})", n + 1)))?;
-        let fingerprint = key.fingerprint(HashAlg::Sha256);
-        info!(ca = %fingerprint, "user certificates signed by this CA are accepted");
-        cas.push(fingerprint);
-    }
-    if cas.is_empty() {
-        return Err(error("it holds no CA public key".into()));
-    }
-    Ok(cas)
+    let keys = crate::ssh_ca::read_public_keys(path)?;
+    Ok(keys
+        .iter()
+        .map(|key| {
+            let fingerprint = key.fingerprint(HashAlg::Sha256);
+            info!(ca = %fingerprint, "user certificates signed by this CA are accepted");
+            fingerprint
+        })
+        .collect())
 }
 
 /// Runs one client connection to its end; a client that has not logged in within

@@ -7,6 +7,7 @@
 //! cluster, [`servers`] holds the rules both [`pages`] and [`api`] follow.
 
 pub mod api;
+pub mod apps;
 pub mod cache;
 pub mod lifecycle;
 pub mod limit;
@@ -15,6 +16,8 @@ pub mod oidc;
 pub mod pages;
 pub mod servers;
 pub mod session;
+pub mod ssh;
+pub mod terminal;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -81,6 +84,22 @@ pub struct Args {
     /// The bastion's address (host:port), shown in SSH commands: ssh -J user@ADDRESS root@server.
     #[arg(long, env = "COMPUTE_SERVER_BASTION_ADDRESS")]
     pub bastion_address: Option<String>,
+
+    /// The user CA's private key (OpenSSH format; its public key is the bastion's and the
+    /// agents' --user-ca-keys). With it, detail pages offer a terminal in the browser and the
+    /// server's web apps, both through the bastion with a certificate signed for each session.
+    #[arg(long, env = "COMPUTE_SERVER_USER_CA_KEY")]
+    pub user_ca_key: Option<std::path::PathBuf>,
+
+    /// Where this front reaches the bastion for browser sessions (host:port), when not at
+    /// --bastion-address (such as its in-cluster Service).
+    #[arg(long, env = "COMPUTE_SERVER_BASTION_CONNECT")]
+    pub bastion_connect: Option<String>,
+
+    /// The bastion's public host key (an OpenSSH public key line, or a file holding it):
+    /// browser sessions go only to a bastion with this key. Without it, any key is accepted.
+    #[arg(long, env = "COMPUTE_SERVER_BASTION_HOST_KEY")]
+    pub bastion_host_key: Option<String>,
 }
 
 /// What every handler shares; cheap to clone.
@@ -102,6 +121,10 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// The bastion's address for SSH commands.
     pub bastion: Option<Arc<str>>,
+    /// Browser terminals and apps over SSH, when the front has a user CA.
+    pub ssh: Option<Arc<ssh::Config>>,
+    /// The apps' open SSH links.
+    pub apps: Arc<apps::Links>,
     /// The Content-Security-Policy header.
     csp: HeaderValue,
 }
@@ -157,6 +180,7 @@ pub async fn run(args: Args) -> Result<()> {
             "--public-url is plain http but not local: browsers will not send the Secure session cookie back"
         );
     }
+    let ssh = ssh_config(&args)?;
     let client = Client::try_default().await.map_err(Error::Kube)?;
     let cache = Cache::start(client.clone(), &args.namespace);
     let oidc = Arc::new(OnceLock::new());
@@ -169,8 +193,11 @@ pub async fn run(args: Args) -> Result<()> {
         events: Api::namespaced(client, &args.namespace),
         public_url: public_url.clone(),
         bastion: args.bastion_address.as_deref().map(Arc::from),
+        ssh,
+        apps: Arc::default(),
         csp: csp(&issuer.origin().ascii_serialization()),
     };
+    tokio::spawn(state.apps.clone().reap());
 
     tokio::spawn(async move {
         let redirect = format!("{public_url}/auth/callback");
@@ -216,6 +243,49 @@ pub async fn run(args: Args) -> Result<()> {
         })
 }
 
+/// What browser sessions need, from the flags: none without --user-ca-key.
+fn ssh_config(args: &Args) -> Result<Option<Arc<ssh::Config>>> {
+    let Some(path) = &args.user_ca_key else {
+        info!("no --user-ca-key: no browser terminal and no web apps");
+        return Ok(None);
+    };
+    let ca_error = |reason: String| Error::UserCa {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ca_error(e.to_string()))?;
+    let ca = russh::keys::PrivateKey::from_openssh(text.trim())
+        .map_err(|e| ca_error(format!("not an OpenSSH private key without a passphrase ({e})")))?;
+    let Some(bastion) = args
+        .bastion_connect
+        .clone()
+        .or_else(|| args.bastion_address.clone())
+    else {
+        return Err(config(
+            "--user-ca-key needs the bastion's address: --bastion-connect or --bastion-address".into(),
+        ));
+    };
+    let host_keys = match &args.bastion_host_key {
+        Some(text) => {
+            let line = match std::path::Path::new(text).is_file() {
+                true => std::fs::read_to_string(text)
+                    .map_err(|e| config(format!("--bastion-host-key {text}: {e}")))?,
+                false => text.clone(),
+            };
+            let key = russh::keys::PublicKey::from_openssh(line.trim())
+                .map_err(|e| config(format!("--bastion-host-key is not an OpenSSH public key ({e})")))?;
+            vec![key]
+        }
+        None => {
+            warn!("no --bastion-host-key: browser sessions accept any host key at {bastion}");
+            Vec::new()
+        }
+    };
+    info!(%bastion, ca = %ca.public_key().fingerprint(russh::keys::HashAlg::Sha256),
+          "browser terminal and web apps on, through the bastion");
+    Ok(Some(Arc::new(ssh::Config::new(ca, bastion, host_keys))))
+}
+
 fn csp(issuer_origin: &str) -> HeaderValue {
     // form-action: the sign-out form is answered with a redirect to Keycloak.
     let policy = format!(
@@ -244,6 +314,8 @@ pub fn app(state: AppState) -> Router {
         })
     });
     let browser = pages::routes()
+        .merge(terminal::routes())
+        .merge(apps::routes())
         .merge(session::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), session::layer));
     Router::new()
@@ -274,8 +346,14 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 
 async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    if response.extensions().get::<apps::AppResponse>().is_some() {
+        // A server's web app: its own headers, as it set them.
+        return response;
+    }
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, state.csp.clone());
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, state.csp.clone());
+    }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -38,37 +38,73 @@ pub fn routes() -> Router<AppState> {
         .route("/admin", get(admin))
 }
 
-/// The stylesheet and script, compiled in.
+/// The stylesheet and scripts, compiled in: ours, and xterm.js from the npm registry
+/// (`tests/support/web-assets.sh` puts it in static/vendor before the build).
 pub fn static_routes() -> Router<AppState> {
-    let cache = "public, max-age=3600";
-    Router::new()
-        .route(
+    const FILES: [(&str, &str, &str); 6] = [
+        (
             "/static/app.css",
-            get(move || async move {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-                        (header::CACHE_CONTROL, cache),
-                    ],
-                    include_str!("static/app.css"),
-                )
-            }),
-        )
-        .route(
+            "text/css; charset=utf-8",
+            include_str!("static/app.css"),
+        ),
+        (
             "/static/app.js",
-            get(move || async move {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-                        (header::CACHE_CONTROL, cache),
-                    ],
-                    include_str!("static/app.js"),
-                )
-            }),
-        )
+            "text/javascript; charset=utf-8",
+            include_str!("static/app.js"),
+        ),
+        (
+            "/static/terminal.js",
+            "text/javascript; charset=utf-8",
+            include_str!("static/terminal.js"),
+        ),
+        (
+            "/static/vendor/xterm.js",
+            "text/javascript; charset=utf-8",
+            include_str!("static/vendor/xterm.js"),
+        ),
+        (
+            "/static/vendor/xterm.css",
+            "text/css; charset=utf-8",
+            include_str!("static/vendor/xterm.css"),
+        ),
+        (
+            "/static/vendor/addon-fit.js",
+            "text/javascript; charset=utf-8",
+            include_str!("static/vendor/addon-fit.js"),
+        ),
+    ];
+    let cache = "public, max-age=3600";
+    FILES
+        .into_iter()
+        .fold(Router::new(), |router, (path, kind, text)| {
+            router.route(
+                path,
+                get(move || async move {
+                    (
+                        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, cache)],
+                        text,
+                    )
+                }),
+            )
+        })
 }
 
 fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    layout_with(title, session, html! {}, body)
+}
+
+/// A page with more in its head (the terminal's scripts).
+pub fn page_with(
+    status: StatusCode,
+    title: &str,
+    session: Option<&Session>,
+    head: Markup,
+    body: Markup,
+) -> Response {
+    (status, layout_with(title, session, head, body)).into_response()
+}
+
+fn layout_with(title: &str, session: Option<&Session>, head: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -78,6 +114,7 @@ fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 title { (title) " · compute-server" }
                 link rel="stylesheet" href="/static/app.css";
                 script src="/static/app.js" defer {}
+                (head)
             }
             body {
                 header.top {
@@ -142,7 +179,7 @@ pub fn bad_csrf() -> Response {
     )
 }
 
-fn problem_page(session: &Session, problem: Problem) -> Response {
+pub fn problem_page(session: &Session, problem: Problem) -> Response {
     let (status, _) = problem.status();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let title = match problem {
@@ -484,6 +521,9 @@ async fn detail(
     let stop = lifecycle::stop(&server, &rules, now);
     let warning = stop.as_ref().and_then(|s| s.warning.clone());
     let line = stop.filter(|s| s.warning.is_none()).map(|s| s.line(now));
+    let apps = super::apps::apps(&server, &profiles);
+    let browser = state.ssh.is_some();
+    let reachable = super::terminal::reachable(&server).is_ok();
     page(
         StatusCode::OK,
         &name,
@@ -503,6 +543,16 @@ async fn detail(
                     form method="post" action={ "/servers/" (name) "/delete" } data-confirm={ "Delete " (name) " and its data?" } {
                         input type="hidden" name="csrf" value=(session.csrf);
                         button.button.danger type="submit" { "Delete" }
+                    }
+                }
+            }
+            @if browser {
+                nav.browser data-shown-by="reachable" hidden[!reachable] {
+                    a.button href={ "/servers/" (name) "/terminal" } target="_blank" rel="noopener" { "Open terminal" }
+                    @for app in &apps {
+                        a.button.secondary href=(crate::api::app_path(&name, &app.name)) target="_blank" rel="noopener" {
+                            "Open " (app.name)
+                        }
                     }
                 }
             }
@@ -532,6 +582,13 @@ async fn detail(
                     dt { "Node" } dd data-field="node" { (status.node.as_deref().unwrap_or("—")) }
                     dt { "Age" } dd { (age(&server)) }
                     dt { "SSH" } dd { code.ssh data-field="ssh" { (ssh.as_deref().unwrap_or("—")) } }
+                    @if !apps.is_empty() {
+                        dt { "Apps" } dd {
+                            @for app in &apps {
+                                a href=(crate::api::app_path(&name, &app.name)) { (app.name) } " (port " (app.container_port) ") "
+                            }
+                        }
+                    }
                 }
             }
             h2 { "Events" }
@@ -570,6 +627,7 @@ fn status_json(server: &ComputeServer, bastion: Option<&str>, rules: &Rules) -> 
         "node": status.node.unwrap_or_else(|| "—".into()),
         "ssh": servers::ssh_command(server, bastion, &server.spec.owner).unwrap_or_else(|| "—".into()),
         "running": servers::runs(server),
+        "reachable": super::terminal::reachable(server).is_ok(),
         "warning": warning.unwrap_or_default(),
         "stops": line.unwrap_or_default(),
     })

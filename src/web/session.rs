@@ -75,6 +75,11 @@ fn same(a: &str, b: &str) -> bool {
 pub struct MaybeSession(pub Option<Session>);
 
 impl Cookies {
+    /// The names of the front's own cookies, which web apps must never see or set.
+    pub fn names(&self) -> [&str; 3] {
+        [&self.session, &self.id, &self.login]
+    }
+
     /// `secure` is false only for a plain-http public URL on the loopback interface (local use);
     /// the `__Host-` prefix (host-only, path /, Secure) is used whenever cookies are Secure.
     pub fn new(key: Key, secure: bool) -> Cookies {

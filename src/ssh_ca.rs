@@ -1,0 +1,89 @@
+//! The user CA that browser sessions go through, as the bastion, the agents and the web front
+//! share it: the CA's public keys (a file as sshd's `TrustedUserCAKeys`), and the principal a
+//! certificate must name to log in to one server's sshd as root.
+//!
+//! The web front signs short-lived certificates with the CA's private key (`web::ssh`); the
+//! bastion accepts them for the user they name; each server's root account accepts them for
+//! its own principal only, by an `authorized_keys` line the agent writes (`cert-authority,
+//! principals="…"`), so a certificate for one server opens no other.
+
+use std::path::Path;
+
+use kube::ResourceExt;
+use russh::keys::PublicKey;
+
+use crate::api::ComputeServer;
+use crate::{Error, Result};
+
+/// The CA public keys in `path`: one OpenSSH public key per line; blank lines and `#`
+/// comments are skipped. At least one.
+pub fn read_public_keys(path: &Path) -> Result<Vec<PublicKey>> {
+    let error = |reason: String| Error::UserCa {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let keys = parse_public_keys(&text).map_err(error)?;
+    if keys.is_empty() {
+        return Err(error("it holds no CA public key".into()));
+    }
+    Ok(keys)
+}
+
+fn parse_public_keys(text: &str) -> Result<Vec<PublicKey>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(n, line)| {
+            PublicKey::from_openssh(line)
+                .map_err(|e| format!("key {} is not an SSH public key line ({e})", n + 1))
+        })
+        .collect()
+}
+
+/// The principal that lets a certificate log in as root to `server`, and to no other: its uid.
+pub fn server_principal(server: &ComputeServer) -> String {
+    format!("compute-server:{}", server.uid().unwrap_or_default())
+}
+
+/// The `authorized_keys` line that lets certificates of `ca` for `principal` log in.
+pub fn authorized_line(ca: &PublicKey, principal: &str) -> String {
+    let mut ca = ca.clone();
+    ca.set_comment("compute-server user CA");
+    let key = ca.to_openssh().unwrap_or_default();
+    format!("cert-authority,principals=\"{principal}\" {key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ca@example";
+
+    #[test]
+    fn ca_files_are_read_as_sshd_reads_them() {
+        let keys = parse_public_keys(&format!("# our CA\n\n{CA}\n")).unwrap();
+        assert_eq!(keys.len(), 1);
+        let error = parse_public_keys("not a key").unwrap_err();
+        assert!(error.contains("key 1 is not an SSH public key line"), "{error}");
+    }
+
+    #[test]
+    fn a_server_trusts_the_ca_for_its_own_principal_only() {
+        let server: ComputeServer = serde_yaml::from_str(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\n\
+             metadata: {name: dev, namespace: compute, uid: 1234-abcd}\nspec: {owner: alice}\n",
+        )
+        .unwrap();
+        assert_eq!(server_principal(&server), "compute-server:1234-abcd");
+        let ca = PublicKey::from_openssh(CA).unwrap();
+        let line = authorized_line(&ca, &server_principal(&server));
+        assert_eq!(
+            line,
+            "cert-authority,principals=\"compute-server:1234-abcd\" ssh-ed25519 \
+             AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl compute-server user CA"
+        );
+    }
+}
