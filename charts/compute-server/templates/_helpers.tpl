@@ -160,3 +160,19 @@ with (dict "ctx" $ "role" "web"). */}}
 {{- define "cs.serviceAccountUser" -}}
 {{- printf "system:serviceaccount:%s:%s" .ctx.Release.Namespace (include "cs.serviceAccountName" .) -}}
 {{- end }}
+
+{{/* The user CA Secret's key `key` mounted at /etc/compute-server/user-ca (browser sessions). */}}
+{{- define "cs.userCaMount" -}}
+{{- if .ctx.Values.browserSessions.userCaSecret }}
+volumeMounts:
+  - {name: user-ca, mountPath: /etc/compute-server/user-ca, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "cs.userCaVolume" -}}
+{{- with .ctx.Values.browserSessions.userCaSecret }}
+volumes:
+  - name: user-ca
+    secret: {secretName: {{ . }}, items: [{key: {{ $.key }}, path: {{ $.key }}}]}
+{{- end }}
+{{- end }}
