@@ -1,6 +1,9 @@
 # The two commands: `make up` and `make test`. Everything they need is installed by
 # tests/support/ on first use and cached in ~/.cache/compute-server.
 STACK := tests/support/stack.sh
+# The browser libraries the binary embeds (src/web/static/vendor/, from web/package-lock.json):
+# every target that compiles runs it first (stack.sh and image.sh do too). Quick when present.
+WEB_ASSETS := tests/support/web-assets.sh
 
 .PHONY: up down reset test bench install crds manifests image lint
 
@@ -30,6 +33,7 @@ install:
 
 ## crds: regenerate crds/ (and the Helm chart's and Terraform module's copies, then manifests/) from the Rust types
 crds:
+	@bash $(WEB_ASSETS)
 	cargo run --quiet -- crd --out-dir crds
 	cargo run --quiet -- crd --out-dir charts/compute-server/files/crds
 	cargo run --quiet -- crd --out-dir terraform/modules/compute-server/crds
@@ -45,6 +49,7 @@ image:
 
 ## lint: rustfmt and clippy as CI would want them
 lint:
+	@bash $(WEB_ASSETS)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 

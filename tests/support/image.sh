@@ -10,7 +10,8 @@
 #                                      (the agent's firewall for the servers' networks)
 #
 #   image.sh bases    make both bases if missing or out of date
-#   image.sh build    bases, then `docker build` the product image; prints its tag last
+#   image.sh build    web-assets.sh (src/web/static/vendor/), bases, then `docker build` the
+#                     product image; prints its tag last
 #
 # The debootstrap rootfs is cached in $CS_CACHE/images; nothing depends on that cache.
 # Elsewhere, build with the public bases: `docker build -t computeserver/compute-server:TAG .`
@@ -139,6 +140,8 @@ docker_build() {
 }
 
 cmd_build() {
+  # The build context's src/ carries the browser libraries the binary embeds (.dockerignore).
+  bash "$SUPPORT_DIR/web-assets.sh"
   cmd_bases
   local log="$REPO_DIR/target/image-build.log"
   mkdir -p "$REPO_DIR/target"

@@ -184,6 +184,8 @@ reset() {
 
 # Builds the binary and the tests, with progress: a cold build takes several minutes.
 cargo_build() {
+  # The browser libraries the binary embeds (include_bytes!), from web/package-lock.json.
+  bash "$SUPPORT_DIR/web-assets.sh"
   step "Building compute-server and its tests (cargo; several minutes the first time)"
   (cd "$REPO_DIR" && with_progress "cargo build" cargo build --locked --all-targets --quiet)
 }
@@ -330,6 +332,7 @@ run_tests() {
 run_benches() {
   state="$REPO_DIR/target/bench"  # global: the trap reads it
   install
+  bash "$SUPPORT_DIR/web-assets.sh"
   step "Building compute-server and the benchmarks in release mode (cargo; several minutes the first time)"
   (cd "$REPO_DIR" && with_progress "cargo bench --no-run" cargo bench --locked --no-run --quiet)
   trap 'down "$state"' EXIT
