@@ -667,16 +667,7 @@ async fn alice_opens_jupyter_through_the_front_and_its_kernel_answers_over_webso
     install_crds();
     let ns = TestNamespace::new("browser-app");
     let stack = BrowserStack::start(&ns.name);
-    let profile = TestProfile {
-        name: unique("jupyter"),
-    };
-    let yaml = format!(
-        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {{name: {}}}\n\
-         spec: {{image: 'computeserver/jupyter:local', defaultResources: {{cpu: '1', memory: 1Gi}}, \
-         ports: [{{name: ssh, containerPort: 22}}, {{name: jupyter, containerPort: 8888, appProtocol: http}}]}}\n",
-        profile.name
-    );
-    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    let profile = jupyter_profile();
     alices_server(&ns.name, "nb", &profile.name);
     let driver = ChromeDriver::start();
 
@@ -744,4 +735,211 @@ async fn alice_opens_jupyter_through_the_front_and_its_kernel_answers_over_webso
     for browser in [alice, bob, nobody] {
         browser.close().await.unwrap();
     }
+}
+
+/// A profile of the test's own with the jupyter image: ssh, and Jupyter as a web app.
+fn jupyter_profile() -> TestProfile {
+    let profile = TestProfile {
+        name: unique("jupyter"),
+    };
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {{name: {}}}\n\
+         spec: {{image: 'computeserver/jupyter:local', defaultResources: {{cpu: '1', memory: 1Gi}}, \
+         ports: [{{name: ssh, containerPort: 22}}, {{name: jupyter, containerPort: 8888, appProtocol: http}}]}}\n",
+        profile.name
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    profile
+}
+
+fn p50(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Reads from `read` until what came holds `needle`; the time it took.
+fn read_until(read: &mut impl std::io::Read, needle: &[u8]) -> Duration {
+    let start = std::time::Instant::now();
+    let (mut seen, mut buffer) = (Vec::new(), [0u8; 4096]);
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = read.read(&mut buffer).expect("ssh's output");
+        assert!(n > 0, "ssh ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    start.elapsed()
+}
+
+/// `make bench-browser`: a keystroke's echo through the browser terminal's WebSocket versus
+/// `ssh -tt -J` to the same server, and a page of Jupyter through the front's proxy versus
+/// through `ssh -L` over the same bastion; BENCH_RUNS samples each (default 200), p50s and
+/// their ratios.
+#[tokio::test]
+#[ignore = "benchmark: run with `make bench-browser`"]
+async fn bench_terminal_echo_and_app_page_through_the_front_versus_ssh() {
+    use futures::{SinkExt, StreamExt};
+    use std::io::Write;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let runs: usize = std::env::var("BENCH_RUNS").map_or(200, |n| n.parse().unwrap());
+    install_crds();
+    let ns = TestNamespace::new("browser-bench");
+    let stack = BrowserStack::start(&ns.name);
+    let profile = jupyter_profile();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keypair(keys.path(), "alice@bench");
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: nb\n  namespace: {}\n  \
+         labels: {{computeserver.io/owner: alice}}\nspec: {{owner: alice, profile: {}, sshAuthorizedKeys: ['{public}']}}\n",
+        ns.name, profile.name
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    support::wait_phase(&ns.name, "nb", "Running");
+
+    // alice signs in on Keycloak's pages, as her browser would; her cookie opens the socket.
+    let form = support::signin::FormClient::new(None);
+    let login = form.get(&format!("{}/servers/nb", stack.web.url)).await;
+    let landed = form.log_in(&login, "alice").await;
+    assert!(landed.url.ends_with("/servers/nb"), "{}", landed.url);
+    let cookie = form.cookies(&stack.web.url);
+    let socket_url = format!(
+        "{}/servers/nb/terminal/socket?cols=80&rows=24",
+        stack.web.url.replace("http://", "ws://")
+    );
+    let mut request = socket_url.into_client_request().unwrap();
+    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", stack.web.url.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the terminal's socket");
+    let mut shown = Vec::new();
+    while !String::from_utf8_lossy(&shown).contains("# ") {
+        if let Some(Ok(Message::Binary(bytes))) = socket.next().await {
+            shown.extend_from_slice(&bytes);
+        }
+    }
+    let mut through_front = Vec::new();
+    for i in 0..runs {
+        let start = std::time::Instant::now();
+        socket.send(Message::Binary(b"x".to_vec().into())).await.unwrap();
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Binary(bytes))) if bytes.contains(&b'x') => break,
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended: {other:?}"),
+            }
+        }
+        through_front.push(start.elapsed().as_secs_f64() * 1000.0);
+        if i % 50 == 49 {
+            socket
+                .send(Message::Binary(b"\x15".to_vec().into()))
+                .await
+                .unwrap(); // Ctrl-U
+        }
+    }
+
+    // The same keystrokes with OpenSSH through the bastion.
+    let jump = format!("alice@127.0.0.1:{}", stack.bastion.port);
+    let ssh_args = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "-i",
+            &key.display().to_string(),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-J",
+            &jump,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let target = format!("root@nb.{}", ns.name);
+    let mut ssh = Command::new("ssh")
+        .args(ssh_args(&["-tt", &target]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut stdin, mut stdout) = (ssh.stdin.take().unwrap(), ssh.stdout.take().unwrap());
+    let with_ssh = tokio::task::spawn_blocking(move || {
+        read_until(&mut stdout, b"# ");
+        let mut samples = Vec::new();
+        for i in 0..runs {
+            let start = std::time::Instant::now();
+            stdin.write_all(b"x").unwrap();
+            stdin.flush().unwrap();
+            read_until(&mut stdout, b"x");
+            samples.push(start.elapsed().as_secs_f64() * 1000.0);
+            if i % 50 == 49 {
+                stdin.write_all(b"\x15").unwrap();
+            }
+        }
+        samples
+    })
+    .await
+    .unwrap();
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+
+    // Jupyter's /api: through the front, and through an ssh -L tunnel over the same bastion.
+    let local = free_port();
+    let forward = format!("127.0.0.1:{local}:127.0.0.1:8888");
+    let mut tunnel = Command::new("ssh")
+        .args(ssh_args(&["-N", "-L", &forward, &target]))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let proxied = format!("{}/servers/nb/apps/jupyter/api", stack.web.url);
+    let direct = format!("http://127.0.0.1:{local}/servers/nb/apps/jupyter/api");
+    eventually_async("Jupyter through the tunnel", 60, || {
+        let (client, direct) = (client.clone(), direct.clone());
+        async move {
+            client
+                .get(&direct)
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        }
+    })
+    .await;
+    let (mut front_pages, mut tunnel_pages) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (url, cookie, samples) in [
+            (&proxied, cookie.as_str(), &mut front_pages),
+            (&direct, "", &mut tunnel_pages),
+        ] {
+            let start = std::time::Instant::now();
+            let answer = client.get(url).header("cookie", cookie).send().await.unwrap();
+            assert!(answer.status().is_success(), "{url}: {}", answer.status());
+            answer.bytes().await.unwrap();
+            samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+
+    let (front, ssh) = (p50(through_front), p50(with_ssh));
+    let (page, tunnelled) = (p50(front_pages), p50(tunnel_pages));
+    println!("machine: {}", support::machine());
+    println!(
+        "browser-terminal: runs={runs} echo_p50_ms={front:.2} ssh_echo_p50_ms={ssh:.2} ratio={:.2}",
+        front / ssh
+    );
+    println!(
+        "browser-app: runs={runs} proxy_p50_ms={page:.2} ssh_tunnel_p50_ms={tunnelled:.2} ratio={:.2}",
+        page / tunnelled
+    );
 }
