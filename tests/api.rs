@@ -43,15 +43,18 @@ fn examples_apply_and_kubectl_get_shows_the_columns() {
         files.len() >= 3,
         "manifests/examples/ should hold profiles and servers"
     );
-    // Profiles are cluster-wide: the examples' are the stack's (debian, tiny), but for gpu, which
-    // is removed again so that other tests see the stack's profiles only.
-    struct RemoveGpuProfile;
-    impl Drop for RemoveGpuProfile {
+    // Profiles are cluster-wide: the examples' are the stack's (debian, tiny), but for gpu and
+    // jupyter, which are removed again so that other tests see the stack's profiles only.
+    struct RemoveExtraProfiles;
+    impl Drop for RemoveExtraProfiles {
         fn drop(&mut self) {
-            let _ = kubectl(&["delete", "computeprofile", "gpu", "--ignore-not-found"], None);
+            let _ = kubectl(
+                &["delete", "computeprofile", "gpu", "jupyter", "--ignore-not-found"],
+                None,
+            );
         }
     }
-    let _gpu = RemoveGpuProfile;
+    let _extra = RemoveExtraProfiles;
     for path in files {
         // The examples live in namespace `compute`; this test runs them in its own.
         let text = std::fs::read_to_string(&path)

@@ -5,8 +5,10 @@
 #   docker.sh start STATE_DIR    reuse the daemon on /var/run/docker.sock, or start one;
 #                                appends DOCKER_HOST=... to STATE_DIR/env
 #   docker.sh stop STATE_DIR     stop that daemon, only if `start` started it (idempotent)
-#   docker.sh images [busybox]   build/import the two local images (or only busybox) if missing
-#                                (never pulls)
+#   docker.sh images [busybox|all]  build/import the local images if missing (never pulls):
+#                                busybox and debian-ssh; `busybox` only busybox; `all` also
+#                                jupyter (Debian's Jupyter Notebook, 400+ MB: only the main
+#                                daemon of `stack.sh up` gets it, not the node daemons)
 #   docker.sh node-start STATE_DIR N   a dockerd of its own for local node number N (2, 3, ...):
 #                                own data root, exec root, socket and bridge; loads the local
 #                                images (only busybox with NODE_IMAGES=busybox); appends
@@ -26,8 +28,10 @@ source "$(dirname "$0")/lib.sh"
 SOCK=/var/run/docker.sock
 BUSYBOX_IMAGE=computeserver/busybox:local
 SSH_IMAGE=computeserver/debian-ssh:local
+JUPYTER_IMAGE=computeserver/jupyter:local
 # The images are labelled with a hash of this script: edit it and they are re-imported. The
-# debian rootfs tarball is keyed on its own recipe only (see cmd_images), so that costs seconds.
+# debootstrap rootfs tarballs are keyed on their own recipes only (see debootstrap_image), so
+# that costs seconds.
 RECIPE="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
 RECIPE_LABEL=io.computeserver.recipe
 
@@ -175,16 +179,10 @@ debootstrap_logged() {
   debootstrap "$@" >"$log" 2>&1 || { tail -n 30 "$log" >&2; die "debootstrap failed (log above)"; }
 }
 
-# Debian bookworm minbase + openssh-server, hardened sshd, entrypoint; written as a tar.gz.
-build_debian_rootfs() {
-  local out="$1" mirror
-  mirror="$(debian_mirror)"
-  local tmp; tmp="$(mktemp -d "$(dirname "$out")/build.XXXXXX")"; TMP_DIRS+=("$tmp")
-  local root="$tmp/rootfs"
-  info "Debian mirror (from the apt configuration): $mirror"
-  with_progress "debootstrap" debootstrap_logged "$tmp/debootstrap.log" \
-    --variant=minbase --include=openssh-server,ca-certificates bookworm "$root" "$mirror"
-
+# What both Debian images share: hardened sshd and the entrypoint ($2 names the image in its
+# comment), written into the rootfs $1.
+write_sshd_setup() {
+  local root="$1" image="$2"
   # Host keys made at package install would be shared by every container: each container
   # makes its own at first start instead (entrypoint).
   rm -f "$root"/etc/ssh/ssh_host_*
@@ -202,9 +200,9 @@ EOF
   # not locked, so key login works.
   sed -i 's/^root:[^:]*:/root:*:/' "$root/etc/shadow"
 
-  cat >"$root/usr/local/bin/compute-server-entrypoint" <<'EOF'
-#!/bin/sh
-# Entrypoint of computeserver/debian-ssh:local. SSH_AUTHORIZED_KEYS (newline separated)
+  {
+    printf '#!/bin/sh\n# Entrypoint of %s. SSH_AUTHORIZED_KEYS (newline separated)\n' "$image"
+    cat <<'EOF'
 # becomes root's authorized_keys; then the given command runs, or sshd in the foreground.
 set -eu
 mkdir -p /run/sshd
@@ -221,19 +219,113 @@ fi
 if [ "$#" -gt 0 ]; then exec "$@"; fi
 exec /usr/sbin/sshd -D -e
 EOF
+  } >"$root/usr/local/bin/compute-server-entrypoint"
   chmod 0755 "$root/usr/local/bin/compute-server-entrypoint"
+}
 
-  # Keep the image small: package caches and lists, docs, manuals.
+# Slims the rootfs $1 (package caches and lists, docs, manuals) and writes it as the tar.gz $2.
+pack_rootfs() {
+  local root="$1" out="$2"
   rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log
   findmnt -rn -o TARGET | grep -qF "$root/" && die "something is still mounted under $root"
-  with_progress "tar.gz of the rootfs" tar -C "$root" --numeric-owner -czf "$tmp/rootfs.tar.gz" .
-  mv "$tmp/rootfs.tar.gz" "$out"   # same directory tree: atomic, no half-written cache entry
+  with_progress "tar.gz of the rootfs" tar -C "$root" --numeric-owner -czf "$root.tar.gz" .
+  mv "$root.tar.gz" "$out"   # same file system: atomic, no half-written cache entry
+}
+
+# Debian bookworm minbase with the packages $2 (comma separated) in ROOTFS, a new folder in a
+# temp dir next to $1 (not printed: in a $(...) subshell TMP_DIRS would not reach cleanup).
+debootstrap_rootfs() {
+  local out="$1" packages="$2" mirror
+  mirror="$(debian_mirror)"
+  local tmp; tmp="$(mktemp -d "$(dirname "$out")/build.XXXXXX")"; TMP_DIRS+=("$tmp")
+  info "Debian mirror (from the apt configuration): $mirror"
+  with_progress "debootstrap" debootstrap_logged "$tmp/debootstrap.log" \
+    --variant=minbase "--include=$packages" bookworm "$tmp/rootfs" "$mirror"
+  ROOTFS="$tmp/rootfs"
+}
+
+# Debian bookworm minbase + openssh-server, hardened sshd, entrypoint; written as a tar.gz.
+build_debian_rootfs() {
+  local out="$1" root
+  debootstrap_rootfs "$out" openssh-server,ca-certificates
+  root="$ROOTFS"
+  write_sshd_setup "$root" "$SSH_IMAGE"
+  pack_rootfs "$root" "$out"
+}
+
+# debian-ssh plus Debian's Jupyter Notebook 6.4 and the Python 3 kernel, and its default
+# command compute-server-jupyter: sshd in the background, the notebook server in the foreground.
+build_jupyter_rootfs() {
+  local out="$1" root
+  # debootstrap does not resolve virtual packages: python3-zmq and python3-argon2 need
+  # python3-cffi-backend-api-*, libsource-highlight4v5 (gdb, for debugpy) libboost-regex1.74.0-icu72.
+  debootstrap_rootfs "$out" openssh-server,ca-certificates,jupyter-notebook,python3-ipykernel,python3-cffi-backend,libboost-regex1.74.0
+  root="$ROOTFS"
+  write_sshd_setup "$root" "$JUPYTER_IMAGE"
+  cat >"$root/usr/local/bin/compute-server-jupyter" <<'EOF'
+#!/bin/sh
+# Default command of computeserver/jupyter:local (after compute-server-entrypoint has set up
+# root's SSH keys and the host keys): sshd in the background, Jupyter Notebook in the foreground.
+# COMPUTE_SERVER_BASE_URL: the path the web front serves it under (/servers/NAME/apps/jupyter/).
+set -eu
+base="${COMPUTE_SERVER_BASE_URL:-/}"
+/usr/sbin/sshd -D -e &
+# No token and no password: the notebook listens on the container's loopback only, which
+# nothing outside the container reaches; the web front comes in through an SSH tunnel into the
+# container, after its own sign-in has checked that the user owns this server.
+# allow_remote_access: the web front forwards the browser's Host header (compute.example.org,
+# 127.0.0.1:8080), which notebook 6 refuses when listening on localhost without it.
+# POSTs still need the _xsrf cookie echoed in X-XSRFToken (the notebook's own pages do that);
+# its cookie is scoped to this server's path, not / (the web front's and other servers'). The
+# dict as JSON makes traitlets 5 print a FutureWarning; its key=value form would give a string.
+exec jupyter notebook --no-browser --allow-root --ip=127.0.0.1 --port=8888 \
+  --NotebookApp.base_url="$base" \
+  --NotebookApp.token='' --NotebookApp.password='' \
+  --NotebookApp.allow_remote_access=True \
+  --NotebookApp.tornado_settings="{\"xsrf_cookie_kwargs\": {\"path\": \"$base\"}}" \
+  --NotebookApp.notebook_dir=/home
+EOF
+  chmod 0755 "$root/usr/local/bin/compute-server-jupyter"
+  pack_rootfs "$root" "$out"
+}
+
+# Imports IMAGE from the rootfs that BUILD_FUNCTION makes (cached in $CS_CACHE/images as
+# NAME-bookworm-KEY.tar.gz, KEY from the text of the functions that make it, heredocs
+# included, not the whole script), with the `docker import --change`s that follow.
+debootstrap_image() {
+  local image="$1" name="$2" build="$3" slow="$4"; shift 4
+  if image_is_current "$image"; then
+    info "$image: present"
+    return
+  fi
+  local cache="$CS_CACHE/images" tarball old
+  tarball="$cache/$name-bookworm-$(declare -f "$build" debootstrap_rootfs write_sshd_setup pack_rootfs | sha256sum | cut -c1-16).tar.gz"
+  mkdir -p "$cache"
+  if [[ -f $tarball ]]; then
+    info "$image: rootfs cached at $tarball"
+  else
+    step "Building the $image rootfs with debootstrap ($slow, once)"
+    local t0=$SECONDS
+    "$build" "$tarball"
+    info "$image: rootfs built in $((SECONDS - t0)) s ($(du -h "$tarball" | cut -f1) compressed)"
+    # Rootfs tarballs of older recipes are dead weight now.
+    find "$cache" -maxdepth 1 -name "$name-bookworm-*.tar.gz" ! -name "${tarball##*/}" -delete
+  fi
+  step "Importing $image"
+  old="$(image_id "$image")"
+  local changes=() change
+  for change in "$@"; do changes+=(--change "$change"); done
+  # Seconds for debian-ssh, under a minute for jupyter: with_progress reports past 10 s only.
+  with_progress "docker import" docker import "${changes[@]}" --change "LABEL $RECIPE_LABEL=$RECIPE" \
+    "$tarball" "$image" >/dev/null
+  drop_old_image "$old" "$image"
 }
 
 cmd_images() {
   docker_answers || die "no Docker daemon answers at ${DOCKER_HOST:-unix://$SOCK} (run: docker.sh start STATE_DIR)"
   local old only="${1:-}"
+  [[ -z $only || $only == busybox || $only == all ]] || die "usage: docker.sh images [busybox|all]"
 
   if image_is_current "$BUSYBOX_IMAGE"; then
     info "$BUSYBOX_IMAGE: present"
@@ -245,31 +337,13 @@ cmd_images() {
   fi
   [[ $only != busybox ]] || return 0
 
-  if image_is_current "$SSH_IMAGE"; then
-    info "$SSH_IMAGE: present"
-    return
-  fi
-  # Key: the text of the function that builds it (heredocs included), not the whole script.
-  local cache="$CS_CACHE/images" tarball
-  tarball="$cache/debian-ssh-bookworm-$(declare -f build_debian_rootfs | sha256sum | cut -c1-16).tar.gz"
-  mkdir -p "$cache"
-  if [[ -f $tarball ]]; then
-    info "$SSH_IMAGE: rootfs cached at $tarball"
-  else
-    step "Building the $SSH_IMAGE rootfs with debootstrap (1-2 min, once)"
-    build_debian_rootfs "$tarball"
-    # Rootfs tarballs of older recipes are dead weight now.
-    find "$cache" -maxdepth 1 -name 'debian-ssh-*.tar.gz' ! -name "${tarball##*/}" -delete
-  fi
-  # A few seconds: no with_progress, whose 10 s polling would make it last 10 s.
-  step "Importing $SSH_IMAGE"
-  old="$(image_id "$SSH_IMAGE")"
-  docker import \
-    --change 'ENTRYPOINT ["/usr/local/bin/compute-server-entrypoint"]' \
-    --change 'EXPOSE 22' \
-    --change "LABEL $RECIPE_LABEL=$RECIPE" \
-    "$tarball" "$SSH_IMAGE" >/dev/null
-  drop_old_image "$old" "$SSH_IMAGE"
+  debootstrap_image "$SSH_IMAGE" debian-ssh build_debian_rootfs "1-2 min" \
+    'ENTRYPOINT ["/usr/local/bin/compute-server-entrypoint"]' 'EXPOSE 22'
+  [[ $only == all ]] || return 0
+
+  debootstrap_image "$JUPYTER_IMAGE" jupyter build_jupyter_rootfs "about 2 min" \
+    'ENTRYPOINT ["/usr/local/bin/compute-server-entrypoint"]' \
+    'CMD ["/usr/local/bin/compute-server-jupyter"]' 'EXPOSE 22 8888'
 }
 
 # Names of local node N's daemon. Several stacks (state dirs) may run at once, so the
@@ -398,5 +472,5 @@ case "${1:-}" in
   node-remove) cmd_node_remove "${2:-}" "${3:-}" ;;
   stop-ours) shift; cmd_stop_ours "$@" ;;
   remove-ours) shift; cmd_remove_ours "$@" ;;
-  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox] | node-start STATE_DIR N | node-halt STATE_DIR N | node-stop STATE_DIR N | node-remove STATE_DIR N | stop-ours NODE... | remove-ours NODE..." ;;
+  *) die "usage: docker.sh install | start STATE_DIR | stop STATE_DIR | images [busybox|all] | node-start STATE_DIR N | node-halt STATE_DIR N | node-stop STATE_DIR N | node-remove STATE_DIR N | stop-ours NODE... | remove-ours NODE..." ;;
 esac

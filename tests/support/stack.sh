@@ -51,7 +51,9 @@ up() {
   KEYCLOAK_PORT="$kc_port" KEYCLOAK_HTTPS_PORT="$kc_https_port" \
     bash "$SUPPORT_DIR/keycloak.sh" start "$state" >"$state/keycloak-start.log" 2>&1 &
   local keycloak=$!
-  bash "$SUPPORT_DIR/docker.sh" images
+  # All three local images on the main daemon (jupyter too); the node daemons get busybox and
+  # debian-ssh (only busybox with NODE_IMAGES=busybox, as in `make test`).
+  bash "$SUPPORT_DIR/docker.sh" images all
   local n
   for ((n = 2; n <= ${NODES:-1}; n++)); do bash "$SUPPORT_DIR/docker.sh" node-start "$state" "$n"; done
   OIDC_ISSUER="https://127.0.0.1:$kc_https_port/realms/compute" bash "$SUPPORT_DIR/kube.sh" start "$state"
@@ -288,7 +290,8 @@ local_stack() {
                   your browser does not know: accept it once, or import that file.
   Keycloak        $KEYCLOAK_URL/realms/compute/account   (admin console: $KEYCLOAK_URL/admin, admin/admin)
   Demo logins     alice/alice, bob/bob (group students), carol/carol (staff), ops/ops (compute-admins)
-  Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local
+  Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local,
+                                 computeserver/jupyter:local (Jupyter Notebook 6.4)
   Examples        kubectl --kubeconfig target/local/kubeconfig apply -f manifests/examples/
 
   Nodes           ${NODE_NAMES//,/ }: kubectl --kubeconfig target/local/kubeconfig get computenodes
