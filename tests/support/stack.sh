@@ -152,7 +152,8 @@ reset() {
   step "Resetting the local stack's state in $state ($(du -sh "$state" 2>/dev/null | cut -f1)); this deletes:"
   info "- its Kubernetes database (etcd): every ComputeServer, ComputeProfile, namespace and RBAC object"
   info "- its certificates and keys (pki/; copies of its kubeconfigs stop working), the web front's"
-  info "  session key (everyone is signed out), the bastion's host key (known_hosts entries change)"
+  info "  session key (everyone is signed out), the bastion's host key (known_hosts entries change),"
+  info "  the user CA of browser terminals and apps"
   info "- Keycloak's database (users, passwords, sessions; the realm is imported afresh), the logs"
   if ((${#nodes[@]})); then
     node="${nodes[0]}"
@@ -214,6 +215,9 @@ start_roles() {
   # The key that signs the web front's session cookies, made once: people stay signed in
   # across restarts. Never printed; passed in the environment only.
   [[ -s $session_key ]] || (umask 077; head -c 64 /dev/urandom | base64 -w0 >"$session_key")
+  # The user CA of browser sessions (terminal, apps) and the bastion's host key, made once.
+  [[ -s $state/user-ca ]] || ssh-keygen -q -t ed25519 -N '' -C compute-server-user-ca -f "$state/user-ca"
+  [[ -s $state/bastion_host_key ]] || ssh-keygen -q -t ed25519 -N '' -C compute-server-bastion -f "$state/bastion_host_key"
   # shellcheck disable=SC1091
   source "$state/env"
   export KUBECONFIG DOCKER_HOST
@@ -222,19 +226,22 @@ start_roles() {
     node="$first"; ((n == 1)) || node="$first-$n"
     nodes+=("$node")
     if ((n == 1)); then
-      start_role "agent-$node" agent --node "$node" --metrics-address 127.0.0.1:0
+      start_role "agent-$node" agent --node "$node" --user-ca-keys "$state/user-ca.pub" --metrics-address 127.0.0.1:0
     else
       DOCKER_HOST="$(env_var "$state" "DOCKER_HOST_$n")" start_role "agent-$node" agent --node "$node" \
-        --metrics-address 127.0.0.1:0
+        --user-ca-keys "$state/user-ca.pub" --metrics-address 127.0.0.1:0
     fi
   done
   start_role scheduler scheduler --metrics-address 127.0.0.1:0
   # The host key stays in the state folder across runs, so known_hosts entries stay valid.
   start_role bastion bastion --listen "127.0.0.1:$bastion_port" --host-key-file "$state/bastion_host_key" \
-    --metrics-address 127.0.0.1:0
+    --user-ca-keys "$state/user-ca.pub" --metrics-address 127.0.0.1:0
+  # The web front signs browser sessions' certificates with the user CA and checks the
+  # bastion's host key.
   COMPUTE_SERVER_SESSION_KEY="$(<"$session_key")" start_role web web \
     --listen "127.0.0.1:$web_port" --public-url "http://127.0.0.1:$web_port" --issuer-url "$KEYCLOAK_ISSUER" \
-    --bastion-address "127.0.0.1:$bastion_port"
+    --bastion-address "127.0.0.1:$bastion_port" --user-ca-key "$state/user-ca" \
+    --bastion-host-key "$(ssh-keygen -y -f "$state/bastion_host_key")"
   set_env "$state" NODE_NAMES "$(IFS=,; echo "${nodes[*]}")"
   set_env "$state" WEB_URL "http://127.0.0.1:$web_port"
   set_env "$state" BASTION_ADDRESS "127.0.0.1:$bastion_port"
