@@ -474,11 +474,16 @@ struct BrowserStack {
 impl BrowserStack {
     fn start(ns: &str) -> BrowserStack {
         let keys = tempfile::tempdir().unwrap();
-        let (ca, ca_public) = ssh_keypair(keys.path(), "user-ca");
+        let dir = |name: &str| {
+            let dir = keys.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            dir
+        };
+        let (ca, ca_public) = ssh_keypair(&dir("ca"), "user-ca");
         let ca_file = keys.path().join("user_ca_keys");
         std::fs::write(&ca_file, format!("{ca_public}\n")).unwrap();
         let ca_file = ca_file.display().to_string();
-        let (host_key, host_public) = ssh_keypair(keys.path(), "bastion");
+        let (host_key, host_public) = ssh_keypair(&dir("host"), "bastion");
         let agent_flags = [
             "--lease-namespace",
             ns,
@@ -653,7 +658,7 @@ async fn alice_types_in_a_terminal_in_her_browser_and_bob_cannot_open_it() {
     });
 
     // Bob gets "not found", as for a server that does not exist.
-    let bob = signed_in(&driver, &stack.web, "bob", "/").await;
+    let bob = signed_in(&driver, &stack.web, "bob", "/servers/new").await;
     for path in ["/servers/term/terminal", "/servers/term/apps/jupyter/"] {
         bob.goto(&format!("{}{path}", stack.web.url)).await.unwrap();
         assert_eq!(text(&bob, "h1").await, "Not found", "{path}");
@@ -722,7 +727,7 @@ async fn alice_opens_jupyter_through_the_front_and_its_kernel_answers_over_webso
     assert_eq!(answer, json!("42"));
 
     // Bob: not found. Signed out: to the sign-in.
-    let bob = signed_in(&driver, &stack.web, "bob", "/").await;
+    let bob = signed_in(&driver, &stack.web, "bob", "/servers/new").await;
     bob.goto(&app).await.unwrap();
     assert_eq!(text(&bob, "h1").await, "Not found");
     let nobody = driver.session("nobody").await;
