@@ -61,7 +61,7 @@ bench-web:
 .PHONY: bench-browser
 ## bench-browser: a keystroke's echo in the browser terminal vs ssh -J, and an app page through the front vs ssh -L (BENCH_RUNS, default 200)
 bench-browser:
-	@bash $(STACK) test --test browser -- --ignored --nocapture bench_terminal_echo
+	@bash $(STACK) test --release --test browser -- --ignored --nocapture bench_terminal_echo
 
 .PHONY: bench-bastion
 ## bench-bastion: time to first byte through the bastion vs direct (BENCH_RUNS, default 30)

@@ -819,8 +819,11 @@ async fn bench_terminal_echo_and_app_page_through_the_front_versus_ssh() {
         .expect("the terminal's socket");
     let mut shown = Vec::new();
     while !String::from_utf8_lossy(&shown).contains("# ") {
-        if let Some(Ok(Message::Binary(bytes))) = socket.next().await {
-            shown.extend_from_slice(&bytes);
+        match socket.next().await {
+            Some(Ok(Message::Binary(bytes))) => shown.extend_from_slice(&bytes),
+            Some(Ok(Message::Text(text))) => panic!("the terminal said {text}"),
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended before a prompt: {other:?}"),
         }
     }
     let mut through_front = Vec::new();
@@ -845,24 +848,22 @@ async fn bench_terminal_echo_and_app_page_through_the_front_versus_ssh() {
 
     // The same keystrokes with OpenSSH through the bastion.
     let jump = format!("alice@127.0.0.1:{}", stack.bastion.port);
+    // Options for the jump host too: ssh applies command-line options to the destination only.
+    let config = keys.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  \
+             UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+            key.display()
+        ),
+    )
+    .unwrap();
     let ssh_args = |extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "-i",
-            &key.display().to_string(),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-J",
-            &jump,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["-F", &config.display().to_string(), "-J", &jump]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };

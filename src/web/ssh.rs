@@ -14,11 +14,14 @@ use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
 use russh::keys::{Algorithm, PrivateKey};
 use russh::{ChannelId, ChannelOpenFailure};
-use tracing::info;
+use tracing::{debug, info};
 
 /// How long a certificate is good for: only the logins happen within it (the bastion checks
 /// it again before each jump, and a connection makes one).
 pub const VALIDITY: Duration = Duration::from_secs(120);
+
+/// How often a jump is made before the server's sshd is given up on (0.75 s apart).
+const SSHD_ATTEMPTS: u32 = 8;
 
 /// Where browser sessions go, and with what.
 pub struct Config {
@@ -73,6 +76,8 @@ pub enum Failure {
         "the server's SSH daemon did not accept the web front's certificate: is the server's image one with sshd, and its agent given --user-ca-keys?"
     )]
     ServerRefused,
+    #[error("the server's SSH daemon does not answer yet; try again in a moment")]
+    ServerNotReady,
     #[error("SSH: {0}")]
     Ssh(String),
 }
@@ -236,19 +241,30 @@ pub async fn connect(config: &Config, target: &Target<'_>) -> Result<Link, Failu
             ));
         }
     }
-    let channel = match bastion
-        .channel_open_direct_tcpip(target.server, 22, "127.0.0.1", 0)
-        .await
-    {
-        Ok(channel) => channel,
-        Err(error) => {
-            let reason = refusal.lock().ok().and_then(|mut r| r.take());
-            return Err(Failure::Refused(reason.unwrap_or_else(|| error.to_string())));
+    // A server that has just started may not run its sshd yet: the jump connects (Docker's
+    // proxy answers) and the connection is reset. Tried again for a few seconds.
+    let mut attempts = 0;
+    let mut server = loop {
+        attempts += 1;
+        let channel = match bastion
+            .channel_open_direct_tcpip(target.server, 22, "127.0.0.1", 0)
+            .await
+        {
+            Ok(channel) => channel,
+            Err(error) => {
+                let reason = refusal.lock().ok().and_then(|mut r| r.take());
+                return Err(Failure::Refused(reason.unwrap_or_else(|| error.to_string())));
+            }
+        };
+        match client::connect_stream(config.client.clone(), channel.into_stream(), Server).await {
+            Ok(server) => break server,
+            Err(error) if attempts < SSHD_ATTEMPTS => {
+                debug!(server = %target.server, %error, attempts, "the server's sshd did not answer; trying again");
+                tokio::time::sleep(Duration::from_millis(750)).await;
+            }
+            Err(_) => return Err(Failure::ServerNotReady),
         }
     };
-    let mut server = client::connect_stream(config.client.clone(), channel.into_stream(), Server)
-        .await
-        .map_err(ssh)?;
     match server
         .authenticate_openssh_cert("root", key, to_server)
         .await
