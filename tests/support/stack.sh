@@ -235,7 +235,7 @@ start_roles() {
   start_role scheduler scheduler --metrics-address 127.0.0.1:0
   # The host key stays in the state folder across runs, so known_hosts entries stay valid.
   start_role bastion bastion --listen "127.0.0.1:$bastion_port" --host-key-file "$state/bastion_host_key" \
-    --user-ca-keys "$state/user-ca.pub" --metrics-address 127.0.0.1:0
+    --user-ca-keys "$state/user-ca.pub" --admins ops --metrics-address 127.0.0.1:0
   # The web front signs browser sessions' certificates with the user CA and checks the
   # bastion's host key.
   COMPUTE_SERVER_SESSION_KEY="$(<"$session_key")" start_role web web \
