@@ -166,7 +166,8 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
 fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     install_crds();
     let ns = TestNamespace::new("sched-room");
-    let flags = node_flags(&ns.name);
+    let mut flags = node_flags(&ns.name);
+    flags.extend(["--cpu-allocation-ratio", "1"]);
     let first = Agent::start_with(&unique("room"), 1, &flags);
     wait_ready(&first.node);
     let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
@@ -196,6 +197,93 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     let placed = wait_phase(&ns.name, "more", "Running");
     assert_eq!(node_of(&placed).as_deref(), Some(second.node.as_str()));
     assert_eq!(support::condition(&placed, "Scheduled")["status"], "True");
+}
+
+#[test]
+fn a_node_promises_its_cpus_times_its_ratio_and_an_admins_ratio_stays() {
+    install_crds();
+    let ns = TestNamespace::new("sched-ratio");
+    let agent = Agent::start_with(&unique("ratio"), 1, &node_flags(&ns.name));
+    wait_ready(&agent.node);
+    // The agent's default ratios are written into the node's spec, and shown by kubectl.
+    let spec = eventually("the node's ratios", 30, || {
+        let spec = computenode(&agent.node)["spec"].clone();
+        spec["cpuAllocationRatio"].is_string().then_some(spec)
+    });
+    assert_eq!(
+        (
+            spec["cpuAllocationRatio"].as_str(),
+            spec["memoryAllocationRatio"].as_str()
+        ),
+        (Some("4"), Some("1"))
+    );
+    let table = kubectl_ok(&["get", "computenode", &agent.node], None);
+    assert!(table.lines().next().unwrap().contains("CPU RATIO"), "{table}");
+    let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
+
+    // The engine has 2 CPUs: with ratio 4 it takes three servers of 2 CPUs, each limited to 2.
+    let cores = std::thread::available_parallelism().unwrap().get() as i64;
+    let names: Vec<String> = (0..3).map(|i| format!("two{i}")).collect();
+    let per = cores.to_string();
+    apply_servers(
+        &ns.name,
+        &names,
+        &format!("resources: {{cpu: \"{per}\", memory: 32Mi}}"),
+    );
+    for name in &names {
+        let server = wait_phase(&ns.name, name, "Running");
+        assert_eq!(node_of(&server).as_deref(), Some(agent.node.as_str()));
+        let container = support::inspect(&format!("csrv.{}.{name}", ns.name)).unwrap();
+        assert_eq!(
+            container["HostConfig"]["NanoCpus"],
+            cores * 1_000_000_000,
+            "the container's own limit is its size"
+        );
+    }
+    // A fourth of 2 x cores does not fit into the 4 x cores promised (3 x cores are).
+    let big = (2 * cores).to_string();
+    apply_servers(
+        &ns.name,
+        &["big".into()],
+        &format!("resources: {{cpu: \"{big}\", memory: 32Mi}}"),
+    );
+    wait_pending_with(&ns.name, "big", &format!("1 lacks {big} free CPUs"));
+
+    // An admin raises the ratio: the server is placed, and the agent leaves the value alone.
+    kubectl_ok(
+        &[
+            "patch",
+            "computenode",
+            &agent.node,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"cpuAllocationRatio":"5.5"}}"#,
+        ],
+        None,
+    );
+    let placed = wait_phase(&ns.name, "big", "Running");
+    assert_eq!(node_of(&placed).as_deref(), Some(agent.node.as_str()));
+    std::thread::sleep(std::time::Duration::from_secs(4)); // more than two of its heartbeats
+    assert_eq!(computenode(&agent.node)["spec"]["cpuAllocationRatio"], "5.5");
+
+    // A ratio a person might mistype is refused by the API server with the rule.
+    let out = kubectl(
+        &[
+            "patch",
+            "computenode",
+            &agent.node,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"cpuAllocationRatio":"100"}}"#,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("allocation ratios are numbers from 0.5 to 64"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -131,6 +131,21 @@ pub struct Args {
     /// runs out, the scheduler marks the node not Ready and its servers NodeLost.
     #[arg(long, env = "COMPUTE_SERVER_LEASE_SECONDS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(4..=3600))]
     pub lease_seconds: u32,
+
+    /// How many times this host's CPUs may be promised to servers (its ComputeNode's
+    /// spec.cpuAllocationRatio, written when that is empty; an admin's value stays): 4 lets a
+    /// 2-core host take eight 1-CPU servers, each still limited to 1 CPU.
+    #[arg(long, env = "COMPUTE_SERVER_CPU_ALLOCATION_RATIO", default_value = "4", value_parser = parse_ratio)]
+    pub cpu_allocation_ratio: String,
+
+    /// How many times this host's memory may be promised (spec.memoryAllocationRatio when
+    /// empty). 1: none beyond what it has.
+    #[arg(long, env = "COMPUTE_SERVER_MEMORY_ALLOCATION_RATIO", default_value = "1", value_parser = parse_ratio)]
+    pub memory_allocation_ratio: String,
+}
+
+fn parse_ratio(text: &str) -> std::result::Result<String, String> {
+    crate::api::size::ratio_milli(text).map(|_| text.to_string())
 }
 
 fn parse_label(text: &str) -> std::result::Result<(String, String), String> {
@@ -273,6 +288,7 @@ pub async fn run(args: Args) -> Result<()> {
             labels: args.labels.into_iter().collect(),
             lease_namespace: args.lease_namespace,
             lease_seconds: args.lease_seconds,
+            ratios: (args.cpu_allocation_ratio, args.memory_allocation_ratio),
         };
         let ctx = ctx.clone();
         tokio::spawn(async move { node::heartbeat(&ctx, registration, docker_changed).await })

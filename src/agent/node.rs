@@ -34,6 +34,8 @@ pub struct Registration {
     pub lease_namespace: String,
     /// Seconds the Lease lasts; the node reports in four times as often.
     pub lease_seconds: u32,
+    /// The CPU and memory allocation ratios to write when the node's spec has none.
+    pub ratios: (String, String),
 }
 
 /// Registers the node, then reports in (a quarter of the Lease's time) until the process ends.
@@ -69,6 +71,7 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
         labels,
         lease_namespace,
         lease_seconds,
+        ratios,
     } = registration;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let nodes: Api<ComputeNode> = Api::all(ctx.client.clone());
@@ -79,11 +82,20 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
         "spec": {},
     });
     // The apply answers with the whole object: its status is what we reported last time.
-    let previous = nodes
+    let applied = nodes
         .patch(&ctx.node, &params, &Patch::Apply(&node))
         .await
-        .map_err(Error::Kube)?
-        .status;
+        .map_err(Error::Kube)?;
+    if let Some(missing) = missing_ratios(&applied.spec, ratios) {
+        // A merge patch, not this manager's apply: the value is then the admins' to change.
+        let patch = serde_json::json!({ "spec": missing });
+        nodes
+            .patch(&ctx.node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        info!(node = %ctx.node, ratios = %patch["spec"], "set the node's allocation ratios from the flags");
+    }
+    let previous = applied.status;
 
     // Containers first, then servers: a container listed has its server listed too, unless
     // that server is gone; so a server created meanwhile is never taken for gone.
@@ -176,6 +188,21 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
         .await
         .map_err(Error::Kube)?;
     Ok(())
+}
+
+/// The allocation ratios the node's spec lacks, with the flags' values; `None` when it has both.
+fn missing_ratios(
+    spec: &crate::api::ComputeNodeSpec,
+    (cpu, memory): &(String, String),
+) -> Option<serde_json::Value> {
+    let mut missing = serde_json::Map::new();
+    if spec.cpu_allocation_ratio.is_none() {
+        missing.insert("cpuAllocationRatio".into(), cpu.clone().into());
+    }
+    if spec.memory_allocation_ratio.is_none() {
+        missing.insert("memoryAllocationRatio".into(), memory.clone().into());
+    }
+    (!missing.is_empty()).then_some(serde_json::Value::Object(missing))
 }
 
 /// The node's orphaned volumes for its status: each kept with the time it was first seen
@@ -275,4 +302,32 @@ async fn status(
         orphaned_volumes: vec![],
         gpus: super::gpu::listed(&ctx.gpus, servers),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_missing_ratios_are_filled_in_so_an_admins_stay() {
+        let flags = ("4".to_string(), "1".to_string());
+        let empty = crate::api::ComputeNodeSpec::default();
+        assert_eq!(
+            missing_ratios(&empty, &flags),
+            Some(serde_json::json!({"cpuAllocationRatio": "4", "memoryAllocationRatio": "1"}))
+        );
+        let admins = crate::api::ComputeNodeSpec {
+            cpu_allocation_ratio: Some("8".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing_ratios(&admins, &flags),
+            Some(serde_json::json!({"memoryAllocationRatio": "1"}))
+        );
+        let both = crate::api::ComputeNodeSpec {
+            memory_allocation_ratio: Some("1.5".into()),
+            ..admins
+        };
+        assert_eq!(missing_ratios(&both, &flags), None);
+    }
 }

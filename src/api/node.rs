@@ -31,10 +31,22 @@ use super::Amounts;
         description = "Memory on the host"
     ),
     printcolumn(
+        name = "CPU Ratio",
+        type_ = "string",
+        json_path = ".spec.cpuAllocationRatio",
+        description = "How many times its CPUs may be promised to servers"
+    ),
+    printcolumn(
         name = "CPU Used",
         type_ = "string",
         json_path = ".status.allocated.cpu",
         description = "CPU given to servers"
+    ),
+    printcolumn(
+        name = "Mem Ratio",
+        type_ = "string",
+        json_path = ".spec.memoryAllocationRatio",
+        description = "How many times its memory may be promised to servers"
     ),
     printcolumn(
         name = "Memory Used",
@@ -56,7 +68,28 @@ pub struct ComputeNodeSpec {
     /// as `kubectl cordon` does for Nodes.
     #[serde(default)]
     pub unschedulable: bool,
+
+    /// How many times the host's CPUs may be promised to servers, such as "4" (OpenStack's
+    /// cpu_allocation_ratio): interactive servers are idle most of the time. Each container's
+    /// own limit stays its full size. Set by the agent's --cpu-allocation-ratio when empty;
+    /// an admin's value stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RATIO_RULE).message(RATIO_MESSAGE))]
+    pub cpu_allocation_ratio: Option<String>,
+
+    /// How many times the host's memory may be promised to servers, such as "1" (no
+    /// overcommit: a server past its share is killed by the kernel, not slowed down). Set by
+    /// the agent's --memory-allocation-ratio when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RATIO_RULE).message(RATIO_MESSAGE))]
+    pub memory_allocation_ratio: Option<String>,
 }
+
+/// The CRD's rule for allocation ratios: as [`super::size::ratio_milli`].
+const RATIO_RULE: &str =
+    "self.matches('^[0-9]{1,2}([.][0-9]{1,3})?$') && double(self) >= 0.5 && double(self) <= 64.0";
+const RATIO_MESSAGE: &str =
+    "allocation ratios are numbers from 0.5 to 64 with at most 3 decimals, such as \"4\" or \"1.5\"";
 
 /// What the agent last reported about its host.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

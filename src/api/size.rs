@@ -242,6 +242,32 @@ pub fn node_memory_bytes(q: &Quantity) -> Result<i64, SizeError> {
     bounded(Kind::Memory, q, 0, 0, i64::MAX)
 }
 
+/// An allocation ratio ("4", "1.5", "0.75"), exactly, in thousandths: 0.5 to 64, at most three
+/// decimals (the same rule as the CRD's). How much of a node's capacity may be promised.
+pub fn ratio_milli(text: &str) -> Result<i64, String> {
+    let refuse = || {
+        format!(
+            "\"{text}\" is not an allocation ratio: write a number from 0.5 to 64 with at most 3 decimals, such as 4 or 1.5"
+        )
+    };
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (text.contains('.') && !digits(fraction)) || fraction.len() > 3 || whole.len() > 2 {
+        return Err(refuse());
+    }
+    let milli = whole.parse::<i64>().map_err(|_| refuse())? * 1000
+        + format!("{fraction:0<3}").parse::<i64>().map_err(|_| refuse())?;
+    match milli {
+        500..=64_000 => Ok(milli),
+        _ => Err(refuse()),
+    }
+}
+
+/// `amount` times the ratio `milli` (thousandths), rounded down; never overflows.
+pub fn scaled(amount: i64, milli: i64) -> i64 {
+    i64::try_from(i128::from(amount) * i128::from(milli) / 1000).unwrap_or(i64::MAX)
+}
+
 /// Nano-CPUs as Kubernetes writes them: "2", "250m", "1500m", else nano.
 pub fn cpu_quantity(nano: i64) -> Quantity {
     Quantity(if nano % 1_000_000_000 == 0 {
@@ -615,5 +641,19 @@ spec:
                 prop_assert_eq!(node_memory_bytes(&memory_quantity(bytes)), Ok(bytes));
             }
         }
+    }
+
+    #[test]
+    fn allocation_ratios_are_exact_and_bounded() {
+        assert_eq!(ratio_milli("4"), Ok(4000));
+        assert_eq!(ratio_milli("1.5"), Ok(1500));
+        assert_eq!(ratio_milli("0.75"), Ok(750));
+        assert_eq!(ratio_milli("64"), Ok(64_000));
+        for bad in ["0.4", "65", "1.2345", "", ".5", "5.", "-1", "1e3", "four", "100"] {
+            let error = ratio_milli(bad).unwrap_err();
+            assert!(error.contains("from 0.5 to 64"), "{bad}: {error}");
+        }
+        assert_eq!(scaled(2_000_000_000, 4000), 8_000_000_000);
+        assert_eq!(scaled(i64::MAX, 64_000), i64::MAX);
     }
 }

@@ -351,23 +351,32 @@ fn node_health(node: &ComputeNode, lease: Option<&Lease>, now: Timestamp) -> Hea
     Health::Ready
 }
 
+/// What the node may promise to servers: its capacity times its allocation ratios (GPUs are
+/// never shared). A ratio that is unset or unreadable counts as 1.
 fn capacity(node: &ComputeNode) -> Request {
     let capacity = node
         .status
         .as_ref()
         .map(|s| s.capacity.clone())
         .unwrap_or_default();
+    let ratio = |r: &Option<String>| {
+        r.as_deref()
+            .and_then(|r| size::ratio_milli(r).ok())
+            .unwrap_or(1000)
+    };
+    let nano_cpus = capacity
+        .cpu
+        .as_ref()
+        .and_then(|q| size::node_nano_cpus(q).ok())
+        .unwrap_or(0);
+    let memory_bytes = capacity
+        .memory
+        .as_ref()
+        .and_then(|q| size::node_memory_bytes(q).ok())
+        .unwrap_or(0);
     Request {
-        nano_cpus: capacity
-            .cpu
-            .as_ref()
-            .and_then(|q| size::node_nano_cpus(q).ok())
-            .unwrap_or(0),
-        memory_bytes: capacity
-            .memory
-            .as_ref()
-            .and_then(|q| size::node_memory_bytes(q).ok())
-            .unwrap_or(0),
+        nano_cpus: size::scaled(nano_cpus, ratio(&node.spec.cpu_allocation_ratio)),
+        memory_bytes: size::scaled(memory_bytes, ratio(&node.spec.memory_allocation_ratio)),
         gpus: capacity.gpus.unwrap_or(0).into(),
     }
 }
@@ -935,5 +944,28 @@ mod tests {
         let mut plain = server.clone();
         plain.spec.profile = None;
         assert_eq!(node_selector(&plain, &profiles), server.spec.node_selector);
+    }
+
+    #[test]
+    fn a_node_promises_its_capacity_times_its_ratios_but_never_more_gpus() {
+        let node: ComputeNode = serde_yaml::from_str(
+            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeNode, metadata: {name: n}, \
+             spec: {cpuAllocationRatio: '4', memoryAllocationRatio: '1.5'}, \
+             status: {capacity: {cpu: '2', memory: 4Gi, gpus: 1}}}",
+        )
+        .unwrap();
+        let promised = capacity(&node);
+        assert_eq!(promised.nano_cpus, 8_000_000_000);
+        assert_eq!(promised.memory_bytes, 6 << 30);
+        assert_eq!(promised.gpus, 1);
+        let mut plain = node.clone();
+        plain.spec.cpu_allocation_ratio = None;
+        plain.spec.memory_allocation_ratio = Some("lots".into());
+        let promised = capacity(&plain);
+        assert_eq!(
+            (promised.nano_cpus, promised.memory_bytes),
+            (2_000_000_000, 4 << 30),
+            "unset or unreadable: 1"
+        );
     }
 }
