@@ -366,7 +366,8 @@ fn the_agent_registers_its_node_and_reports_in() {
     assert_eq!(
         header,
         [
-            "NAME", "CPU", "MEMORY", "CPU", "USED", "MEMORY", "USED", "SERVERS", "READY", "AGE"
+            "NAME", "CPU", "MEMORY", "CPU", "RATIO", "CPU", "USED", "MEM", "RATIO", "MEMORY", "USED",
+            "SERVERS", "READY", "AGE"
         ]
     );
     assert!(table.lines().nth(1).unwrap().contains("500m"), "{table}");

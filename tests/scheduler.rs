@@ -221,9 +221,9 @@ fn a_node_promises_its_cpus_times_its_ratio_and_an_admins_ratio_stays() {
     assert!(table.lines().next().unwrap().contains("CPU RATIO"), "{table}");
     let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
 
-    // The engine has 2 CPUs: with ratio 4 it takes three servers of 2 CPUs, each limited to 2.
+    // The engine has 2 CPUs: with ratio 4 it takes four servers of 2 CPUs, each limited to 2.
     let cores = std::thread::available_parallelism().unwrap().get() as i64;
-    let names: Vec<String> = (0..3).map(|i| format!("two{i}")).collect();
+    let names: Vec<String> = (0..4).map(|i| format!("full{i}")).collect();
     let per = cores.to_string();
     apply_servers(
         &ns.name,
@@ -240,14 +240,17 @@ fn a_node_promises_its_cpus_times_its_ratio_and_an_admins_ratio_stays() {
             "the container's own limit is its size"
         );
     }
-    // A fourth of 2 x cores does not fit into the 4 x cores promised (3 x cores are).
-    let big = (2 * cores).to_string();
+    // All 4 x cores promised: one more CPU does not fit. Nor does a server larger than the
+    // host, whatever the ratio.
+    apply_servers(&ns.name, &["big".into()], "resources: {cpu: \"1\", memory: 32Mi}");
+    wait_pending_with(&ns.name, "big", "1 lacks 1 free CPUs");
+    let huge = (cores + 1).to_string();
     apply_servers(
         &ns.name,
-        &["big".into()],
-        &format!("resources: {{cpu: \"{big}\", memory: 32Mi}}"),
+        &["huge".into()],
+        &format!("resources: {{cpu: \"{huge}\", memory: 32Mi}}"),
     );
-    wait_pending_with(&ns.name, "big", &format!("1 lacks {big} free CPUs"));
+    wait_pending_with(&ns.name, "huge", &format!("1 has fewer than {huge} CPUs"));
 
     // An admin raises the ratio: the server is placed, and the agent leaves the value alone.
     kubectl_ok(

@@ -351,6 +351,12 @@ fn node_health(node: &ComputeNode, lease: Option<&Lease>, now: Timestamp) -> Hea
     Health::Ready
 }
 
+/// The node's CPUs as its agent reported them, in nano-CPUs.
+fn cores(node: &ComputeNode) -> i64 {
+    let cpu = node.status.as_ref().and_then(|s| s.capacity.cpu.as_ref());
+    cpu.and_then(|q| size::node_nano_cpus(q).ok()).unwrap_or(0)
+}
+
 /// What the node may promise to servers: its capacity times its allocation ratios (GPUs are
 /// never shared). A ratio that is unset or unreadable counts as 1.
 fn capacity(node: &ComputeNode) -> Request {
@@ -364,11 +370,7 @@ fn capacity(node: &ComputeNode) -> Request {
             .and_then(|r| size::ratio_milli(r).ok())
             .unwrap_or(1000)
     };
-    let nano_cpus = capacity
-        .cpu
-        .as_ref()
-        .and_then(|q| size::node_nano_cpus(q).ok())
-        .unwrap_or(0);
+    let nano_cpus = cores(node);
     let memory_bytes = capacity
         .memory
         .as_ref()
@@ -496,6 +498,7 @@ impl Scheduler {
                 not_ready,
                 unschedulable: node.spec.unschedulable,
                 capacity: capacity(&node),
+                cores: cores(&node),
                 allocated: Request::default(),
                 servers: 0,
             });

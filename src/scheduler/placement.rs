@@ -15,7 +15,11 @@ pub struct Node {
     pub not_ready: Option<String>,
     /// Cordoned by an admin (`spec.unschedulable`).
     pub unschedulable: bool,
+    /// What the node may promise: its capacity times its allocation ratios.
     pub capacity: Request,
+    /// Its CPUs as they are (nano-CPUs): no one server may be larger, whatever the ratio
+    /// (Docker refuses a CPU limit above the host's CPUs).
+    pub cores: i64,
     /// What the servers placed here ask for, including placements of this pass.
     pub allocated: Request,
     pub servers: usize,
@@ -52,6 +56,7 @@ enum Misfit {
     NotReady,
     Cordoned,
     Selector(String),
+    Cores,
     Cpu,
     Memory,
     Gpus,
@@ -68,7 +73,9 @@ fn misfit(node: &Node, request: &Request, selector: &BTreeMap<String, String>) -
         return Some(Misfit::Selector(format!("{key}={value}")));
     }
     let free = node.free();
-    if request.nano_cpus > free.nano_cpus {
+    if request.nano_cpus > node.cores {
+        Some(Misfit::Cores)
+    } else if request.nano_cpus > free.nano_cpus {
         Some(Misfit::Cpu)
     } else if request.memory_bytes > free.memory_bytes {
         Some(Misfit::Memory)
@@ -127,6 +134,13 @@ pub fn choose(
                     format!("does not match nodeSelector {pair}"),
                     format!("do not match nodeSelector {pair}"),
                 ),
+                Misfit::Cores => {
+                    let cpus = cpus(request.nano_cpus);
+                    (
+                        format!("has fewer than {cpus} CPUs"),
+                        format!("have fewer than {cpus} CPUs"),
+                    )
+                }
                 Misfit::Cpu => {
                     let cpus = cpus(request.nano_cpus);
                     (
@@ -189,6 +203,7 @@ mod tests {
             labels: BTreeMap::new(),
             not_ready: None,
             unschedulable: false,
+            cores: capacity.nano_cpus,
             capacity,
             allocated: Request::default(),
             servers: 0,
@@ -251,13 +266,13 @@ mod tests {
         ];
         assert_eq!(
             choose(&nodes, &request(4, 1, 0), &BTreeMap::new()),
-            Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, 3 lack 4 free CPUs".into())
+            Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, 3 have fewer than 4 CPUs".into())
         );
         let selector = BTreeMap::from([("gpu".to_string(), "true".to_string())]);
         assert_eq!(
             choose(&nodes, &request(4, 1, 0), &selector),
             Err("0/5 nodes can run this: 1 is not Ready, 1 is cordoned, \
-                 2 do not match nodeSelector gpu=true, 1 lacks 4 free CPUs"
+                 2 do not match nodeSelector gpu=true, 1 has fewer than 4 CPUs"
                 .into())
         );
         assert_eq!(choose(&nodes, &request(1, 1, 1), &selector), Ok((2, 1)));
@@ -294,5 +309,13 @@ mod tests {
         assert_eq!(cpus(4_000_000_000), "4");
         assert_eq!(memory(512 << 20), "512Mi");
         assert_eq!(memory(3 * GI), "3Gi");
+    }
+
+    #[test]
+    fn no_server_larger_than_a_hosts_cpus_is_placed_there_whatever_its_ratio() {
+        let mut host = node("a", request(8, 16, 0));
+        host.cores = 2_000_000_000;
+        let error = choose(&[host], &request(3, 1, 0), &BTreeMap::new()).unwrap_err();
+        assert_eq!(error, "0/1 nodes can run this: 1 has fewer than 3 CPUs");
     }
 }
