@@ -118,11 +118,7 @@ pub fn plan(server: &ComputeServer, profile: Option<&ComputeProfile>) -> Result<
         .map(|q| q.0)
         .unwrap_or_else(|| size::memory_quantity(request.memory_bytes).0);
 
-    let mut ports = profile.map(|p| p.spec.ports.clone()).unwrap_or_default();
-    for port in &spec.ports {
-        ports.retain(|p| p.name != port.name);
-        ports.push(port.clone());
-    }
+    let ports = crate::api::ports(server, profile);
     Ok(Plan {
         container_name: container_name(server),
         volume_name: volume_name(server),

@@ -18,7 +18,7 @@ pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, Restart
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{
     Activity, AppProtocol, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase,
-    Port, app_path,
+    Port, app_path, ports,
 };
 
 /// The API group.

@@ -211,6 +211,16 @@ pub enum AppProtocol {
     Http,
 }
 
+/// The server's ports: its profile's, with the server's own in place of those of the same name.
+pub fn ports(server: &ComputeServer, profile: Option<&super::ComputeProfile>) -> Vec<Port> {
+    let mut ports = profile.map(|p| p.spec.ports.clone()).unwrap_or_default();
+    for port in &server.spec.ports {
+        ports.retain(|p| p.name != port.name);
+        ports.push(port.clone());
+    }
+    ports
+}
+
 /// Where the web front serves the app on `port` of server `name`; also the app's
 /// COMPUTE_SERVER_BASE_URL.
 pub fn app_path(name: &str, port: &str) -> String {

@@ -52,11 +52,7 @@ pub fn apps(server: &ComputeServer, profiles: &[Arc<ComputeProfile>]) -> Vec<Por
         .profile
         .as_deref()
         .and_then(|name| profiles.iter().find(|p| p.metadata.name.as_deref() == Some(name)));
-    let mut ports = profile.map(|p| p.spec.ports.clone()).unwrap_or_default();
-    for port in &server.spec.ports {
-        ports.retain(|p| p.name != port.name);
-        ports.push(port.clone());
-    }
+    let mut ports = crate::api::ports(server, profile.map(|p| p.as_ref()));
     ports.retain(Port::is_app);
     ports
 }
@@ -119,10 +115,6 @@ impl Links {
 
 async fn to_slash(Path((name, port)): Path<(String, String)>) -> Redirect {
     Redirect::permanent(&crate::api::app_path(&name, &port))
-}
-
-fn problem(status: StatusCode, title: &str, text: &str) -> Response {
-    pages::message(status, title, text)
 }
 
 /// Headers that belong to one hop, not to the request (RFC 9110, 7.6.1).
@@ -225,21 +217,21 @@ async fn proxy(
         .into_iter()
         .find(|p| &p.name == port_name)
     else {
-        return problem(
+        return pages::message(
             StatusCode::NOT_FOUND,
             "No such app",
             &format!("Server {name} has no web app named {port_name}."),
         );
     };
     let Some(config) = state.ssh.clone() else {
-        return problem(
+        return pages::message(
             StatusCode::NOT_FOUND,
             "No web apps here",
             "This installation serves no web apps: the web front has no user CA (--user-ca-key).",
         );
     };
     if let Err(reason) = super::terminal::reachable(&server) {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, "Not running", &reason);
+        return pages::message(StatusCode::SERVICE_UNAVAILABLE, "Not running", &reason);
     }
     let namespace = server.metadata.namespace.clone().unwrap_or_default();
     let address = format!("{name}.{namespace}");
@@ -255,7 +247,7 @@ async fn proxy(
         Ok(link) => link,
         Err(failure) => {
             warn!(user = ?session.user.name, server = %address, app = %port_name, %failure, "could not reach an app");
-            return problem(
+            return pages::message(
                 StatusCode::BAD_GATEWAY,
                 "Cannot reach the app",
                 &failure.to_string(),
@@ -263,7 +255,7 @@ async fn proxy(
         }
     };
     let unanswered = || {
-        problem(
+        pages::message(
             StatusCode::BAD_GATEWAY,
             "The app does not answer",
             &format!(
