@@ -67,24 +67,72 @@ pub struct Links {
 }
 
 impl Links {
-    /// A live link for `key`, opened if there is none.
+    /// A live link for `key`, opened if there is none, and whether it was just opened.
     async fn get(
         &self,
         config: &ssh::Config,
-        key: Key,
-        target: ssh::Target<'_>,
-    ) -> Result<Arc<Link>, ssh::Failure> {
-        if let Some((link, used)) = self.open.lock().await.get_mut(&key)
-            && !link.is_closed()
+        key: &Key,
+        target: &ssh::Target<'_>,
+    ) -> Result<(Arc<Link>, bool), ssh::Failure> {
+        if let Some(link) = self.live(key).await {
+            return Ok((link, false));
+        }
+        let link = Arc::new(ssh::connect(config, target).await?);
+        let mut open = self.open.lock().await;
+        // Another request for the same key may have opened one meanwhile: requests may be
+        // on it already, so it stays and this one goes.
+        if let Some((other, used)) = open.get_mut(key)
+            && !other.is_closed()
         {
             *used = Instant::now();
-            return Ok(link.clone());
+            let other = other.clone();
+            drop(open);
+            link.close().await;
+            return Ok((other, false));
         }
-        let link = Arc::new(ssh::connect(config, &target).await?);
-        if let Some((old, _)) = self.open.lock().await.insert(key, (link.clone(), Instant::now())) {
-            old.close().await;
+        open.insert(key.clone(), (link.clone(), Instant::now()));
+        Ok((link, true))
+    }
+
+    async fn live(&self, key: &Key) -> Option<Arc<Link>> {
+        let mut open = self.open.lock().await;
+        let (link, used) = open.get_mut(key)?;
+        if link.is_closed() {
+            return None;
         }
-        Ok(link)
+        *used = Instant::now();
+        Some(link.clone())
+    }
+
+    /// Drops `link` from the pool (a channel on it failed): the next request opens another.
+    async fn forget(&self, key: &Key, link: &Arc<Link>) {
+        let mut open = self.open.lock().await;
+        if open.get(key).is_some_and(|(l, _)| Arc::ptr_eq(l, link)) {
+            open.remove(key);
+        }
+    }
+
+    /// A channel to `port` inside the server: on a pooled link, and if that fails (it may
+    /// have just ended), once more on a new one.
+    async fn channel(
+        &self,
+        config: &ssh::Config,
+        key: &Key,
+        target: &ssh::Target<'_>,
+        port: u32,
+    ) -> Result<(Arc<Link>, Option<russh::Channel<russh::client::Msg>>), ssh::Failure> {
+        loop {
+            let (link, fresh) = self.get(config, key, target).await?;
+            match link
+                .server
+                .channel_open_direct_tcpip("127.0.0.1", port, "127.0.0.1", 0)
+                .await
+            {
+                Ok(channel) => return Ok((link, Some(channel))),
+                Err(_) if fresh => return Ok((link, None)),
+                Err(_) => self.forget(key, &link).await,
+            }
+        }
     }
 
     /// Closes the links unused for [`IDLE`], every half minute, for ever.
@@ -243,8 +291,12 @@ async fn proxy(
         purpose: &purpose,
     };
     let key = (session.user.name.clone(), address.clone());
-    let link = match state.apps.get(&config, key, target).await {
-        Ok(link) => link,
+    let channel = state
+        .apps
+        .channel(&config, &key, &target, port.container_port as u32)
+        .await;
+    let (link, channel) = match channel {
+        Ok(found) => found,
         Err(failure) => {
             warn!(user = ?session.user.name, server = %address, app = %port_name, %failure, "could not reach an app");
             return pages::message(
@@ -264,11 +316,7 @@ async fn proxy(
             ),
         )
     };
-    let Ok(channel) = link
-        .server
-        .channel_open_direct_tcpip("127.0.0.1", port.container_port as u32, "127.0.0.1", 0)
-        .await
-    else {
+    let Some(channel) = channel else {
         return unanswered();
     };
     let Ok((mut sender, connection)) =
