@@ -1,8 +1,8 @@
 //! Agent benchmark, in one run on the same dockerd (release build of the agent):
 //! (a) the floor: raw Docker API create+start of N containers with the very body the agent
-//!     sends, one at a time and 8 at a time;
+//!     sends (at its own CPU quota: `tiny`'s 250m, and 10m), one at a time and 8 at a time;
 //! (b) N ComputeServers (pinned to the agent's node) created through the API server until
-//!     each reports `Running`, one at a time and all at once;
+//!     each reports `Running`, one at a time (250m and 10m) and all at once;
 //! then p50/p99 latency, throughput and their ratios; and the agent's RSS with 500
 //! ComputeServers on its node. Prints figures; asserts nothing about time.
 //!
@@ -60,25 +60,30 @@ impl Run {
     }
 }
 
-fn server(name: &str, node: &str) -> ComputeServer {
+/// `tiny`'s default CPU, and the least a server may ask for.
+const TINY: &str = "250m";
+const LEAST: &str = "10m";
+
+fn server(name: &str, node: &str, cpu: &str) -> ComputeServer {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeServer",
         "metadata": { "name": name, "labels": { NODE_LABEL: node } },
         "spec": { "owner": "bench", "image": IMAGE, "command": ["sleep", "infinity"],
-                  "resources": { "cpu": "10m", "memory": "16Mi" } },
+                  "resources": { "cpu": cpu, "memory": "16Mi" } },
     }))
     .unwrap()
 }
 
-/// (a) The floor: the agent's own container body, straight to the Docker API.
-async fn raw(docker: &bollard::Docker, n: usize, in_flight: usize) -> Run {
+/// (a) The floor: the agent's own container body, straight to the Docker API, at the
+/// server's own CPU quota from the start (as `docker run --cpus` would).
+async fn raw(docker: &bollard::Docker, n: usize, in_flight: usize, cpu: &str) -> Run {
     let prefix = unique("bench-raw");
     let started = Instant::now();
     let latencies: Vec<Duration> = futures::stream::iter(0..n)
         .map(|i| {
             let name = format!("{prefix}-{i}");
             async move {
-                let mut s = server(&name, "raw");
+                let mut s = server(&name, "raw", cpu);
                 s.metadata.namespace = Some("bench".into());
                 // Docker's own bridge: the floor need not wait for the agent's networks.
                 let host = plan::Host {
@@ -87,7 +92,9 @@ async fn raw(docker: &bollard::Docker, n: usize, in_flight: usize) -> Run {
                     networks: ("bridge".into(), "bridge".into()),
                     ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
                 };
-                let body = plan::container(&s, &plan::plan(&s, None).unwrap(), &host);
+                let plan = plan::plan(&s, None).unwrap();
+                let mut body = plan::container(&s, &plan, &host);
+                body.host_config.as_mut().unwrap().nano_cpus = Some(plan.request.nano_cpus);
                 let t = Instant::now();
                 let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
                     .name(&name)
@@ -112,7 +119,7 @@ async fn raw(docker: &bollard::Docker, n: usize, in_flight: usize) -> Run {
             .remove_container(&format!("{prefix}-{i}"), Some(options))
             .await;
         // The body mounts a named data volume, as the agent's does: remove it too.
-        let mut s = server(&format!("{prefix}-{i}"), "raw");
+        let mut s = server(&format!("{prefix}-{i}"), "raw", cpu);
         s.metadata.namespace = Some("bench".into());
         let _ = docker
             .remove_volume(
@@ -142,7 +149,7 @@ async fn watch_running(api: Api<ComputeServer>, names: Vec<String>) -> HashMap<S
 }
 
 /// (b) ComputeServers through the API server, `all_at_once` or one after another.
-async fn servers(api: &Api<ComputeServer>, node: &str, n: usize, all_at_once: bool) -> Run {
+async fn servers(api: &Api<ComputeServer>, node: &str, n: usize, all_at_once: bool, cpu: &str) -> Run {
     let prefix = unique("b");
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let started = Instant::now();
@@ -154,7 +161,7 @@ async fn servers(api: &Api<ComputeServer>, node: &str, n: usize, all_at_once: bo
         let created: HashMap<String, Instant> = futures::stream::iter(names.clone())
             .map(|name| async move {
                 let t = Instant::now();
-                api.create(&PostParams::default(), &server(&name, node))
+                api.create(&PostParams::default(), &server(&name, node, cpu))
                     .await
                     .expect("create");
                 (name, t)
@@ -172,7 +179,7 @@ async fn servers(api: &Api<ComputeServer>, node: &str, n: usize, all_at_once: bo
         let watch = tokio::spawn(watch_running(api.clone(), vec![name.clone()]));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = Instant::now();
-        api.create(&PostParams::default(), &server(name, node))
+        api.create(&PostParams::default(), &server(name, node, cpu))
             .await
             .expect("create");
         let running = watch.await.unwrap();
@@ -207,31 +214,48 @@ async fn main() {
     let agent = Agent::start(&unique("bench"));
     let node = agent.node.clone();
     // Warm-up: the agent's caches and the first container.
-    servers(&api, &node, 2, false).await;
+    servers(&api, &node, 2, false, TINY).await;
 
-    let raw_one = raw(&docker, n, 1).await;
-    let raw_eight = raw(&docker, n, 8).await;
-    let one = servers(&api, &node, n, false).await;
-    let all = servers(&api, &node, n, true).await;
+    let raw_one = raw(&docker, n, 1, TINY).await;
+    let raw_eight = raw(&docker, n, 8, TINY).await;
+    let raw_least = raw(&docker, n, 1, LEAST).await;
+    let one = servers(&api, &node, n, false, TINY).await;
+    let least = servers(&api, &node, n, false, LEAST).await;
+    let all = servers(&api, &node, n, true, TINY).await;
 
     println!("\nAgent benchmark ({})", support::machine());
     println!("  {n} containers per run, image {IMAGE}, agent release build\n");
-    println!("{}", raw_one.line("raw Docker API create+start, one at a time"));
-    println!("{}", raw_eight.line("raw Docker API create+start, 8 in flight"));
-    println!("{}", one.line("ComputeServer to Running, one at a time"));
     println!(
         "{}",
-        all.line(&format!("ComputeServer to Running, all {n} at once"))
+        raw_one.line(&format!("raw Docker API create+start at {TINY}, one at a time"))
+    );
+    println!(
+        "{}",
+        raw_eight.line(&format!("raw Docker API create+start at {TINY}, 8 in flight"))
+    );
+    println!(
+        "{}",
+        raw_least.line(&format!("raw Docker API create+start at {LEAST}, one at a time"))
+    );
+    println!(
+        "{}",
+        one.line(&format!("ComputeServer {TINY} to Running, one at a time"))
+    );
+    println!(
+        "{}",
+        least.line(&format!("ComputeServer {LEAST} to Running, one at a time"))
+    );
+    println!(
+        "{}",
+        all.line(&format!("ComputeServer {TINY} to Running, all {n} at once"))
     );
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!(
-        "\n  p50 latency, one at a time: {:.2} x the raw floor (target <= 1.25)",
-        ratio(one.percentile(0.5), raw_one.percentile(0.5))
-    );
-    println!(
-        "  throughput, all at once vs raw 8 in flight: {:.2} x (target >= 0.8)",
-        all.throughput() / raw_eight.throughput()
-    );
+    let floor_ratio = ratio(one.percentile(0.5), raw_one.percentile(0.5));
+    let small_ratio = ratio(least.percentile(0.5), one.percentile(0.5));
+    let throughput_ratio = all.throughput() / raw_eight.throughput();
+    println!("\n  p50 latency at {TINY}, one at a time: {floor_ratio:.2} x the raw floor (target <= 1.2)");
+    println!("  p50 latency at {LEAST} vs {TINY}: {small_ratio:.2} x (target <= 1.5)");
+    println!("  throughput, all at once vs raw 8 in flight: {throughput_ratio:.2} x (target >= 0.8)");
 
     // The agent's memory with many servers on its node.
     let names: Vec<String> = (0..rss_servers).map(|i| format!("rss-{i:04}")).collect();
@@ -243,7 +267,7 @@ async fn main() {
             let api = api.clone();
             let node = node.clone();
             async move {
-                api.create(&PostParams::default(), &server(&name, &node))
+                api.create(&PostParams::default(), &server(&name, &node, LEAST))
                     .await
                     .expect("create")
             }
@@ -255,11 +279,22 @@ async fn main() {
     let up = started.elapsed();
     tokio::time::sleep(Duration::from_secs(25)).await; // a couple of heartbeats and resyncs
     let pid = agent.pid();
-    println!(
-        "\n  {rss_servers} ComputeServers Running on the node after {:.0} s; agent RSS {:.1} MiB, peak {:.1} MiB (target <= 40)",
-        up.as_secs_f64(),
+    let (rss, peak) = (
         support::status_kib(pid, "VmRSS:") as f64 / 1024.0,
         support::status_kib(pid, "VmHWM:") as f64 / 1024.0,
     );
+    println!(
+        "\n  {rss_servers} ComputeServers Running on the node after {:.0} s; agent RSS {rss:.1} MiB, peak {peak:.1} MiB (target <= 40)",
+        up.as_secs_f64(),
+    );
     delete_all(&api, rss_servers).await;
+    let ms = |run: &Run| run.percentile(0.5).as_secs_f64() * 1e3;
+    println!(
+        "\nagent: p50_ms={:.0} raw_p50_ms={:.0} p50_10m_ms={:.0} raw_p50_10m_ms={:.0} small_vs_tiny={small_ratio:.2} \
+         throughput_ratio={throughput_ratio:.2} rss_mib={rss:.1} ratio={floor_ratio:.2}",
+        ms(&one),
+        ms(&raw_one),
+        ms(&least),
+        ms(&raw_least),
+    );
 }

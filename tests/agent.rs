@@ -223,6 +223,49 @@ fn stop_start_and_delete() {
     );
 }
 
+/// The CPU quota the container's cgroup holds it to, seen from inside: "QUOTA PERIOD" in
+/// microseconds, as cgroup v2's `cpu.max` (or v1's `cpu.cfs_quota_us` and `cpu.cfs_period_us`).
+fn cpu_max(container: &str) -> String {
+    let read = "cat /sys/fs/cgroup/cpu.max 2>/dev/null || \
+                echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)";
+    let out = docker_cli(&["exec", container, "sh", "-c", read]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_small_server_starts_with_room_and_is_running_only_once_held_to_its_own_quota() {
+    install_crds();
+    let ns = TestNamespace::new("agent-quota");
+    let agent = Agent::start(&unique("node"));
+    let container = format!("csrv.{}.small", ns.name);
+    let spec = "owner: alice\nimage: computeserver/busybox:local\ncommand: [sleep, infinity]\n\
+                resources: {cpu: 10m, memory: 32Mi}";
+    apply_server(&ns.name, "small", &agent.node, spec);
+    // 10m: 1,000 us of every 100,000, as soon as the status says Running.
+    wait_phase(&ns.name, "small", "Running");
+    assert_eq!(cpu_max(&container), "1000 100000");
+    assert_eq!(inspect(&container).unwrap()["HostConfig"]["NanoCpus"], 10_000_000);
+
+    // Stopped and started again: the same.
+    for running in [false, true] {
+        kubectl_ok(
+            &[
+                "patch",
+                "csrv",
+                "-n",
+                &ns.name,
+                "small",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"spec":{{"running":{running}}}}}"#),
+            ],
+            None,
+        );
+        wait_phase(&ns.name, "small", if running { "Running" } else { "Stopped" });
+    }
+    assert_eq!(cpu_max(&container), "1000 100000");
+}
+
 #[test]
 fn asking_for_more_than_the_profile_allows_is_refused_and_nothing_runs() {
     install_crds();

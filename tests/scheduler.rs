@@ -154,12 +154,179 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
         table.starts_with("NAME") && table.contains("CPU USED") && table.contains("SERVERS"),
         "{table}"
     );
-    // Placement is announced where `kubectl describe` shows it.
-    assert!(
-        events(&ns.name, "s00").contains("Scheduled"),
-        "{}",
-        events(&ns.name, "s00")
+    // Where `kubectl describe` shows it: the Scheduled condition, written by the node's agent
+    // (a placement is one write, the label; no Event for each).
+    let described = kubectl_ok(&["describe", "csrv", "-n", &ns.name, "s00"], None);
+    assert!(described.contains("placed on node"), "{described}");
+}
+
+/// The status fields each manager owns, from the server's managedFields: manager → the
+/// `f:status` keys (conditions as `conditions[Type]`), and the manager's last write time.
+fn status_owners(ns: &str, name: &str) -> BTreeMap<String, (Vec<String>, String)> {
+    let out = kubectl_ok(
+        &[
+            "get",
+            "csrv",
+            "-n",
+            ns,
+            name,
+            "--show-managed-fields",
+            "-o",
+            "json",
+        ],
+        None,
     );
+    let server: Value = serde_json::from_str(&out).unwrap();
+    let mut owners = BTreeMap::new();
+    for entry in server["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let mut fields = vec![];
+        for (key, value) in entry["fieldsV1"]["f:status"].as_object().into_iter().flatten() {
+            let Some(field) = key.strip_prefix("f:") else {
+                continue;
+            };
+            if field == "conditions" {
+                for condition in value.as_object().into_iter().flatten().map(|(k, _)| k) {
+                    if let Some(key) = condition.strip_prefix("k:") {
+                        let key: Value = serde_json::from_str(key).unwrap();
+                        fields.push(format!("conditions[{}]", key["type"].as_str().unwrap()));
+                    }
+                }
+            } else {
+                fields.push(field.to_string());
+            }
+        }
+        if entry["fieldsV1"]["f:metadata"]["f:labels"]["f:computeserver.io/node"].is_object() {
+            fields.push("label node".into());
+        }
+        if !fields.is_empty() {
+            fields.sort();
+            let manager = entry["manager"].as_str().unwrap().to_string();
+            owners.insert(
+                manager,
+                (fields, entry["time"].as_str().unwrap_or("").to_string()),
+            );
+        }
+    }
+    owners
+}
+
+fn fields_of(owners: &BTreeMap<String, (Vec<String>, String)>, manager: &str) -> Vec<String> {
+    owners.get(manager).map(|(f, _)| f.clone()).unwrap_or_default()
+}
+
+#[test]
+fn the_scheduler_writes_the_label_the_agent_the_status_and_no_field_flaps_between_them() {
+    install_crds();
+    let ns = TestNamespace::new("sched-owners");
+    let mut flags = node_flags(&ns.name);
+    flags.extend(["--cpu-allocation-ratio", "1"]);
+    let node = unique("owners");
+    let mut agent = Agent::start_with(&node, 1, &flags);
+    wait_ready(&node);
+    let mut schedulers = vec![
+        Scheduler::start(&unique("one"), &ns.name, &ns.name),
+        Scheduler::start(&unique("two"), &ns.name, &ns.name),
+    ];
+
+    // Too big for the node: the scheduler says why it waits, and owns just that.
+    apply_servers(
+        &ns.name,
+        &["later".into()],
+        "resources: {cpu: \"64\", memory: 32Mi}",
+    );
+    wait_pending_with(&ns.name, "later", "fewer than 64 CPUs");
+    let waiting = status_owners(&ns.name, "later");
+    assert_eq!(
+        fields_of(&waiting, "compute-server-scheduler"),
+        ["conditions[Scheduled]", "message", "phase"],
+        "{waiting:?}"
+    );
+
+    // Placed: one write by the scheduler (the label); the agent reports Scheduled and the rest.
+    apply_servers(&ns.name, &["work".into()], "resources: {cpu: 100m, memory: 32Mi}");
+    let running = wait_phase(&ns.name, "work", "Running");
+    assert_eq!(running["status"]["node"], node.as_str());
+    let scheduled = support::condition(&running, "Scheduled");
+    assert_eq!(scheduled["status"], "True");
+    assert_eq!(scheduled["message"], format!("placed on node {node}"));
+    let owners = status_owners(&ns.name, "work");
+    assert_eq!(
+        fields_of(&owners, "compute-server-scheduler"),
+        ["label node"],
+        "{owners:?}"
+    );
+    let agents = fields_of(&owners, "compute-server-agent");
+    for field in [
+        "conditions[Ready]",
+        "conditions[Scheduled]",
+        "containerID",
+        "message",
+        "node",
+        "phase",
+    ] {
+        assert!(
+            agents.iter().any(|f| f == field),
+            "the agent owns {field}: {owners:?}"
+        );
+    }
+    for (manager, (fields, _)) in &owners {
+        if manager != "compute-server-agent" {
+            assert!(
+                !fields.iter().any(|f| f == "phase" || f.starts_with("conditions")),
+                "{manager} writes the agent's fields too: {owners:?}"
+            );
+        }
+    }
+
+    // The waiting server fits once it asks for less: the agent takes its status over.
+    apply_servers(
+        &ns.name,
+        &["later".into()],
+        "resources: {cpu: 100m, memory: 32Mi}",
+    );
+    wait_phase(&ns.name, "later", "Running");
+    let taken = status_owners(&ns.name, "later");
+    assert_eq!(
+        fields_of(&taken, "compute-server-scheduler"),
+        ["label node"],
+        "{taken:?}"
+    );
+
+    // The agent restarts and the leading scheduler dies: nobody writes the servers again.
+    let before = (status_owners(&ns.name, "work"), status_owners(&ns.name, "later"));
+    agent.kill();
+    let _agent = Agent::start_with(&node, 1, &flags);
+    let holder = eventually("a leader", 30, || leader(&ns.name));
+    let leading = schedulers.iter().position(|s| s.identity == holder).unwrap();
+    schedulers[leading].kill();
+    eventually("the standby leads", 30, || {
+        leader(&ns.name).filter(|l| *l != holder)
+    });
+    wait_ready(&node);
+    // A few passes and reconciles later.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let after = (status_owners(&ns.name, "work"), status_owners(&ns.name, "later"));
+    let unchanged = |(fields, time): &(Vec<String>, String), manager: &str| {
+        (fields.clone(), time.clone(), manager.to_string())
+    };
+    for (b, a) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        for manager in ["compute-server-agent", "compute-server-scheduler"] {
+            assert_eq!(
+                b.get(manager).map(|e| unchanged(e, manager)),
+                a.get(manager).map(|e| unchanged(e, manager)),
+                "{manager} wrote again after the restarts"
+            );
+        }
+    }
+    assert_eq!(
+        wait_phase(&ns.name, "work", "Running")["status"]["node"],
+        node.as_str()
+    );
+    schedulers.clear();
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::Context;
 use crate::api::lifecycle::Rules;
 use crate::api::{ComputeProfile, ComputeServer, Phase, size};
 
-const FIELD_MANAGER: &str = "compute-server-agent";
+const FIELD_MANAGER: &str = "compute-server-agent-activity";
 /// A busy server's entry is written at most this often (or four times per idle time, if shorter).
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -112,6 +112,7 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
     };
     match decide::run(server, &state, end.as_ref()) {
         decide::Run::Leave => {
+            let container = own_quota(docker, plan, container).await?;
             let log_tail = match &end {
                 Some(decide::End::Program { code, .. }) if *code != 0 => {
                     log_tail(docker, &plan.container_name).await
@@ -130,6 +131,11 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
                 ctx.event(server, EventType::Warning, "Restarted", why.clone())
                     .await;
                 note = Some(why);
+            }
+            // Started with room to start in, then held to its own quota (below).
+            let boost = plan::start_nano_cpus(plan.request.nano_cpus);
+            if nano_cpus(&container) != Some(boost) {
+                set_nano_cpus(docker, &plan.container_name, boost).await?;
             }
             docker
                 .start_container(&plan.container_name, None)
@@ -158,7 +164,12 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
             .await;
         }
     }
-    let container = inspect_existing(docker, &plan.container_name).await?;
+    let container = own_quota(
+        docker,
+        plan,
+        inspect_existing(docker, &plan.container_name).await?,
+    )
+    .await?;
     let state = container.state.clone().unwrap_or_default();
     // A program that ends at once, just started by this pass, is seen here already.
     let (end, log_tail) = if stopped_though_running(server, &state) {
@@ -177,6 +188,34 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
         end,
         log_tail,
     })
+}
+
+fn nano_cpus(container: &ContainerInspectResponse) -> Option<i64> {
+    container.host_config.as_ref().and_then(|h| h.nano_cpus)
+}
+
+/// The container held to its own CPU quota, before anyone is told it runs: it may have
+/// been started with more ([`plan::start_nano_cpus`]), and an agent may have died between
+/// that start and this.
+async fn own_quota(
+    docker: &Docker,
+    plan: &Plan,
+    container: ContainerInspectResponse,
+) -> Result<ContainerInspectResponse> {
+    if nano_cpus(&container) == Some(plan.request.nano_cpus) {
+        return Ok(container);
+    }
+    set_nano_cpus(docker, &plan.container_name, plan.request.nano_cpus).await?;
+    inspect_existing(docker, &plan.container_name).await
+}
+
+/// Changes a container's CPU quota, running or not (`docker update --cpus`).
+async fn set_nano_cpus(docker: &Docker, name: &str, nano_cpus: i64) -> Result<()> {
+    let update = bollard::models::ContainerUpdateBody {
+        nano_cpus: Some(nano_cpus),
+        ..Default::default()
+    };
+    docker.update_container(name, update).await.map_err(Error::Docker)
 }
 
 /// The server should run, and its container neither runs nor is being restarted by Docker.

@@ -2,12 +2,12 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use super::docker::Observed;
 use super::plan::Plan;
 use super::{Context, decide};
-use crate::api::{CONDITION_READY, ComputeServer, ComputeServerStatus, Endpoint, Phase};
+use crate::api::{CONDITION_READY, CONDITION_SCHEDULED, ComputeServer, ComputeServerStatus, Endpoint, Phase};
 use crate::{Error, Result};
 
 /// Whether the server's status shows something other than this phase and message.
@@ -16,8 +16,8 @@ pub fn differs(server: &ComputeServer, phase: Phase, message: &str) -> bool {
     status.and_then(|s| s.phase) != Some(phase) || status.and_then(|s| s.message.as_deref()) != Some(message)
 }
 
-/// The Ready condition, keeping its transition time while its status stays the same.
-fn ready(server: &ComputeServer, ready: bool, reason: &str, message: &str) -> Condition {
+/// A condition of the server, keeping its transition time while its status stays the same.
+fn condition(server: &ComputeServer, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
     let current = server
         .status
         .as_ref()
@@ -25,35 +25,35 @@ fn ready(server: &ComputeServer, ready: bool, reason: &str, message: &str) -> Co
         .unwrap_or_default();
     crate::api::condition(
         current,
-        CONDITION_READY,
-        ready,
+        type_,
+        status,
         reason,
         message,
         server.metadata.generation,
     )
 }
 
-/// Status fields every report shares, with the other conditions (Scheduled) kept.
+fn ready(server: &ComputeServer, ready: bool, reason: &str, message: &str) -> Condition {
+    condition(server, CONDITION_READY, ready, reason, message)
+}
+
+/// Status fields every report shares. The agent is the one to say the server is scheduled:
+/// the scheduler's placement is the node label alone, and its agent reports it here.
 fn base(
     server: &ComputeServer,
     ctx: &Context,
     phase: Phase,
     message: String,
-    condition: Condition,
+    ready: Condition,
 ) -> ComputeServerStatus {
-    let old = server.status.clone().unwrap_or_default();
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .into_iter()
-        .filter(|c| c.type_ != CONDITION_READY)
-        .collect();
-    conditions.push(condition);
+    let placed = format!("placed on node {}", ctx.node);
+    let scheduled = condition(server, CONDITION_SCHEDULED, true, "Scheduled", &placed);
     ComputeServerStatus {
         phase: Some(phase),
         node: Some(ctx.node.clone()),
         message: Some(message),
         observed_generation: server.metadata.generation,
-        conditions,
+        conditions: vec![scheduled, ready],
         gpu_devices: server
             .status
             .as_ref()
@@ -174,26 +174,103 @@ fn endpoints(
         .collect()
 }
 
-/// Writes the status if it changed (ignoring condition timestamps, which are kept), so
-/// that an unchanged server does not trigger another reconcile.
-pub async fn write(server: &ComputeServer, ctx: &Context, status: ComputeServerStatus) -> Result<()> {
-    // Compared on the agent's own fields: the lifecycle's, bastion's and web front's are theirs.
-    let current = server.status.clone().unwrap_or_default();
+/// Whether the server's status already shows `status`, compared on the agent's own fields
+/// (the lifecycle's, bastion's and web front's are theirs) and conditions in any order.
+fn unchanged(server: &ComputeServer, status: &ComputeServerStatus) -> bool {
+    let Some(current) = server.status.clone() else {
+        return false;
+    };
+    let sorted = |mut conditions: Vec<Condition>| {
+        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        conditions
+    };
     let mine = ComputeServerStatus {
         activity: current.activity.clone(),
         last_activity: current.last_activity.clone(),
         stops_at: current.stops_at.clone(),
         stop_reason: current.stop_reason.clone(),
+        conditions: sorted(status.conditions.clone()),
         ..status.clone()
     };
-    if server.status.is_some() && current == mine {
+    ComputeServerStatus {
+        conditions: sorted(current.conditions),
+        ..current
+    } == mine
+}
+
+/// The agent's field manager: it owns the status fields it reports (server-side apply).
+pub const FIELD_MANAGER: &str = "compute-server-agent";
+
+/// Writes the status if it changed (ignoring condition timestamps, which are kept), so
+/// that an unchanged server does not trigger another reconcile. Applied as
+/// [`FIELD_MANAGER`]: phase, node, message, observedGeneration, the Scheduled and Ready
+/// conditions, containerId, endpoints, startedAt and gpuDevices are the agent's, and a field
+/// left out (the endpoints of a stopped server) is removed. Forced: the scheduler writes some
+/// of them while no agent reports the server (why it waits; its node is lost), and they come
+/// back to the agent with its next report.
+pub async fn write(server: &ComputeServer, ctx: &Context, status: ComputeServerStatus) -> Result<()> {
+    if unchanged(server, &status) {
         return Ok(());
     }
     let api: Api<ComputeServer> =
         Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(&server.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::Kube)?;
+    let patch = serde_json::json!({
+        "apiVersion": ComputeServer::api_version(&()),
+        "kind": ComputeServer::kind(&()),
+        "status": ComputeServerStatus {
+            activity: vec![],
+            last_activity: None,
+            stops_at: None,
+            stop_reason: None,
+            ..status
+        },
+    });
+    api.patch_status(
+        &server.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(status: &str) -> ComputeServer {
+        serde_yaml::from_str(&format!(
+            "{{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {{name: s}}, \
+             spec: {{owner: alice}}, status: {status}}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_report_is_written_only_when_the_agents_own_fields_changed() {
+        let t = "2026-12-02T08:00:00Z";
+        let current = server(&format!(
+            "{{phase: Running, node: n1, message: running on node n1, lastActivity: '{t}', \
+             activity: [{{source: ssh, lastSeen: '{t}'}}], conditions: [\
+             {{type: Ready, status: 'True', reason: Running, message: m, lastTransitionTime: '{t}'}}, \
+             {{type: Scheduled, status: 'True', reason: Scheduled, message: placed on node n1, lastTransitionTime: '{t}'}}]}}"
+        ));
+        let mut report = current.status.clone().unwrap();
+        report.activity.clear();
+        report.last_activity = None;
+        report.conditions.reverse();
+        assert!(
+            unchanged(&current, &report),
+            "others' fields and the conditions' order do not count"
+        );
+        report.message = Some("stopped".into());
+        assert!(!unchanged(&current, &report));
+        let mut none = current.clone();
+        none.status = None;
+        assert!(
+            !unchanged(&none, &ComputeServerStatus::default()),
+            "no status yet: written"
+        );
+    }
 }

@@ -674,9 +674,9 @@ impl Scheduler {
                 let status = serde_json::json!({
                     "phase": Phase::NodeLost,
                     "message": message,
-                    "conditions": with_condition(&server, condition(&server, CONDITION_READY, false, "NodeLost", &message)),
+                    "conditions": [condition(&server, CONDITION_READY, false, "NodeLost", &message)],
                 });
-                if let Err(error) = self.patch_status(&server, status).await {
+                if let Err(error) = self.apply_status(&server, status).await {
                     warn!(%error, server = %server.name_any(), "could not mark the server NodeLost");
                 }
                 None
@@ -684,36 +684,22 @@ impl Scheduler {
         }
     }
 
-    /// Status first (Scheduled), then the label: the agent sees the server only once it is
-    /// labelled, so its status writes always come after ours. Both writes carry the
-    /// resourceVersion they were based on: a server changed meanwhile is not placed twice.
+    /// The placement is one write, the node label, as kube-scheduler's binding is one: the
+    /// agent of that node sees the server then and writes `Scheduled=True` and the node into
+    /// its status (as the kubelet reports a bound pod). The label carries the resourceVersion
+    /// the decision was based on: a server changed meanwhile is not placed twice.
     async fn place(&self, server: &ComputeServer, node: &str, fitting: usize) -> Result<()> {
-        let message = match fitting {
-            1 => format!("placed on node {node}, the only node that fits"),
-            n => format!("placed on node {node}, the least allocated of {n} nodes that fit"),
-        };
-        let status = serde_json::json!({
-            "phase": Phase::Scheduled,
-            "node": node,
-            "message": message,
-            "conditions": with_condition(server, condition(server, CONDITION_SCHEDULED, true, "Scheduled", &message)),
-        });
-        let updated = self.patch_status(server, status).await?;
-        let api = self.api(server);
         let patch = serde_json::json!({
             "metadata": {
-                "resourceVersion": updated.resource_version(),
+                "resourceVersion": server.resource_version(),
                 "labels": { NODE_LABEL: node },
             }
         });
-        // The Event need not wait for the label: both go out at once.
-        let (name, params, patch) = (server.name_any(), self.params(), Patch::Merge(&patch));
-        let (labelled, ()) = tokio::join!(
-            api.patch(&name, &params, &patch),
-            self.event(server, EventType::Normal, "Scheduled", message),
-        );
-        labelled.map_err(Error::Kube)?;
-        info!(server = %server.name_any(), namespace = server.namespace(), %node, "placed");
+        self.api(server)
+            .patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        info!(server = %server.name_any(), namespace = server.namespace(), %node, fitting, "placed");
         Ok(())
     }
 
@@ -823,9 +809,9 @@ impl Scheduler {
         let status = serde_json::json!({
             "phase": Phase::Pending,
             "message": reason,
-            "conditions": with_condition(server, condition(server, CONDITION_SCHEDULED, false, "Unschedulable", reason)),
+            "conditions": [condition(server, CONDITION_SCHEDULED, false, "Unschedulable", reason)],
         });
-        self.patch_status(server, status).await?;
+        self.apply_status(server, status).await?;
         info!(server = %server.name_any(), namespace = server.namespace(), %reason, "cannot place");
         self.event(server, EventType::Warning, "FailedScheduling", reason.to_string())
             .await;
@@ -850,15 +836,27 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn patch_status(&self, server: &ComputeServer, status: serde_json::Value) -> Result<ComputeServer> {
+    /// Applies the scheduler's status fields (server-side apply, as
+    /// [`FIELD_MANAGER`]): phase, message and the Scheduled condition of a server it cannot
+    /// place, or phase, message and Ready of a server on a lost node. The agent takes them over
+    /// when it reports the server; these writes happen only while it cannot. Based on the
+    /// resourceVersion decided on.
+    async fn apply_status(&self, server: &ComputeServer, status: serde_json::Value) -> Result<()> {
         let patch = serde_json::json!({
+            "apiVersion": ComputeServer::api_version(&()),
+            "kind": ComputeServer::kind(&()),
             "metadata": { "resourceVersion": server.resource_version() },
             "status": status,
         });
         self.api(server)
-            .patch_status(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .patch_status(
+                &server.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
             .await
-            .map_err(Error::Kube)
+            .map_err(Error::Kube)?;
+        Ok(())
     }
 
     fn api(&self, server: &ComputeServer) -> Api<ComputeServer> {
@@ -908,20 +906,6 @@ fn condition(server: &ComputeServer, type_: &str, status: bool, reason: &str, me
         message,
         server.metadata.generation,
     )
-}
-
-/// The server's conditions with `condition` in place of the one of its type.
-fn with_condition(server: &ComputeServer, condition: Condition) -> Vec<Condition> {
-    let mut conditions: Vec<Condition> = server
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c.type_ != condition.type_)
-        .collect();
-    conditions.push(condition);
-    conditions
 }
 
 #[cfg(test)]
