@@ -5,7 +5,7 @@ STACK := tests/support/stack.sh
 # every target that compiles runs it first (stack.sh and image.sh do too). Quick when present.
 WEB_ASSETS := tests/support/web-assets.sh
 
-.PHONY: up down reset test bench install crds manifests image lint
+.PHONY: up down reset test bench chaos install crds manifests image lint
 
 ## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server) on its kept state; Ctrl-C stops it
 up:
@@ -23,9 +23,13 @@ reset:
 test:
 	@bash $(STACK) test
 
-## bench: the benchmarks (release build) against real components; BENCH=scheduler for one
+## bench: every benchmark (release build) against real components, with a summary line each; BENCH=NAME for one (agent, scheduler, web, bastion, browser)
 bench:
 	@bash $(STACK) bench $(BENCH)
+
+## chaos: faults on purpose on the real stack with 3 nodes for CHAOS_SECONDS (default 300), then the invariants; CHAOS_SEED=N replays a run
+chaos:
+	@CHAOS_SECONDS=$(or $(CHAOS_SECONDS),300) CHAOS_SEED=$(or $(CHAOS_SEED),$(shell od -An -N4 -tu4 /dev/urandom | tr -d " ")) bash $(STACK) chaos
 
 ## install: install and build the real components only
 install:
@@ -53,17 +57,7 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-.PHONY: bench-web
-## bench-web: wrk against "My servers" with 10,000 servers in the cluster (release build; BENCH_SECONDS, default 20)
-bench-web:
-	@bash $(STACK) test --release --test web -- --ignored --nocapture bench_my_servers
-
-.PHONY: bench-browser
-## bench-browser: a keystroke's echo in the browser terminal vs ssh -J, and an app page through the front vs ssh -L (BENCH_RUNS, default 200)
-bench-browser:
-	@bash $(STACK) test --release --test browser -- --ignored --nocapture bench_terminal_echo
-
-.PHONY: bench-bastion
-## bench-bastion: time to first byte through the bastion vs direct (BENCH_RUNS, default 30)
-bench-bastion:
-	@bash $(STACK) test --test bastion -- --ignored --nocapture bench_time_to_first_byte
+.PHONY: bench-web bench-browser bench-bastion
+## bench-web, bench-browser, bench-bastion: one benchmark, as make bench BENCH=web (browser, bastion)
+bench-web bench-browser bench-bastion:
+	@bash $(STACK) bench $(@:bench-%=%)

@@ -449,7 +449,7 @@ fn summary(label: &str, mut ms: Vec<f64>) -> f64 {
 /// `make bench-bastion`: time to first byte of `echo` through the bastion versus straight to
 /// the container's published port, BENCH_RUNS times each (default 30), interleaved.
 #[test]
-#[ignore = "benchmark: run with `make bench-bastion`"]
+#[ignore = "benchmark: run with `make bench BENCH=bastion`"]
 fn bench_time_to_first_byte_through_the_bastion_versus_direct() {
     let runs: usize = std::env::var("BENCH_RUNS").map_or(30, |n| n.parse().unwrap());
     install_crds();
@@ -518,6 +518,10 @@ fn bench_time_to_first_byte_through_the_bastion_versus_direct() {
         "ratio of p50s: ssh -J / direct = {:.2}, with ControlMaster = {:.2}",
         j / d,
         m / d
+    );
+    println!(
+        "\nbastion: runs={runs} direct_p50_ms={d:.1} jump_p50_ms={j:.1} controlmaster_p50_ms={m:.1} ratio={:.2}",
+        j / d
     );
     drop(agent);
 }

@@ -779,7 +779,7 @@ fn read_until(read: &mut impl std::io::Read, needle: &[u8]) -> Duration {
 /// through `ssh -L` over the same bastion; BENCH_RUNS samples each (default 200), p50s and
 /// their ratios.
 #[tokio::test]
-#[ignore = "benchmark: run with `make bench-browser`"]
+#[ignore = "benchmark: run with `make bench BENCH=browser`"]
 async fn bench_terminal_echo_and_app_page_through_the_front_versus_ssh() {
     use futures::{SinkExt, StreamExt};
     use std::io::Write;

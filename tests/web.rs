@@ -1154,7 +1154,7 @@ async fn keep_running_sets_keep_running_until_within_the_profiles_extension_for_
 /// 10,000 ComputeServers in the namespace (50 of them alice's). Prints req/s, latency
 /// percentiles and the web front's RSS.
 #[tokio::test]
-#[ignore = "a benchmark: make bench-web"]
+#[ignore = "a benchmark: make bench BENCH=web"]
 async fn bench_my_servers_with_10000_servers() {
     install_crds();
     let ns = TestNamespace::new("web-bench");
@@ -1184,26 +1184,72 @@ async fn bench_my_servers_with_10000_servers() {
     let rss_before = support::status_kib(web.pid(), "VmRSS:");
 
     let duration = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "20".into());
-    let out = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{duration}s"), "--latency"])
-        .args(["-H", &format!("Cookie: {}", alice.cookies(&web))])
-        .arg(format!("{}/", web.url))
-        .output()
-        .expect("wrk (Debian's wrk; tests/support/stack.sh install adds it)");
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && report.contains("Requests/sec"),
-        "{report}"
-    );
-    assert!(!report.contains("Non-2xx"), "every answer was the page: {report}");
+    let cookie = alice.cookies(&web);
+    // The floor, in the same run: the front's /healthz (the same server and middleware, no
+    // session and no page), then alice's page.
+    let (floor, floor_report) = wrk(&format!("{}/healthz", web.url), None, &duration);
+    let (page, report) = wrk(&format!("{}/", web.url), Some(&cookie), &duration);
     let rss_after = support::status_kib(web.pid(), "VmRSS:");
     let peak = support::status_kib(web.pid(), "VmHWM:");
     println!(
-        "\n{}\nMy servers (50 of {total} servers), 2 threads, 32 connections, {duration} s:\n{report}\n\
+        "\n{}\n/healthz (the floor), 2 threads, 32 connections, {duration} s:\n{floor_report}\n\
+         My servers (50 of {total} servers), 2 threads, 32 connections, {duration} s:\n{report}\n\
          web RSS: {} MiB before, {} MiB after, peak {} MiB",
         support::machine(),
         rss_before / 1024,
         rss_after / 1024,
         peak / 1024
     );
+    println!("| path | requests/s | p99 |\n|---|---|---|");
+    println!("| /healthz (floor) | {:.0} | {:.2} ms |", floor.0, floor.1);
+    println!("| My servers | {:.0} | {:.2} ms |", page.0, page.1);
+    println!(
+        "\nweb: requests_per_s={:.0} p99_ms={:.2} floor_requests_per_s={:.0} peak_rss_mib={:.1} ratio={:.2}",
+        page.0,
+        page.1,
+        floor.0,
+        peak as f64 / 1024.0,
+        page.0 / floor.0
+    );
+}
+
+/// `wrk -t2 -c32 --latency` against `url` for `seconds`: (requests/s, p99 in ms) and the
+/// report. Every answer must be a 2xx.
+fn wrk(url: &str, cookie: Option<&str>, seconds: &str) -> ((f64, f64), String) {
+    let mut command = std::process::Command::new("wrk");
+    command.args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency"]);
+    if let Some(cookie) = cookie {
+        command.args(["-H", &format!("Cookie: {cookie}")]);
+    }
+    let out = command
+        .arg(url)
+        .output()
+        .expect("wrk (Debian's wrk; tests/support/stack.sh install adds it)");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && report.contains("Requests/sec"),
+        "{report}"
+    );
+    assert!(!report.contains("Non-2xx"), "every answer was a 2xx: {report}");
+    let field = |prefix: &str| {
+        report
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let rate: f64 = field("Requests/sec:").parse().unwrap_or(0.0);
+    let p99 = field("99%");
+    let p99_ms = match p99.strip_suffix("ms") {
+        Some(ms) => ms.parse().unwrap_or(f64::NAN),
+        None => match p99.strip_suffix("us") {
+            Some(us) => us.parse::<f64>().map_or(f64::NAN, |us| us / 1000.0),
+            None => p99
+                .strip_suffix('s')
+                .and_then(|s| s.parse::<f64>().ok())
+                .map_or(f64::NAN, |s| s * 1000.0),
+        },
+    };
+    ((rate, p99_ms), report)
 }

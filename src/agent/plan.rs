@@ -319,7 +319,7 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    fn host() -> Host {
+    pub(super) fn host() -> Host {
         Host {
             publish_address: "127.0.0.1".into(),
             networks: ("compute-server".into(), "compute-server-closed".into()),
@@ -327,6 +327,8 @@ mod tests {
             user_cas: vec![],
         }
     }
+
+    pub(super) const TINY_PROFILE: &str = TINY;
 
     const TINY: &str = "
 apiVersion: computeserver.io/v1alpha1
@@ -630,5 +632,95 @@ spec:
             ),
             "{keys}"
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::tests::{TINY_PROFILE, host};
+    use super::*;
+
+    /// A server as anyone may write it: sizes in and out of bounds, ports, env, keys, a profile or none.
+    fn a_server() -> impl Strategy<Value = ComputeServer> {
+        let size = prop_oneof![
+            Just(None),
+            "[0-9]{1,5}(m|Mi|Gi|k|M|G)?".prop_map(Some),
+            "0\\.[0-9]{1,3}(Gi)?".prop_map(Some),
+        ];
+        (
+            size.clone(),
+            size,
+            proptest::option::of(0i32..3),
+            proptest::collection::vec((1i32..70000, proptest::bool::ANY), 0..4),
+            proptest::bool::ANY,
+            proptest::bool::ANY,
+        )
+            .prop_map(|(cpu, memory, gpus, ports, with_profile, running)| {
+                let mut server: ComputeServer = serde_yaml::from_str(
+                    "{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, \
+                     metadata: {name: s, namespace: compute, uid: u1}, spec: {owner: alice}}",
+                )
+                .unwrap();
+                let spec = &mut server.spec;
+                spec.running = running;
+                spec.image = (!with_profile).then(|| "computeserver/busybox:local".to_string());
+                spec.profile = with_profile.then(|| "tiny".to_string());
+                spec.resources.cpu = cpu.map(Quantity);
+                spec.resources.memory = memory.map(Quantity);
+                spec.resources.gpus = gpus;
+                spec.ports = ports
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (port, http))| {
+                        serde_json::from_value(serde_json::json!({
+                            "name": format!("p{i}"), "containerPort": port,
+                            "appProtocol": if http { Some("http") } else { None },
+                        }))
+                        .unwrap()
+                    })
+                    .collect();
+                server
+            })
+    }
+
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    proptest! {
+        /// Whatever the spec: a plan is refused with a reason, or it makes a container that is
+        /// hardened and limited, with its ports on the publish address only and no mount but
+        /// its own data volume.
+        #[test]
+        fn every_plan_is_a_refusal_or_a_hardened_limited_container(server in a_server()) {
+            let profile: ComputeProfile = serde_yaml::from_str(TINY_PROFILE).unwrap();
+            let profile = server.spec.profile.as_ref().map(|_| &profile);
+            match plan(&server, profile) {
+                Err(refusal) => prop_assert!(!refusal.to_string().is_empty()),
+                Ok(plan) => {
+                    let request = plan.request;
+                    prop_assert!((10_000_000..=4096 * 1_000_000_000).contains(&request.nano_cpus));
+                    prop_assert!(request.memory_bytes >= 6 << 20);
+                    let body = container(&server, &plan, &host());
+                    let config = body.host_config.unwrap();
+                    prop_assert_eq!(config.memory, Some(request.memory_bytes));
+                    prop_assert_eq!(config.memory_swap, Some(request.memory_bytes));
+                    prop_assert!(config.nano_cpus.unwrap() >= request.nano_cpus);
+                    prop_assert_eq!(config.pids_limit, Some(PIDS_LIMIT));
+                    prop_assert_eq!(config.privileged, Some(false));
+                    prop_assert_eq!(config.cap_drop, Some(vec!["ALL".to_string()]));
+                    prop_assert_eq!(config.security_opt, Some(vec!["no-new-privileges".to_string()]));
+                    prop_assert!(config.binds.is_none() && config.volumes_from.is_none());
+                    let mounts = config.mounts.unwrap();
+                    prop_assert_eq!(mounts.len(), 1);
+                    prop_assert_eq!(mounts[0].source.as_deref(), Some(plan.volume_name.as_str()));
+                    for bindings in config.port_bindings.unwrap_or_default().values().flatten() {
+                        for binding in bindings {
+                            prop_assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

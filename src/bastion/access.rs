@@ -526,3 +526,91 @@ mod tests {
         assert_eq!(target.namespace, "team-b");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PHASES: [&str; 5] = ["Running", "Pending", "Stopped", "Failed", "Creating"];
+
+    /// A cluster of a few servers, some names in several namespaces, of three owners.
+    fn servers() -> impl Strategy<Value = Vec<Arc<ComputeServer>>> {
+        proptest::collection::vec(
+            (
+                "[ab]",
+                "(dev|gpu|dev\\.a)",
+                "(alice|bob|mallory)",
+                0usize..5,
+                proptest::bool::weighted(0.8),
+                proptest::bool::ANY,
+            ),
+            0..8,
+        )
+        .prop_map(|specs| {
+            let mut seen = std::collections::HashSet::new();
+            specs
+                .into_iter()
+                .filter(|(ns, name, ..)| seen.insert(format!("{name}/{ns}")))
+                .map(|(namespace, name, owner, phase, running, ssh)| {
+                    let endpoints = if ssh {
+                        "[{name: ssh, host: 10.0.0.5, port: 32768}]"
+                    } else {
+                        "[]"
+                    };
+                    let yaml = format!(
+                        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\n\
+                         metadata: {{name: '{name}', namespace: {namespace}}}\n\
+                         spec: {{owner: {owner}, running: {running}}}\n\
+                         status: {{phase: {}, endpoints: {endpoints}}}\n",
+                        PHASES[phase]
+                    );
+                    Arc::new(serde_yaml::from_str::<ComputeServer>(&yaml).unwrap())
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Whatever a user asks for: a jump goes only to a server of theirs (admins: any) of
+        /// the name asked, running, on port 22; and anything of someone else's gets the very
+        /// answer a server that does not exist gets.
+        #[test]
+        fn a_jump_goes_only_to_a_running_server_of_ones_own(
+            servers in servers(),
+            user in "(alice|bob|eve)",
+            admin in proptest::bool::weighted(0.1),
+            host in "(dev|gpu|dev\\.a|dev\\.b|gpu\\.a|dev\\.a\\.b|x)",
+            port in prop_oneof![4 => Just(22u32), 1 => 0u32..70000],
+        ) {
+            let result = authorize(&servers, &user, admin, &host, port);
+            let own: Vec<&Arc<ComputeServer>> = servers
+                .iter()
+                .filter(|s| admin || s.spec.owner == user)
+                .filter(|s| {
+                    let name = s.name_any();
+                    name == host || format!("{name}.{}", s.namespace().unwrap_or_default()) == host
+                })
+                .collect();
+            match result {
+                Ok(target) => {
+                    let server = servers
+                        .iter()
+                        .find(|s| s.name_any() == target.name && s.namespace().as_deref() == Some(&target.namespace));
+                    prop_assert!(server.is_some());
+                    let server = server.unwrap();
+                    prop_assert!(admin || server.spec.owner == user, "{user} reached {}'s server", server.spec.owner);
+                    prop_assert!(server.spec.running);
+                    prop_assert_eq!(server.status.as_ref().and_then(|s| s.phase), Some(Phase::Running));
+                    prop_assert_eq!(port, SSH_PORT);
+                }
+                Err(Refusal::NoSuchServer(name)) => {
+                    prop_assert_eq!(name, host);
+                    prop_assert!(own.is_empty(), "one of theirs exists: {:?}", own.len());
+                }
+                Err(_) => prop_assert!(!own.is_empty(), "a refusal other than 'no such server' tells of another's server"),
+            }
+        }
+    }
+}

@@ -319,3 +319,145 @@ mod tests {
         assert_eq!(error, "0/1 nodes can run this: 1 has fewer than 3 CPUs");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const GI: i64 = 1 << 30;
+
+    fn a_node() -> impl Strategy<Value = Node> {
+        (
+            "[a-e]",
+            1i64..=8,
+            1i64..=16,
+            0i64..=2,
+            prop_oneof![3 => Just(1000i64), 1 => 500i64..=4000],
+            proptest::option::of(Just("its agent has not reported yet".to_string())),
+            proptest::bool::weighted(0.15),
+            proptest::bool::ANY,
+        )
+            .prop_map(
+                |(name, cpus, memory, gpus, ratio, not_ready, unschedulable, gpu_label)| {
+                    let cores = cpus * 1_000_000_000;
+                    let mut labels = BTreeMap::new();
+                    if gpu_label {
+                        labels.insert("gpu".to_string(), "true".to_string());
+                    }
+                    Node {
+                        name: format!("node-{name}"),
+                        labels,
+                        not_ready,
+                        unschedulable,
+                        capacity: Request {
+                            nano_cpus: cores * ratio / 1000,
+                            memory_bytes: memory * GI,
+                            gpus,
+                        },
+                        cores,
+                        allocated: Request::default(),
+                        servers: 0,
+                    }
+                },
+            )
+    }
+
+    fn nodes() -> impl Strategy<Value = Vec<Node>> {
+        proptest::collection::vec(a_node(), 0..6).prop_map(|mut nodes| {
+            // Names are unique, as ComputeNodes' are.
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes.dedup_by(|a, b| a.name == b.name);
+            nodes
+        })
+    }
+
+    fn a_request() -> impl Strategy<Value = (Request, bool)> {
+        (10i64..=4000, 6i64..=4096, 0i64..=2, proptest::bool::weighted(0.2)).prop_map(
+            |(milli_cpus, memory_mi, gpus, wants_gpu_node)| {
+                let request = Request {
+                    nano_cpus: milli_cpus * 1_000_000,
+                    memory_bytes: memory_mi << 20,
+                    gpus,
+                };
+                (request, wants_gpu_node)
+            },
+        )
+    }
+
+    fn selector(wants_gpu_node: bool) -> BTreeMap<String, String> {
+        match wants_gpu_node {
+            true => BTreeMap::from([("gpu".to_string(), "true".to_string())]),
+            false => BTreeMap::new(),
+        }
+    }
+
+    /// Places `requests` one after another as a pass does; the nodes chosen (None: waits).
+    fn place_all(nodes: &mut [Node], requests: &[(Request, bool)]) -> Vec<Option<String>> {
+        requests
+            .iter()
+            .map(|(request, gpu)| {
+                let (index, _) = choose(nodes, request, &selector(*gpu)).ok()?;
+                nodes[index].allocated += *request;
+                nodes[index].servers += 1;
+                Some(nodes[index].name.clone())
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// However many servers of whatever size: no node is promised more than its capacity
+        /// times its ratios, nor a server larger than its CPUs, and only Ready, uncordoned,
+        /// matching nodes get any. A server that waits fits on no node, and says how many there are.
+        #[test]
+        fn placement_never_overfills_a_node_and_only_uses_nodes_that_may_take_it(
+            mut nodes in nodes(),
+            requests in proptest::collection::vec(a_request(), 1..40),
+        ) {
+            for (request, gpu) in &requests {
+                match choose(&nodes, request, &selector(*gpu)) {
+                    Ok((index, fitting)) => {
+                        let node = &mut nodes[index];
+                        prop_assert!(node.not_ready.is_none() && !node.unschedulable);
+                        prop_assert!(!*gpu || node.labels.get("gpu").map(String::as_str) == Some("true"));
+                        prop_assert!(request.nano_cpus <= node.cores);
+                        prop_assert!(fitting >= 1);
+                        node.allocated += *request;
+                        node.servers += 1;
+                        let (allocated, capacity) = (node.allocated, node.capacity);
+                        prop_assert!(allocated.nano_cpus <= capacity.nano_cpus);
+                        prop_assert!(allocated.memory_bytes <= capacity.memory_bytes);
+                        prop_assert!(allocated.gpus <= capacity.gpus);
+                    }
+                    Err(reason) => {
+                        let counted = reason.starts_with(&format!("0/{} nodes", nodes.len()));
+                        prop_assert!(counted || (nodes.is_empty() && reason.starts_with("no nodes")), "{}", reason);
+                        for node in &nodes {
+                            prop_assert!(misfit(node, request, &selector(*gpu)).is_some());
+                        }
+                    }
+                }
+            }
+        }
+
+        /// The same nodes and servers give the same placements, whatever order the nodes
+        /// are listed in (a standby that takes over decides as the leader would have).
+        #[test]
+        fn placement_is_deterministic_and_independent_of_the_nodes_order(
+            nodes in nodes(),
+            requests in proptest::collection::vec(a_request(), 1..30),
+            rotate in 0usize..6,
+        ) {
+            let first = place_all(&mut nodes.clone(), &requests);
+            prop_assert_eq!(&first, &place_all(&mut nodes.clone(), &requests));
+            let mut rotated = nodes.clone();
+            if !rotated.is_empty() {
+                let by = rotate % rotated.len();
+                rotated.rotate_left(by);
+                rotated.reverse();
+            }
+            prop_assert_eq!(first, place_all(&mut rotated, &requests));
+        }
+    }
+}

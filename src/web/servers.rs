@@ -336,8 +336,25 @@ pub fn build(
             message: "at most 32 keys".into(),
         });
     }
+    // The API server's limits (the CRD's schema), said here in the form's words.
+    if new.env.len() > 64 {
+        errors.push(FieldError {
+            field: "env",
+            message: "at most 64 variables".into(),
+        });
+    }
+    if let Some(long) = new.env.iter().find(|v| v.value.chars().count() > 32768) {
+        errors.push(FieldError {
+            field: "env",
+            message: format!(
+                "the value of {} is longer than 32768 characters",
+                long.name.chars().take(64).collect::<String>()
+            ),
+        });
+    }
     for (i, var) in new.env.iter().enumerate() {
         let valid = !var.name.is_empty()
+            && var.name.len() <= 256
             && var.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             && !var.name.starts_with(|c: char| c.is_ascii_digit());
         if !valid || new.env[..i].iter().any(|e| e.name == var.name) {
@@ -654,7 +671,7 @@ impl ServerView {
 mod tests {
     use super::*;
 
-    fn alice() -> User {
+    pub(super) fn alice() -> User {
         User {
             name: "alice".into(),
             groups: vec!["students".into()],
@@ -667,7 +684,7 @@ mod tests {
         Arc::new(serde_yaml::from_str(yaml).unwrap())
     }
 
-    fn debian() -> Arc<ComputeProfile> {
+    pub(super) fn debian() -> Arc<ComputeProfile> {
         profile(
             "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {name: debian}\n\
              spec: {image: d, defaultResources: {cpu: '1', memory: 512Mi}, maxResources: {cpu: '2', memory: 4Gi}}",
@@ -772,5 +789,102 @@ mod tests {
         ));
         assert!(!is_ssh_key("-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert!(!is_ssh_key(&format!("{KEY}\nssh-ed25519 AAAA")));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::tests::{alice, debian};
+    use super::*;
+
+    /// Text a person (or an attacker) might put in a field: sizes, names, keys, nonsense.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[0-9]{1,4}(\\.[0-9]{1,3})?(m|k|M|G|Mi|Gi|Ti|e3)?",
+            "[a-z][a-z0-9-]{0,70}",
+            "ssh-(ed25519|rsa) [A-Za-z0-9+/=]{0,80}( [a-z@]{1,10})?\n?",
+            any::<String>(),
+        ]
+    }
+
+    fn new_server() -> impl Strategy<Value = NewServer> {
+        (
+            proptest::option::of(text()),
+            prop_oneof![Just("debian".to_string()), text()],
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(-3i32..5),
+            proptest::collection::vec(text(), 0..3),
+            proptest::collection::vec(
+                (
+                    prop_oneof![text(), "[A-Z_]{250,260}"],
+                    prop_oneof![text(), "x{32760,32770}"],
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(|(name, profile, cpu, memory, gpus, keys, env)| NewServer {
+                name,
+                profile,
+                resources: NewResources { cpu, memory, gpus },
+                ssh_authorized_keys: keys,
+                env: env
+                    .into_iter()
+                    .map(|(name, value)| EnvVar { name, value })
+                    .collect(),
+            })
+    }
+
+    const FIELDS: [&str; 7] = [
+        "profile",
+        "name",
+        "cpu",
+        "memory",
+        "gpus",
+        "sshAuthorizedKeys",
+        "env",
+    ];
+
+    proptest! {
+        /// Whatever comes in: no panic; a refusal names a field of the request and says what
+        /// is wrong; what is accepted is the caller's, within the profile, and has sizes the
+        /// agent and the API server take.
+        #[test]
+        fn every_request_is_a_server_of_the_callers_or_a_refusal_that_names_a_field(new in new_server()) {
+            let user = alice();
+            match build(&user, new, &[debian()]) {
+                Ok(server) => {
+                    prop_assert_eq!(&server.spec.owner, "alice");
+                    prop_assert!(is_dns_label(&server.name_any()));
+                    let request = size::request(&server, Some(&debian()));
+                    prop_assert!(request.is_ok(), "{:?}", request);
+                    let request = request.unwrap();
+                    prop_assert!(request.nano_cpus <= 2_000_000_000 && request.memory_bytes <= 4 << 30);
+                    prop_assert!(server.spec.ssh_authorized_keys.iter().all(|k| is_ssh_key(k)));
+                    prop_assert!(server.spec.env.len() <= 64);
+                    for var in &server.spec.env {
+                        prop_assert!(var.name.len() <= 256 && var.value.chars().count() <= 32768);
+                        prop_assert!(!var.name.is_empty() && !var.name.starts_with(|c: char| c.is_ascii_digit()));
+                    }
+                }
+                Err(Problem::Invalid(errors)) => {
+                    prop_assert!(!errors.is_empty());
+                    for error in errors {
+                        prop_assert!(FIELDS.contains(&error.field), "{}", error.field);
+                        prop_assert!(!error.message.is_empty());
+                    }
+                }
+                Err(other) => prop_assert!(false, "not a field error: {other:?}"),
+            }
+        }
+
+        /// The JSON API's body: any JSON object is read or refused, never a panic.
+        #[test]
+        fn any_json_body_is_read_or_refused(body in "\\{(\"[a-zA-Z]{1,12}\": ?(\"[^\"]{0,12}\"|[0-9.e-]{1,6}|null|\\[\\]|\\{\\}), ?){0,4}\"profile\": ?\"debian\"\\}") {
+            let _ = serde_json::from_str::<NewServer>(&body);
+        }
     }
 }

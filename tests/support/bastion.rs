@@ -77,6 +77,10 @@ impl Bastion {
         });
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the process (SIGKILL) and starts it again on the same ports and host key flags.
     pub fn restart(&mut self) {
         let _ = self.child.kill();

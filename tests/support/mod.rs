@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 mod bastion;
-#[allow(unused_imports)] // used by tests/bastion.rs only
+#[allow(unused_imports)] // used by tests/bastion.rs and tests/chaos.rs only
 pub use bastion::Bastion;
 pub mod signin;
 
@@ -573,7 +573,15 @@ impl WebFront {
     /// A front with Keycloak client `client_id` (the realm has `compute-server` and
     /// `compute-server-short`, whose access tokens last 10 s); waits until /readyz answers.
     pub fn start(namespace: &str, client_id: &str, extra: &[&str]) -> WebFront {
-        let port = free_port();
+        WebFront::start_with(namespace, client_id, extra, free_port())
+    }
+
+    /// [`WebFront::start`] on a given port (to start it again at the same URL).
+    pub fn start_on(namespace: &str, client_id: &str, port: u16) -> WebFront {
+        WebFront::start_with(namespace, client_id, &[], port)
+    }
+
+    fn start_with(namespace: &str, client_id: &str, extra: &[&str], port: u16) -> WebFront {
         let url = format!("http://127.0.0.1:{port}");
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![

@@ -15,7 +15,9 @@
 #                             in Docker for its nodes; says what it deletes and asks first
 #   stack.sh local            `make up`: install, start on $CS_STATE, stay up until Ctrl-C
 #   stack.sh test [ARGS]      `make test`: install, start afresh in target/test, cargo test ARGS, stop
-#   stack.sh bench [NAME]     `make bench`: the same in target/bench, cargo bench (release build)
+#   stack.sh bench [NAME]     `make bench`: the benchmarks (release build) on a stack in target/bench:
+#                             agent, scheduler, web, bastion, browser; NAME for one
+#   stack.sh chaos            `make chaos`: tests/chaos.rs on the test stack (CHAOS_SECONDS, CHAOS_SEED)
 source "$(dirname "$0")/lib.sh"
 
 install() {
@@ -333,14 +335,30 @@ run_tests() {
   up "$state"
   # Built here, not inside tests/image.rs, so the long first build does not compete with the
   # other tests for CPU; that test's own build is then a cache hit (and shows any failure).
-  bash "$SUPPORT_DIR/image.sh" build >/dev/null || info "the image build failed: tests/image.rs says why"
+  # Not for `make chaos`, which needs no image.
+  [[ ${CS_NO_IMAGE:-} == 1 ]] ||
+    bash "$SUPPORT_DIR/image.sh" build >/dev/null || info "the image build failed: tests/image.rs says why"
   step "Running the tests against the real stack (cargo test)"
   (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo test --locked --no-fail-fast "$@")
   info "tests finished in $((SECONDS - t0)) s in all"
 }
 
+# The benchmarks by name: a cargo bench, or an ignored test run in a release build.
+BENCHES="agent scheduler web bastion browser"
+bench_command() {
+  case "$1" in
+    agent|scheduler) echo "cargo bench --locked --bench $1" ;;
+    web) echo "cargo test --locked --release --test web -- --ignored --nocapture bench_my_servers" ;;
+    bastion) echo "cargo test --locked --release --test bastion -- --ignored --nocapture bench_time_to_first_byte" ;;
+    browser) echo "cargo test --locked --release --test browser -- --ignored --nocapture bench_terminal_echo" ;;
+    *) die "no benchmark named $1; there are: $BENCHES" ;;
+  esac
+}
+
 run_benches() {
   state="$REPO_DIR/target/bench"  # global: the trap reads it
+  local names="${1:-$BENCHES}" name log="$REPO_DIR/target/bench.log"
+  for name in $names; do bench_command "$name" >/dev/null; done
   install
   bash "$SUPPORT_DIR/web-assets.sh"
   step "Building compute-server and the benchmarks in release mode (cargo; several minutes the first time)"
@@ -348,17 +366,24 @@ run_benches() {
   trap 'down "$state"' EXIT
   reset "$state" --yes
   ETCD_NO_FSYNC=1 up "$state"
-  step "Running the benchmarks against the real stack (cargo bench${1:+ --bench $1})"
-  (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo bench --locked ${1:+--bench "$1"})
+  : > "$log"
+  for name in $names; do
+    step "Benchmark $name: $(bench_command "$name")"
+    (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" $(bench_command "$name")) 2>&1 | tee -a "$log" \
+      || info "benchmark $name failed (its output is above and in $log)"
+  done
+  step "Summary (each ratio is against a floor measured in the same run; all output in $log)"
+  grep -E '^(agent|scheduler|web|bastion|browser-terminal|browser-app): ' "$log" || info "no summary lines: see $log"
 }
 
 case "${1:-}" in
   local) local_stack ;;
   bench) shift; run_benches "$@" ;;
+  chaos) CS_NO_IMAGE=1 run_tests --test chaos -- --nocapture ;;
   test) shift; run_tests "$@" ;;
   install) install ;;
   up) [[ $# -eq 2 ]] || die "usage: $0 up STATE_DIR"; up "$2" ;;
   down) [[ $# -le 2 ]] || die "usage: $0 down [STATE_DIR]"; down "${2:-}" ;;
   reset) shift; [[ ${1:-} == --yes ]] && set -- "$CS_STATE" --yes; reset "${1:-}" "${2:-}" ;;
-  *) die "usage: $0 install | up STATE_DIR | down [STATE_DIR] | reset [STATE_DIR] [--yes] | local | test [CARGO TEST ARGS] | bench [NAME]" ;;
+  *) die "usage: $0 install | up STATE_DIR | down [STATE_DIR] | reset [STATE_DIR] [--yes] | local | test [CARGO TEST ARGS] | bench [NAME] | chaos" ;;
 esac
