@@ -103,13 +103,21 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
     if create {
         create_container(server, plan, desired, ctx).await?;
     }
-
-    let container = inspect_existing(docker, &plan.container_name).await?;
+    // Told while Docker is asked what it now shows.
+    let created_event = async {
+        if create {
+            let note = format!("created container {} from {}", plan.container_name, plan.image);
+            ctx.event(server, EventType::Normal, "Created", note).await;
+        }
+    };
+    let (container, ()) = tokio::join!(inspect_existing(docker, &plan.container_name), created_event);
+    let container = container?;
     let state = container.state.clone().unwrap_or_default();
     let end = match stopped_though_running(server, &state) {
         true => Some(decide::end(&state, killed(docker, &container).await)),
         false => None,
     };
+    let mut started = false;
     match decide::run(server, &state, end.as_ref()) {
         decide::Run::Leave => {
             let container = own_quota(docker, plan, container).await?;
@@ -141,13 +149,7 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
                 .start_container(&plan.container_name, None)
                 .await
                 .map_err(Error::Docker)?;
-            ctx.event(
-                server,
-                EventType::Normal,
-                "Started",
-                format!("started container {}", plan.container_name),
-            )
-            .await;
+            started = true;
         }
         decide::Run::Stop => {
             let options = StopContainerOptionsBuilder::default().t(10).build();
@@ -164,12 +166,25 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
             .await;
         }
     }
-    let container = own_quota(
-        docker,
-        plan,
-        inspect_existing(docker, &plan.container_name).await?,
-    )
-    .await?;
+    // Told while Docker is asked what it now shows: the Event is out before the status.
+    let started_event = async {
+        if started {
+            let note = format!("started container {}", plan.container_name);
+            ctx.event(server, EventType::Normal, "Started", note).await;
+        }
+    };
+    let (container, ()) = tokio::join!(
+        async {
+            own_quota(
+                docker,
+                plan,
+                inspect_existing(docker, &plan.container_name).await?,
+            )
+            .await
+        },
+        started_event
+    );
+    let container = container?;
     let state = container.state.clone().unwrap_or_default();
     // A program that ends at once, just started by this pass, is seen here already.
     let (end, log_tail) = if stopped_though_running(server, &state) {
@@ -267,13 +282,6 @@ async fn create_container(
         Err(error) => return Err(Error::Docker(error)),
     }
     info!(container = %plan.container_name, image = %plan.image, "container created");
-    ctx.event(
-        server,
-        EventType::Normal,
-        "Created",
-        format!("created container {} from {}", plan.container_name, plan.image),
-    )
-    .await;
     Ok(())
 }
 

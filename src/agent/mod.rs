@@ -385,6 +385,12 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
+    // Placed here and not reported yet: say so at once (the scheduler's placement was the
+    // label alone), before the container is made.
+    if status::first_report(server, ctx) {
+        let message = format!("placed on node {}; creating its container", ctx.node);
+        status::write(server, ctx, status::creating(server, ctx, message)).await?;
+    }
     // Its GPUs first, recorded in its status before a container uses them.
     let (server, plan) = match gpus(server, plan, ctx).await? {
         Ok(ready) => ready,

@@ -273,8 +273,9 @@ pub fn container(server: &ComputeServer, plan: &Plan, host: &Host) -> ContainerC
 
 /// The least CPU quota a container starts with. runc's init runs inside the container's
 /// cgroup, so a small quota slows its own start: on a 2-core host `docker run --cpus 0.01`
-/// takes about 2 s to create and start, 0.25 and above about 0.25 s.
-pub const START_NANO_CPUS: i64 = 1_000_000_000;
+/// takes about 2 s to create and start, 0.1 about 0.35 s, 0.25 and above about 0.25 s.
+/// At 250m (`tiny`'s default) and above, a container starts at its own quota.
+pub const START_NANO_CPUS: i64 = 250_000_000;
 
 /// The CPU quota to start a container of `own` nano-CPUs with: its own, or
 /// [`START_NANO_CPUS`] if that is more. Lowered to its own as soon as it runs, before it is
@@ -459,7 +460,12 @@ spec: {owner: alice, profile: gpu-large}
             Some(2_000_000_000),
             "no boost down"
         );
-        assert_eq!(start_nano_cpus(250_000_000), START_NANO_CPUS);
+        assert_eq!(
+            start_nano_cpus(250_000_000),
+            250_000_000,
+            "tiny's default starts as it is"
+        );
+        assert_eq!(start_nano_cpus(100_000_000), START_NANO_CPUS);
     }
 
     #[test]

@@ -198,6 +198,16 @@ fn unchanged(server: &ComputeServer, status: &ComputeServerStatus) -> bool {
     } == mine
 }
 
+/// Whether this agent has not reported the server yet: its status names another node or
+/// none, or does not say it is scheduled.
+pub fn first_report(server: &ComputeServer, ctx: &Context) -> bool {
+    let status = server.status.as_ref();
+    let scheduled = status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_SCHEDULED))
+        .is_some_and(|c| c.status == "True");
+    !scheduled || status.and_then(|s| s.node.as_deref()) != Some(ctx.node.as_str())
+}
+
 /// The agent's field manager: it owns the status fields it reports (server-side apply).
 pub const FIELD_MANAGER: &str = "compute-server-agent";
 

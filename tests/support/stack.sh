@@ -357,7 +357,7 @@ bench_command() {
 
 run_benches() {
   state="$REPO_DIR/target/bench"  # global: the trap reads it
-  local names="${1:-$BENCHES}" name log="$REPO_DIR/target/bench.log"
+  local names="${*:-$BENCHES}" name log="$REPO_DIR/target/bench.log"
   for name in $names; do bench_command "$name" >/dev/null; done
   install
   bash "$SUPPORT_DIR/web-assets.sh"
