@@ -154,7 +154,7 @@ fn ready(server: &ComputeServer) -> Option<&Condition> {
 
 /// Start, stop or leave the container, given `spec.running`, whether it runs (or Docker is
 /// restarting it), and how it ended. A program that ended by itself is left stopped: the first
-/// time it is seen (the status still says it runs), and while the status reports that end for
+/// time it is seen (the status still says it runs or is being made), and while the status reports that end for
 /// the server's current generation; any change to the server after that starts it again.
 pub fn run(server: &ComputeServer, state: &ContainerState, end: Option<&End>) -> Run {
     let running = state.running == Some(true) || state.restarting == Some(true);
@@ -168,8 +168,14 @@ pub fn run(server: &ComputeServer, state: &ContainerState, end: Option<&End>) ->
             ))),
             Some(End::Program { .. }) => {
                 let condition = ready(server);
-                let seen_running =
-                    condition.is_none_or(|c| c.reason == "Running" || c.reason == "Restarting");
+                // Its end not reported yet: the status still says it runs, or is being made
+                // (the agent's first report, an image pull, a wait for a GPU) for this run.
+                let seen_running = condition.is_none_or(|c| {
+                    matches!(
+                        c.reason.as_str(),
+                        "Running" | "Restarting" | "Creating" | "WaitingForGpu"
+                    )
+                });
                 let reported = condition.is_some_and(|c| {
                     (c.reason == PROGRAM_ENDED || c.reason == PROGRAM_FAILED)
                         && c.observed_generation == server.metadata.generation
@@ -342,6 +348,13 @@ status:
             Run::Start(None),
             "the server changed since"
         );
+        for coming_up in ["Creating", "WaitingForGpu"] {
+            assert_eq!(
+                run(&with_ready(RUNNING, coming_up, 3), &exited(0), Some(&end)),
+                Run::Leave,
+                "the status said it was being made ({coming_up}): this end is its first, report it"
+            );
+        }
         let stopped_and_started = with_ready(RUNNING, "Stopped", 4);
         assert_eq!(
             run(&stopped_and_started, &exited(0), Some(&end)),
