@@ -163,26 +163,8 @@ fn thirty_servers_spread_evenly_over_three_nodes() {
 /// The status fields each manager owns, from the server's managedFields: manager → the
 /// `f:status` keys (conditions as `conditions[Type]`), and the manager's last write time.
 fn status_owners(ns: &str, name: &str) -> BTreeMap<String, (Vec<String>, String)> {
-    let out = kubectl_ok(
-        &[
-            "get",
-            "csrv",
-            "-n",
-            ns,
-            name,
-            "--show-managed-fields",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    let server: Value = serde_json::from_str(&out).unwrap();
     let mut owners = BTreeMap::new();
-    for entry in server["metadata"]["managedFields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for entry in support::managed_fields(ns, name) {
         let mut fields = vec![];
         for (key, value) in entry["fieldsV1"]["f:status"].as_object().into_iter().flatten() {
             let Some(field) = key.strip_prefix("f:") else {

@@ -16,25 +16,8 @@ pub fn differs(server: &ComputeServer, phase: Phase, message: &str) -> bool {
     status.and_then(|s| s.phase) != Some(phase) || status.and_then(|s| s.message.as_deref()) != Some(message)
 }
 
-/// A condition of the server, keeping its transition time while its status stays the same.
-fn condition(server: &ComputeServer, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    let current = server
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    crate::api::condition(
-        current,
-        type_,
-        status,
-        reason,
-        message,
-        server.metadata.generation,
-    )
-}
-
 fn ready(server: &ComputeServer, ready: bool, reason: &str, message: &str) -> Condition {
-    condition(server, CONDITION_READY, ready, reason, message)
+    crate::api::server_condition(server, CONDITION_READY, ready, reason, message)
 }
 
 /// Status fields every report shares. The agent is the one to say the server is scheduled:
@@ -47,7 +30,7 @@ fn base(
     ready: Condition,
 ) -> ComputeServerStatus {
     let placed = format!("placed on node {}", ctx.node);
-    let scheduled = condition(server, CONDITION_SCHEDULED, true, "Scheduled", &placed);
+    let scheduled = crate::api::server_condition(server, CONDITION_SCHEDULED, true, "Scheduled", &placed);
     ComputeServerStatus {
         phase: Some(phase),
         node: Some(ctx.node.clone()),

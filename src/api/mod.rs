@@ -88,6 +88,30 @@ pub fn condition(
     }
 }
 
+/// A condition of `server` (for its current generation), keeping the transition time of the
+/// one it has while its status stays the same.
+pub fn server_condition(
+    server: &ComputeServer,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let current = server
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    condition(
+        current,
+        type_,
+        status,
+        reason,
+        message,
+        server.metadata.generation,
+    )
+}
+
 /// A container image reference as Docker reads it: `[host[:port]/]path[:tag][@digest]`, with
 /// lowercase paths and no spaces (the grammar of github.com/distribution/reference, without
 /// IPv6 hosts).

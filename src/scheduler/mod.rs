@@ -674,7 +674,7 @@ impl Scheduler {
                 let status = serde_json::json!({
                     "phase": Phase::NodeLost,
                     "message": message,
-                    "conditions": [condition(&server, CONDITION_READY, false, "NodeLost", &message)],
+                    "conditions": [crate::api::server_condition(&server, CONDITION_READY, false, "NodeLost", &message)],
                 });
                 if let Err(error) = self.apply_status(&server, status).await {
                     warn!(%error, server = %server.name_any(), "could not mark the server NodeLost");
@@ -809,7 +809,7 @@ impl Scheduler {
         let status = serde_json::json!({
             "phase": Phase::Pending,
             "message": reason,
-            "conditions": [condition(server, CONDITION_SCHEDULED, false, "Unschedulable", reason)],
+            "conditions": [crate::api::server_condition(server, CONDITION_SCHEDULED, false, "Unschedulable", reason)],
         });
         self.apply_status(server, status).await?;
         info!(server = %server.name_any(), namespace = server.namespace(), %reason, "cannot place");
@@ -889,23 +889,6 @@ fn scheduled_condition(server: &ComputeServer) -> Option<&Condition> {
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_SCHEDULED))
-}
-
-/// A condition of the server, keeping its transition time while its status stays the same.
-fn condition(server: &ComputeServer, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    let current = server
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    crate::api::condition(
-        current,
-        type_,
-        status,
-        reason,
-        message,
-        server.metadata.generation,
-    )
 }
 
 #[cfg(test)]

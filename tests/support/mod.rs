@@ -694,9 +694,8 @@ pub fn patch_status(ns: &str, name: &str, status: serde_json::Value) {
     );
 }
 
-/// The field managers of the server's `status.activity` entries: source → manager, from its
-/// managedFields.
-pub fn activity_managers(ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+/// The server's `metadata.managedFields` entries, as `kubectl --show-managed-fields` shows them.
+pub fn managed_fields(ns: &str, name: &str) -> Vec<serde_json::Value> {
     let out = kubectl_ok(
         &[
             "get",
@@ -711,12 +710,17 @@ pub fn activity_managers(ns: &str, name: &str) -> std::collections::BTreeMap<Str
         None,
     );
     let server: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut managers = std::collections::BTreeMap::new();
-    for field in server["metadata"]["managedFields"]
+    server["metadata"]["managedFields"]
         .as_array()
-        .into_iter()
-        .flatten()
-    {
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The field managers of the server's `status.activity` entries: source → manager, from its
+/// managedFields.
+pub fn activity_managers(ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    let mut managers = std::collections::BTreeMap::new();
+    for field in managed_fields(ns, name) {
         let activity = &field["fieldsV1"]["f:status"]["f:activity"];
         for key in activity.as_object().into_iter().flatten().map(|(k, _)| k) {
             // Entries of a list-map are named k:{"source":"ssh"}.
