@@ -9,6 +9,7 @@ pub mod api;
 pub mod bastion;
 pub mod crd;
 pub mod health;
+pub mod kube_client;
 pub mod scheduler;
 pub mod ssh_ca;
 pub mod telemetry;

@@ -215,7 +215,7 @@ pub async fn run(args: Args) -> Result<()> {
             )));
         }
     };
-    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let client = crate::kube_client::connect().await?;
     let docker = docker::connect(&args.docker_host).await?;
     // No server starts on a network that is not closed.
     let network = network::setup(&docker, &args.docker_host, &publish_address.to_string()).await?;

@@ -3,7 +3,7 @@
 //! as orphaned for longer than asked, after checking again that no server of theirs exists.
 
 use kube::api::ListParams;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::docker;
 use crate::api::{ComputeNode, ComputeServer, NODE_LABEL};
@@ -41,7 +41,7 @@ pub fn parse_age(text: &str) -> std::result::Result<std::time::Duration, String>
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let client = crate::kube_client::connect().await?;
     let docker = docker::connect(&args.docker_host).await?;
     let node = Api::<ComputeNode>::all(client.clone())
         .get_opt(&args.node)

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use russh::MethodKind;
 use russh::keys::HashAlg;
 use tracing::{debug, info, warn};
@@ -103,7 +103,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the bastion until SIGTERM or Ctrl-C: host key, metrics, the server cache, then SSH.
 pub async fn run(args: Args) -> Result<()> {
-    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let client = crate::kube_client::connect().await?;
     let host_key = match (&args.host_key_file, &args.host_key_secret) {
         (Some(path), None) => host_key::from_file(path)?,
         (None, Some(name)) => host_key::from_secret(client.clone(), &args.namespace, name).await?,

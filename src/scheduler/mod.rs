@@ -210,7 +210,7 @@ where
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let client = crate::kube_client::connect().await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut registry = Registry::with_prefix("compute_server_scheduler");
     let metrics = Arc::new(Metrics::register(&mut registry));

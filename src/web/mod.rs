@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
-use kube::{Api, Client};
+use kube::Api;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
@@ -181,7 +181,7 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     let ssh = ssh_config(&args)?;
-    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let client = crate::kube_client::connect().await?;
     let cache = Cache::start(client.clone(), &args.namespace);
     let oidc = Arc::new(OnceLock::new());
     let state = AppState {

@@ -103,7 +103,7 @@ pub async fn kube_client() -> kube::Client {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("kubeconfig is usable");
-    kube::Client::try_from(config).expect("kube client")
+    compute_server::kube_client::from_config(config).expect("kube client")
 }
 
 /// A Docker client for the test run's engine.
