@@ -64,31 +64,40 @@ async fn main() {
         SERVERS as f64 / created.as_secs_f64()
     );
 
-    // The floor: one write per server of the same kind as a placement, 64 in flight.
-    let listed = servers.list(&ListParams::default()).await.unwrap().items;
-    let started = Instant::now();
-    futures::stream::iter(listed)
-        .map(|server| {
-            let servers = servers.clone();
-            async move {
-                let patch = serde_json::json!({ "metadata": {
-                    "resourceVersion": server.metadata.resource_version,
-                    "labels": { "bench.computeserver.io/floor": "written" },
-                }});
-                servers
-                    .patch(&server.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .expect("write a label");
-            }
-        })
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect::<()>()
-        .await;
-    let floor = SERVERS as f64 / started.elapsed().as_secs_f64();
-    println!("floor: {SERVERS} single label writes, {WRITES_IN_FLIGHT} in flight: {floor:.0}/s");
+    // The floor: one write per server of the same kind as a placement, 64 in flight; then the
+    // same with a watch of those servers open, as the scheduler has (for the record: the
+    // ratio is against the first).
+    let (apiserver, etcd) = (support::stack_pid("apiserver"), support::stack_pid("etcd"));
+    let cpu = |pids: &[u32]| {
+        pids.iter()
+            .map(|p| support::cpu_seconds(*p))
+            .collect::<Vec<f64>>()
+    };
+    let floor_cpu = cpu(&[apiserver, etcd]);
+    let floor = label_writes(&servers, "written").await;
+    let floor_cpu: Vec<f64> = cpu(&[apiserver, etcd])
+        .iter()
+        .zip(&floor_cpu)
+        .map(|(b, a)| b - a)
+        .collect();
+    let watch =
+        tokio::spawn(kube::runtime::watcher(servers.clone(), Default::default()).for_each(|_| async {}));
+    tokio::time::sleep(Duration::from_secs(2)).await; // its initial list is done
+    let watched_cpu = cpu(&[apiserver, etcd]);
+    let floor_watched = label_writes(&servers, "again").await;
+    let watched_cpu: Vec<f64> = cpu(&[apiserver, etcd])
+        .iter()
+        .zip(&watched_cpu)
+        .map(|(b, a)| b - a)
+        .collect();
+    watch.abort();
+    println!(
+        "floor: {SERVERS} single label writes, {WRITES_IN_FLIGHT} in flight: {floor:.0}/s; with a watch open: {floor_watched:.0}/s"
+    );
 
     let scheduler = Scheduler::start(&unique("bench"), &ns.name, &ns.name);
     let pid = scheduler.pid();
+    let placing_cpu = cpu(&[apiserver, etcd, pid]);
     let start = Instant::now();
     let mut first = None;
     let mut peak_kib = 0;
@@ -108,6 +117,11 @@ async fn main() {
         );
     }
     let done = start.elapsed();
+    let placing_cpu: Vec<f64> = cpu(&[apiserver, etcd, pid])
+        .iter()
+        .zip(&placing_cpu)
+        .map(|(b, a)| b - a)
+        .collect();
     let first = first.unwrap();
     let placing = done - first;
 
@@ -142,9 +156,23 @@ async fn main() {
         first.as_secs_f64()
     );
     println!("  | servers per node | min {min}, max {max} |");
+    println!("  | the same writes with a watch of the servers open | {floor_watched:.0}/s |");
+    println!(
+        "  | CPU seconds, floor: apiserver, etcd | {:.1}, {:.1} |",
+        floor_cpu[0], floor_cpu[1]
+    );
+    println!(
+        "  | CPU seconds, floor with the watch: apiserver, etcd | {:.1}, {:.1} |",
+        watched_cpu[0], watched_cpu[1]
+    );
+    println!(
+        "  | CPU seconds, placing: apiserver, etcd, scheduler | {:.1}, {:.1}, {:.1} |",
+        placing_cpu[0], placing_cpu[1], placing_cpu[2]
+    );
     println!("  | scheduler peak RSS (target <= 100 MiB) | {rss:.1} MiB |");
     println!(
-        "\nscheduler: placements_per_s={rate:.0} floor_writes_per_s={floor:.0} peak_rss_mib={rss:.1} ratio={:.2}",
+        "\nscheduler: placements_per_s={rate:.0} floor_writes_per_s={floor:.0} floor_watched_writes_per_s={floor_watched:.0} \
+         peak_rss_mib={rss:.1} ratio={:.2}",
         rate / floor
     );
 
@@ -153,6 +181,31 @@ async fn main() {
     for node in &nodes {
         let _ = nodes_api.delete(node, &Default::default()).await;
     }
+}
+
+/// Writes `bench.computeserver.io/floor: VALUE` on every server, a merge patch with its
+/// resourceVersion as a placement is, 64 in flight; the writes per second.
+async fn label_writes(servers: &Api<ComputeServer>, value: &str) -> f64 {
+    let listed = servers.list(&ListParams::default()).await.unwrap().items;
+    let started = Instant::now();
+    futures::stream::iter(listed)
+        .map(|server| {
+            let servers = servers.clone();
+            async move {
+                let patch = serde_json::json!({ "metadata": {
+                    "resourceVersion": server.metadata.resource_version,
+                    "labels": { "bench.computeserver.io/floor": value },
+                }});
+                servers
+                    .patch(&server.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("write a label");
+            }
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<()>()
+        .await;
+    SERVERS as f64 / started.elapsed().as_secs_f64()
 }
 
 /// 100 Ready nodes of 64 CPUs and 256 GiB, with Leases that last the whole run.

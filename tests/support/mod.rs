@@ -435,6 +435,29 @@ pub fn status_kib(pid: u32, key: &str) -> u64 {
     kib_line(&format!("/proc/{pid}/status"), key)
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The pid of the stack's etcd or kube-apiserver (`name`: "etcd", "apiserver").
+pub fn stack_pid(name: &str) -> u32 {
+    let state = Stack::get().kubeconfig().parent().unwrap().to_path_buf();
+    std::fs::read_to_string(state.join(format!("kube/{name}.pid")))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid file for the stack's {name}"))
+}
+
 /// The machine a benchmark ran on, for its printout: CPU, cores, memory, kernel, Docker.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
