@@ -172,7 +172,8 @@ async fn main() {
     println!("  | scheduler peak RSS (target <= 100 MiB) | {rss:.1} MiB |");
     println!(
         "\nscheduler: placements_per_s={rate:.0} floor_writes_per_s={floor:.0} floor_watched_writes_per_s={floor_watched:.0} \
-         peak_rss_mib={rss:.1} ratio={:.2}",
+         watched_ratio={:.2} peak_rss_mib={rss:.1} ratio={:.2}",
+        rate / floor_watched,
         rate / floor
     );
 
