@@ -687,7 +687,9 @@ impl Scheduler {
     /// The placement is one write, the node label, as kube-scheduler's binding is one: the
     /// agent of that node sees the server then and writes `Scheduled=True` and the node into
     /// its status (as the kubelet reports a bound pod). The label carries the resourceVersion
-    /// the decision was based on: a server changed meanwhile is not placed twice.
+    /// the decision was based on: a server changed meanwhile is not placed twice. Only the
+    /// answer's metadata is asked for (the scheduler's watch brings the rest): less for the API
+    /// server to encode and for the scheduler to decode, 10,000 times in a burst.
     async fn place(&self, server: &ComputeServer, node: &str, fitting: usize) -> Result<()> {
         let patch = serde_json::json!({
             "metadata": {
@@ -696,7 +698,7 @@ impl Scheduler {
             }
         });
         self.api(server)
-            .patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .patch_metadata(&server.name_any(), &self.params(), &Patch::Merge(&patch))
             .await
             .map_err(Error::Kube)?;
         info!(server = %server.name_any(), namespace = server.namespace(), %node, fitting, "placed");
