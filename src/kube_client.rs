@@ -26,7 +26,19 @@ pub async fn connect() -> Result<Client> {
 
 /// A client for `config`. Through a proxy, or with credentials from an exec plugin, kube's own
 /// client (which knows proxies, and when such credentials expire).
-pub fn from_config(config: Config) -> kube::Result<Client> {
+pub fn from_config(mut config: Config) -> kube::Result<Client> {
+    // Named in the API server's audit log, and as the field manager of writes that name none
+    // (kube's finalizer helper): "compute-server", not "unknown".
+    if !config
+        .headers
+        .iter()
+        .any(|(name, _)| name == hyper::header::USER_AGENT)
+    {
+        config.headers.push((
+            hyper::header::USER_AGENT,
+            hyper::header::HeaderValue::from_static(concat!("compute-server/", env!("CARGO_PKG_VERSION"))),
+        ));
+    }
     if config.proxy_url.is_some() || config.auth_info.exec.is_some() {
         return Client::try_from(config);
     }
@@ -51,4 +63,51 @@ pub fn from_config(config: Config) -> kube::Result<Client> {
         .map_err(tower::BoxError::from)
         .service(http_client);
     Ok(Client::new(service, config.default_namespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The stack is whole: the request reaches the configured server at its path, with the
+    /// configured headers and compute-server's user agent, and the answer comes back decoded.
+    #[tokio::test]
+    async fn requests_reach_the_server_with_the_headers_and_the_answer_comes_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8];
+                socket.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            let body = r#"{"major":"1","minor":"36","gitVersion":"v1.36.3","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap().to_lowercase()
+        });
+        let mut config = kube::Config::new(url.parse().unwrap());
+        config.headers.push((
+            hyper::header::HeaderName::from_static("x-check"),
+            hyper::header::HeaderValue::from_static("kept"),
+        ));
+        let client = super::from_config(config).unwrap();
+        let version = client.apiserver_version().await.unwrap();
+        assert_eq!(version.git_version, "v1.36.3");
+        let request = server.await.unwrap();
+        assert!(request.starts_with("get /version http/1.1\r\n"), "{request}");
+        assert!(request.contains("\r\nx-check: kept\r\n"), "{request}");
+        assert!(
+            request.contains(&format!(
+                "\r\nuser-agent: compute-server/{}\r\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{request}"
+        );
+    }
 }
