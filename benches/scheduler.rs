@@ -73,23 +73,23 @@ async fn main() {
             .map(|p| support::cpu_seconds(*p))
             .collect::<Vec<f64>>()
     };
+    // CPU seconds each of `pids` used since `before` was read.
+    let used = |pids: &[u32], before: &[f64]| {
+        cpu(pids)
+            .iter()
+            .zip(before)
+            .map(|(now, then)| now - then)
+            .collect::<Vec<f64>>()
+    };
     let floor_cpu = cpu(&[apiserver, etcd]);
     let floor = label_writes(&servers, "written").await;
-    let floor_cpu: Vec<f64> = cpu(&[apiserver, etcd])
-        .iter()
-        .zip(&floor_cpu)
-        .map(|(b, a)| b - a)
-        .collect();
+    let floor_cpu = used(&[apiserver, etcd], &floor_cpu);
     let watch =
         tokio::spawn(kube::runtime::watcher(servers.clone(), Default::default()).for_each(|_| async {}));
     tokio::time::sleep(Duration::from_secs(2)).await; // its initial list is done
     let watched_cpu = cpu(&[apiserver, etcd]);
     let floor_watched = label_writes(&servers, "again").await;
-    let watched_cpu: Vec<f64> = cpu(&[apiserver, etcd])
-        .iter()
-        .zip(&watched_cpu)
-        .map(|(b, a)| b - a)
-        .collect();
+    let watched_cpu = used(&[apiserver, etcd], &watched_cpu);
     watch.abort();
     println!(
         "floor: {SERVERS} single label writes, {WRITES_IN_FLIGHT} in flight: {floor:.0}/s; with a watch open: {floor_watched:.0}/s"
@@ -117,11 +117,7 @@ async fn main() {
         );
     }
     let done = start.elapsed();
-    let placing_cpu: Vec<f64> = cpu(&[apiserver, etcd, pid])
-        .iter()
-        .zip(&placing_cpu)
-        .map(|(b, a)| b - a)
-        .collect();
+    let placing_cpu = used(&[apiserver, etcd, pid], &placing_cpu);
     let first = first.unwrap();
     let placing = done - first;
 
