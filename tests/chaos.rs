@@ -161,7 +161,7 @@ fn start_web(ns: &str, port: u16) -> WebFront {
 fn restart_apiserver(after: Duration) {
     let state = Stack::get().kubeconfig().parent().unwrap().to_path_buf();
     let pidfile = state.join("kube/apiserver.pid");
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid = support::stack_pid("apiserver");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the apiserver runs");
     let args: Vec<String> = cmdline
         .split(|b| *b == 0)
