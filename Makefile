@@ -5,11 +5,22 @@ STACK := tests/support/stack.sh
 # every target that compiles runs it first (stack.sh and image.sh do too). Quick when present.
 WEB_ASSETS := tests/support/web-assets.sh
 
-.PHONY: up down reset test bench chaos install crds manifests image lint
+.PHONY: up down reset test bench chaos install crds manifests image lint cluster cluster-down cluster-reset
 
 ## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server) on its kept state; Ctrl-C stops it
 up:
 	@bash $(STACK) local
+
+## cluster: a real one-node Kubernetes (kubelet, containerd, CoreDNS) with compute-server installed by Helm from charts/, kept in target/cluster; Ctrl-C stops it
+cluster:
+	@bash tests/support/cluster.sh local
+
+## cluster-down: stop a cluster left running (its state is kept); cluster-reset: delete it
+cluster-down:
+	@bash tests/support/cluster.sh down
+
+cluster-reset:
+	@bash tests/support/cluster.sh reset
 
 ## down: stop a local stack left running (its state is kept)
 down:
@@ -39,7 +50,7 @@ install:
 crds:
 	@bash $(WEB_ASSETS)
 	cargo run --quiet -- crd --out-dir crds
-	cargo run --quiet -- crd --out-dir charts/compute-server/files/crds
+	cargo run --quiet -- crd --out-dir charts/compute-server/crds
 	cargo run --quiet -- crd --out-dir terraform/modules/compute-server/crds
 	@bash tests/support/manifests.sh write
 
@@ -47,9 +58,9 @@ crds:
 manifests:
 	@bash tests/support/manifests.sh write
 
-## image: build the container image computeserver/compute-server:VERSION on local base images
+## image: the container image computeserver/compute-server:VERSION from a release build, on a locally made base
 image:
-	@bash tests/support/image.sh build
+	@bash tests/support/image.sh build --release
 
 ## lint: rustfmt and clippy as CI would want them
 lint:

@@ -28,6 +28,10 @@ enum Role {
         /// Write one file per CRD into this folder instead of printing them.
         #[arg(long, env = "COMPUTE_SERVER_CRD_OUT_DIR")]
         out_dir: Option<PathBuf>,
+        /// Apply them to the cluster (server-side, in-cluster or KUBECONFIG credentials) and say
+        /// which changed: the Helm chart's pre-upgrade hook.
+        #[arg(long, conflicts_with = "out_dir")]
+        apply: bool,
     },
     /// Run the node agent: reconcile this node's ComputeServers into Docker containers.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -45,8 +49,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.role {
-        Role::Crd { out_dir: None } => crd::all_yaml().map(|yaml| print!("{yaml}")),
-        Role::Crd { out_dir: Some(dir) } => crd::write_dir(&dir),
+        Role::Crd { apply: true, .. } => crd::apply().await,
+        Role::Crd { out_dir: None, .. } => crd::all_yaml().map(|yaml| print!("{yaml}")),
+        Role::Crd {
+            out_dir: Some(dir), ..
+        } => crd::write_dir(&dir),
         Role::Agent(cli) => agent::main(cli).await,
         Role::Scheduler(args) => scheduler::run(args).await,
         Role::Web(args) => web::run(args).await,

@@ -797,15 +797,41 @@ fn docker_stopped_and_started_again_is_reported_and_recovered_from() {
             .then_some(())
     });
 
-    // Docker comes back: the agent notices by itself and the same container runs again.
+    // Docker comes back: the agent notices by itself and the same container runs again, with
+    // an Event that says the engine restarted (not that someone stopped it).
     stack.node_docker(2, true);
     let back = wait_phase(&ns.name, "steady", "Running");
     assert_eq!(back["status"]["containerID"], before["status"]["containerID"]);
+    let seen = events(&ns.name, "steady");
     assert!(
-        events(&ns.name, "steady").contains("Restarted"),
-        "{}",
-        events(&ns.name, "steady")
+        seen.contains("HostRestarted") && seen.contains("the node's Docker engine restarted"),
+        "{seen}"
     );
+    assert!(!seen.contains("stopped outside compute-server"), "{seen}");
+
+    // Someone's `docker stop` is another matter: started again, with a warning.
+    let container = back["status"]["containerID"].as_str().unwrap().to_string();
+    let engine = stack.node_docker_host(2).to_string();
+    let stopped = std::process::Command::new("docker")
+        .args(["stop", "-t", "1", &container])
+        .env("DOCKER_HOST", &engine)
+        .output()
+        .unwrap();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    // Docker is not watched: the agent finds it on its periodic resync (30 s).
+    let warned = eventually("a warning that it was stopped by hand", 90, || {
+        let seen = events(&ns.name, "steady");
+        seen.lines()
+            .any(|l| l.contains("Warning") && l.contains("stopped outside compute-server"))
+            .then_some(seen)
+    });
+    assert!(warned.contains("Restarted"), "{warned}");
+    let again = wait_phase(&ns.name, "steady", "Running");
+    assert_eq!(again["status"]["containerID"], before["status"]["containerID"]);
 }
 
 #[test]

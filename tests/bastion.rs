@@ -9,7 +9,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
-use support::{Agent, Bastion, TestNamespace, eventually, install_crds, kubectl, kubectl_ok, unique};
+use support::{
+    Agent, Bastion, SshUser, TestNamespace, eventually, install_crds, kubectl, kubectl_ok, unique,
+};
 
 /// Applies a ComputeServer of `owner`, pinned to `node` (no scheduler needed), with `spec` lines.
 fn apply_server(ns: &str, name: &str, node: &str, owner: &str, spec: &str) {
@@ -42,52 +44,7 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One person at their laptop: an ed25519 key pair, a known_hosts file and an ssh config
-/// (`-F`, which OpenSSH passes on to the jump connection too) in a directory of their own.
-struct SshUser {
-    dir: tempfile::TempDir,
-    name: String,
-    public: String,
-}
-
 impl SshUser {
-    fn new(name: &str) -> SshUser {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, public) = support::ssh_keypair(dir.path(), &format!("{name}@laptop"));
-        let user = SshUser {
-            dir,
-            name: name.to_string(),
-            public,
-        };
-        user.write_config("accept-new", "");
-        user
-    }
-
-    /// Writes the ssh config: host keys checked against this user's own known_hosts
-    /// (`accept-new`: first contact trusted; `yes`: only known keys), this key only, no prompts.
-    fn write_config(&self, strict: &str, extra: &str) {
-        let dir = self.dir.path().display();
-        let config = format!(
-            "{extra}\nHost *\n  IdentityFile {dir}/id_ed25519\n  IdentitiesOnly yes\n  BatchMode yes\n  \
-             UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking {strict}\n  ConnectTimeout 10\n"
-        );
-        std::fs::write(self.config(), config).unwrap();
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("config")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.arg("-F").arg(self.config()).args(args).stdin(Stdio::null());
-        cmd
-    }
-
-    fn ssh(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run ssh")
-    }
-
     /// `ssh -J NAME@127.0.0.1:PORT root@TARGET COMMAND`, as the README tells people.
     fn jump_command(&self, bastion: &Bastion, target: &str, command: &str) -> Command {
         let jump = format!("{}@127.0.0.1:{}", self.name, bastion.port);

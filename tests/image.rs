@@ -1,5 +1,6 @@
-//! The container image, built from the Dockerfile by tests/support/image.sh on locally made base
-//! images: it runs compute-server, as a non-root user, under the restrictions the chart sets.
+//! The container image, made by tests/support/image.sh from the binary under test on a locally made
+//! base, with the Dockerfile's last stage: it runs compute-server, as a non-root user, under the
+//! restrictions the chart sets.
 
 mod support;
 
@@ -11,11 +12,12 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn the_image_runs_compute_server_as_a_non_root_user() {
-    // `make test` builds the image before the tests start: here that is a cache hit.
+    // `make test` makes the image before the tests start; this makes it again from the same binary.
     let out = std::process::Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/image.sh"))
         .arg("build")
         .env("DOCKER_HOST", Stack::get().docker_host())
+        .env("COMPUTE_SERVER_BINARY", env!("CARGO_BIN_EXE_compute-server"))
         .output()
         .expect("run image.sh");
     assert!(

@@ -102,29 +102,40 @@ pub fn volume(server: &ComputeServer, node: &str, found: Option<&Volume>) -> Vol
 pub enum End {
     /// It was made but never started.
     NeverRan,
-    /// Docker stopped it (`docker stop`, `docker kill`, Docker or the host restarting): it is
-    /// started again.
+    /// Docker stopped it while the engine ran (`docker stop`, `docker kill`): it is started
+    /// again, and the user is warned.
     Stopped { code: i64 },
+    /// It stopped with its node's Docker engine (an engine restart, the host's reboot), at
+    /// `stopped_at`: it is started again, as the host's own services are.
+    EngineRestarted { code: i64, stopped_at: jiff::Timestamp },
     /// Its program ended by itself (or the kernel killed it for memory).
     Program { code: i64, out_of_memory: bool },
 }
 
 /// Reads a stopped container's end. `killed`: whether Docker's event log shows a `kill` before
 /// the container died (Some(true)), only the death (Some(false)), or nothing (None: the log
-/// was lost, as when Docker itself restarted, which stops every container).
-pub fn end(state: &ContainerState, killed: Option<bool>) -> End {
+/// was lost, as when Docker itself restarted, which stops every container). `engine_started`:
+/// when the Docker engine started; a container that finished before stopped with the engine.
+pub fn end(state: &ContainerState, killed: Option<bool>, engine_started: Option<jiff::Timestamp>) -> End {
     // Docker reports a container that never ran as finished at year 1.
     let finished = state
         .finished_at
         .as_deref()
-        .is_some_and(|t| !t.starts_with("0001-"));
+        .filter(|t| !t.starts_with("0001-"))
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     let code = state.exit_code.unwrap_or_default();
-    if !finished {
-        End::NeverRan
-    } else if state.oom_killed == Some(true) {
+    let Some(finished) = finished else {
+        return End::NeverRan;
+    };
+    if state.oom_killed == Some(true) {
         End::Program {
             code,
             out_of_memory: true,
+        }
+    } else if engine_started.is_some_and(|started| finished < started) {
+        End::EngineRestarted {
+            code,
+            stopped_at: finished,
         }
     } else if killed == Some(false) {
         End::Program {
@@ -136,11 +147,22 @@ pub fn end(state: &ContainerState, killed: Option<bool>) -> End {
     }
 }
 
+/// Why the agent started a container that was not running, told to the user (an Event, and
+/// the status message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Warning: someone acted outside compute-server; Normal: the node itself restarted.
+    pub warning: bool,
+    /// The Event's reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// What to do about whether the container runs.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Run {
-    /// Start it; with a note for the user when it was stopped outside compute-server.
-    Start(Option<String>),
+    /// Start it; with a note for the user when it stopped without compute-server stopping it.
+    Start(Option<Note>),
     Stop,
     Leave,
 }
@@ -150,6 +172,14 @@ fn ready(server: &ComputeServer) -> Option<&Condition> {
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY))
+}
+
+/// Whether the status reports that the program ended by itself, for the current generation.
+fn end_reported(server: &ComputeServer) -> bool {
+    ready(server).is_some_and(|c| {
+        (c.reason == PROGRAM_ENDED || c.reason == PROGRAM_FAILED)
+            && c.observed_generation == server.metadata.generation
+    })
 }
 
 /// Start, stop or leave the container, given `spec.running`, whether it runs (or Docker is
@@ -163,24 +193,34 @@ pub fn run(server: &ComputeServer, state: &ContainerState, end: Option<&End>) ->
         (false, true) => Run::Stop,
         (true, false) => match end {
             None | Some(End::NeverRan) => Run::Start(None),
-            Some(End::Stopped { code }) => Run::Start(Some(format!(
-                "the container was stopped outside compute-server (exit code {code}); started it again"
-            ))),
+            Some(End::Stopped { code }) => Run::Start(Some(Note {
+                warning: true,
+                reason: "Restarted",
+                message: format!(
+                    "the container was stopped outside compute-server (exit code {code}); started it again"
+                ),
+            })),
+            // A program that had ended by itself before stays ended.
+            Some(End::EngineRestarted { .. }) if end_reported(server) => Run::Leave,
+            Some(End::EngineRestarted { stopped_at, .. }) => Run::Start(Some(Note {
+                warning: false,
+                reason: "HostRestarted",
+                message: format!(
+                    "the node's Docker engine restarted (the container stopped with it at {} UTC); \
+                     started it again",
+                    stopped_at.strftime("%Y-%m-%d %H:%M:%S")
+                ),
+            })),
             Some(End::Program { .. }) => {
-                let condition = ready(server);
                 // Its end not reported yet: the status still says it runs, or is being made
                 // (the agent's first report, an image pull, a wait for a GPU) for this run.
-                let seen_running = condition.is_none_or(|c| {
+                let seen_running = ready(server).is_none_or(|c| {
                     matches!(
                         c.reason.as_str(),
                         "Running" | "Restarting" | "Creating" | "WaitingForGpu"
                     )
                 });
-                let reported = condition.is_some_and(|c| {
-                    (c.reason == PROGRAM_ENDED || c.reason == PROGRAM_FAILED)
-                        && c.observed_generation == server.metadata.generation
-                });
-                if seen_running || reported {
+                if seen_running || end_reported(server) {
                     Run::Leave
                 } else {
                     Run::Start(None)
@@ -218,6 +258,11 @@ pub fn ended_message(end: &End, memory: &str, log_tail: Option<&str>) -> (bool, 
             false,
             "NotRunning",
             format!("the container stopped (exit code {code})"),
+        ),
+        End::EngineRestarted { code, .. } => (
+            false,
+            "NotRunning",
+            format!("the container stopped with the node's Docker engine (exit code {code})"),
         ),
         End::NeverRan => (false, "NotRunning", "the container has not started".to_string()),
     }
@@ -323,7 +368,11 @@ status:
     #[test]
     fn a_program_that_ends_by_itself_is_reported_not_restarted() {
         let s = server(RUNNING);
-        let end = end(&exited(0), Some(false));
+        let end = end(
+            &exited(0),
+            Some(false),
+            Some("2026-12-01T09:00:00Z".parse().unwrap()),
+        );
         assert_eq!(
             end,
             End::Program {
@@ -363,26 +412,66 @@ status:
     }
 
     #[test]
-    fn a_container_docker_stopped_is_started_again_with_a_note() {
+    fn a_container_docker_stopped_is_started_again_with_a_warning() {
         let s = server(RUNNING);
-        for killed in [Some(true), None] {
-            let end = end(&exited(143), killed);
+        // The engine started before the container ended: someone stopped it.
+        let before: jiff::Timestamp = "2026-12-01T09:00:00Z".parse().unwrap();
+        for (killed, engine_started) in [(Some(true), Some(before)), (None, Some(before)), (None, None)] {
+            let end = end(&exited(143), killed, engine_started);
             assert_eq!(end, End::Stopped { code: 143 });
             assert_eq!(
                 run(&s, &exited(143), Some(&end)),
-                Run::Start(Some(
-                    "the container was stopped outside compute-server (exit code 143); started it again"
-                        .into()
-                ))
+                Run::Start(Some(Note {
+                    warning: true,
+                    reason: "Restarted",
+                    message:
+                        "the container was stopped outside compute-server (exit code 143); started it again"
+                            .into()
+                }))
             );
         }
+    }
+
+    #[test]
+    fn a_container_that_stopped_with_the_docker_engine_is_started_again_as_the_host_restarted() {
+        let s = server(RUNNING);
+        // The engine (re)started after the container ended: it stopped with the engine.
+        let after: jiff::Timestamp = "2026-12-01T10:00:05Z".parse().unwrap();
+        for code in [0, 137, 143, 255] {
+            let end = end(&exited(code), None, Some(after));
+            assert_eq!(
+                end,
+                End::EngineRestarted {
+                    code,
+                    stopped_at: "2026-12-01T10:00:00Z".parse().unwrap()
+                }
+            );
+            assert_eq!(
+                run(&s, &exited(code), Some(&end)),
+                Run::Start(Some(Note {
+                    warning: false,
+                    reason: "HostRestarted",
+                    message: "the node's Docker engine restarted (the container stopped with it at \
+                              2026-12-01 10:00:00 UTC); started it again"
+                        .into()
+                }))
+            );
+        }
+        // A program that had ended by itself, and was reported so, stays ended.
+        let reported = with_ready(RUNNING, PROGRAM_ENDED, 3);
+        let end = end(&exited(0), None, Some(after));
+        assert_eq!(run(&reported, &exited(0), Some(&end)), Run::Leave);
+        // A server stopped on request stays stopped.
+        let mut stopped = server(RUNNING);
+        stopped.spec.running = false;
+        assert_eq!(run(&stopped, &exited(0), Some(&end)), Run::Leave);
     }
 
     #[test]
     fn out_of_memory_is_a_failure_of_the_program() {
         let mut state = exited(137);
         state.oom_killed = Some(true);
-        let end = end(&state, None);
+        let end = end(&state, None, None);
         let (stopped, reason, message) = ended_message(&end, "64Mi", None);
         assert!(!stopped);
         assert_eq!(reason, PROGRAM_FAILED);
@@ -429,7 +518,7 @@ status:
             finished_at: Some("0001-01-01T00:00:00Z".into()),
             ..Default::default()
         };
-        assert_eq!(end(&fresh, None), End::NeverRan);
+        assert_eq!(end(&fresh, None, None), End::NeverRan);
         assert_eq!(run(&s, &fresh, Some(&End::NeverRan)), Run::Start(None));
         let mut stop = s.clone();
         stop.spec.running = false;

@@ -69,87 +69,31 @@ pub struct Observed {
 /// Each step reads what Docker shows, asks [`decide`] and carries out the answer.
 pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Result<Observed> {
     let docker = &ctx.docker;
-    let desired = plan::container(server, plan, &ctx.host);
-    let desired_hash = desired
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SPEC_HASH_LABEL).cloned())
-        .unwrap_or_default();
-    let mut note = None;
-    let current = inspect(docker, &plan.container_name).await?;
-    let gone = match &current {
-        Some(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => network_gone(docker, c).await?,
-        _ => false,
-    };
-    let create = match decide::existing(server, &desired_hash, current.as_ref(), gone) {
-        decide::Existing::Keep => false,
-        decide::Existing::Replace(why) => {
-            remove_container(docker, &plan.container_name).await?;
-            ctx.event(server, EventType::Normal, "Recreated", why.into())
-                .await;
-            true
-        }
-        decide::Existing::Missing { removed_by_hand } => {
-            if removed_by_hand {
-                let why =
-                    "the container was removed outside compute-server; created it again (data volume kept)";
-                ctx.event(server, EventType::Warning, "Recreated", why.into())
-                    .await;
-                note = Some(why.to_string());
-            }
-            true
-        }
-    };
-    if create {
-        create_container(server, plan, desired, ctx).await?;
-    }
-    // Told while Docker is asked what it now shows.
-    let created_event = async {
-        if create {
-            let note = format!("created container {} from {}", plan.container_name, plan.image);
-            ctx.event(server, EventType::Normal, "Created", note).await;
-        }
-    };
-    let (container, ()) = tokio::join!(inspect_existing(docker, &plan.container_name), created_event);
-    let container = container?;
+    let (created, mut note) = make_container(server, plan, ctx).await?;
+    let told = created.then(|| format!("created container {} from {}", plan.container_name, plan.image));
+    let container = inspect_telling(server, plan, ctx, "Created", told).await?;
     let state = container.state.clone().unwrap_or_default();
     let end = match stopped_though_running(server, &state) {
-        true => Some(decide::end(&state, killed(docker, &container).await)),
+        true => {
+            let (killed, engine_started) = tokio::join!(killed(docker, &container), engine_started(docker));
+            Some(decide::end(&state, killed, engine_started))
+        }
         false => None,
     };
-    let mut started = false;
-    match decide::run(server, &state, end.as_ref()) {
-        decide::Run::Leave => {
-            let container = own_quota(docker, plan, container).await?;
-            let log_tail = match &end {
-                Some(decide::End::Program { code, .. }) if *code != 0 => {
-                    log_tail(docker, &plan.container_name).await
-                }
-                _ => None,
-            };
-            return Ok(Observed {
-                container,
-                note,
-                end,
-                log_tail,
-            });
-        }
+    let started = match decide::run(server, &state, end.as_ref()) {
+        decide::Run::Leave => return observed(docker, plan, container, note, end).await,
         decide::Run::Start(why) => {
             if let Some(why) = why {
-                ctx.event(server, EventType::Warning, "Restarted", why.clone())
-                    .await;
-                note = Some(why);
+                let type_ = if why.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                ctx.event(server, type_, why.reason, why.message.clone()).await;
+                note = Some(why.message);
             }
-            // Started with room to start in, then held to its own quota (below).
-            let boost = plan::start_nano_cpus(plan.request.nano_cpus);
-            if nano_cpus(&container) != Some(boost) {
-                set_nano_cpus(docker, &plan.container_name, boost).await?;
-            }
-            docker
-                .start_container(&plan.container_name, None)
-                .await
-                .map_err(Error::Docker)?;
-            started = true;
+            start(docker, plan, &container).await?;
+            true
         }
         decide::Run::Stop => {
             let options = StopContainerOptionsBuilder::default().t(10).build();
@@ -157,45 +101,107 @@ pub async fn ensure(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Resul
                 .stop_container(&plan.container_name, Some(options))
                 .await
                 .map_err(Error::Docker)?;
-            ctx.event(
-                server,
-                EventType::Normal,
-                "Stopped",
-                "stopped on request; container and data kept".into(),
-            )
-            .await;
-        }
-    }
-    // Told while Docker is asked what it now shows: the Event is out before the status.
-    let started_event = async {
-        if started {
-            let note = format!("started container {}", plan.container_name);
-            ctx.event(server, EventType::Normal, "Started", note).await;
+            let why = "stopped on request; container and data kept";
+            ctx.event(server, EventType::Normal, "Stopped", why.into()).await;
+            false
         }
     };
-    let (container, ()) = tokio::join!(
-        async {
-            own_quota(
-                docker,
-                plan,
-                inspect_existing(docker, &plan.container_name).await?,
-            )
-            .await
-        },
-        started_event
-    );
-    let container = container?;
+    let told = started.then(|| format!("started container {}", plan.container_name));
+    let container = inspect_telling(server, plan, ctx, "Started", told).await?;
     let state = container.state.clone().unwrap_or_default();
     // A program that ends at once, just started by this pass, is seen here already.
-    let (end, log_tail) = if stopped_though_running(server, &state) {
-        let end = decide::end(&state, Some(false));
-        let tail = match &end {
-            decide::End::Program { code, .. } if *code != 0 => log_tail(docker, &plan.container_name).await,
-            _ => None,
-        };
-        (Some(end), tail)
-    } else {
-        (None, None)
+    let end = stopped_though_running(server, &state).then(|| decide::end(&state, Some(false), None));
+    observed(docker, plan, container, note, end).await
+}
+
+/// Removes a container that must go and creates the planned one where there is none ([`decide::existing`]):
+/// whether it created one, and a note for the user when someone removed it by hand.
+async fn make_container(
+    server: &ComputeServer,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<(bool, Option<String>)> {
+    let docker = &ctx.docker;
+    let desired = plan::container(server, plan, &ctx.host);
+    let desired_hash = desired
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SPEC_HASH_LABEL).cloned())
+        .unwrap_or_default();
+    let current = inspect(docker, &plan.container_name).await?;
+    let gone = match &current {
+        Some(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => network_gone(docker, c).await?,
+        _ => false,
+    };
+    let (create, note) = match decide::existing(server, &desired_hash, current.as_ref(), gone) {
+        decide::Existing::Keep => (false, None),
+        decide::Existing::Replace(why) => {
+            remove_container(docker, &plan.container_name).await?;
+            ctx.event(server, EventType::Normal, "Recreated", why.into())
+                .await;
+            (true, None)
+        }
+        decide::Existing::Missing {
+            removed_by_hand: false,
+        } => (true, None),
+        decide::Existing::Missing {
+            removed_by_hand: true,
+        } => {
+            let why = "the container was removed outside compute-server; created it again (data volume kept)";
+            ctx.event(server, EventType::Warning, "Recreated", why.into())
+                .await;
+            (true, Some(why.to_string()))
+        }
+    };
+    if create {
+        create_container(server, plan, desired, ctx).await?;
+    }
+    Ok((create, note))
+}
+
+/// Inspects the server's container while the Event `told` (if any) goes out under `reason`: the
+/// Event is out before the status that follows.
+async fn inspect_telling(
+    server: &ComputeServer,
+    plan: &Plan,
+    ctx: &Context,
+    reason: &str,
+    told: Option<String>,
+) -> Result<ContainerInspectResponse> {
+    let event = async {
+        if let Some(note) = told {
+            ctx.event(server, EventType::Normal, reason, note).await;
+        }
+    };
+    let (container, ()) = tokio::join!(inspect_existing(&ctx.docker, &plan.container_name), event);
+    container
+}
+
+/// Starts the container with room to start in; [`own_quota`] then holds it to its own.
+async fn start(docker: &Docker, plan: &Plan, container: &ContainerInspectResponse) -> Result<()> {
+    let boost = plan::start_nano_cpus(plan.request.nano_cpus);
+    if nano_cpus(container) != Some(boost) {
+        set_nano_cpus(docker, &plan.container_name, boost).await?;
+    }
+    docker
+        .start_container(&plan.container_name, None)
+        .await
+        .map_err(Error::Docker)
+}
+
+/// What a pass reports: the container held to its own quota, and the last lines of a program
+/// that failed.
+async fn observed(
+    docker: &Docker,
+    plan: &Plan,
+    container: ContainerInspectResponse,
+    note: Option<String>,
+    end: Option<decide::End>,
+) -> Result<Observed> {
+    let container = own_quota(docker, plan, container).await?;
+    let log_tail = match &end {
+        Some(decide::End::Program { code, .. }) if *code != 0 => log_tail(docker, &plan.container_name).await,
+        _ => None,
     };
     Ok(Observed {
         container,
@@ -311,6 +317,13 @@ async fn killed(docker: &Docker, container: &ContainerInspectResponse) -> Option
     } else {
         None
     }
+}
+
+/// When the Docker engine started: it makes its default network ("bridge") anew on every start,
+/// so that network's creation time. None where it has none (`--bridge=none`).
+async fn engine_started(docker: &Docker) -> Option<jiff::Timestamp> {
+    let bridge = docker.inspect_network("bridge", None).await.ok()?;
+    bridge.created?.parse().ok()
 }
 
 /// The last lines the container wrote, for the message of a program that failed.

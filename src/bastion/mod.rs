@@ -84,6 +84,11 @@ pub struct Args {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
     pub metrics_address: SocketAddr,
+
+    /// On SIGTERM (a rolling upgrade), stop taking connections but let open SSH sessions go on
+    /// for up to this long, such as 10m; 0s: end them at once. A second SIGTERM or Ctrl-C ends them.
+    #[arg(long, env = "COMPUTE_SERVER_DRAIN_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub drain_timeout: Duration,
 }
 
 /// What a client idle for `limit` is told as it is disconnected.
@@ -200,7 +205,9 @@ pub async fn run(args: Args) -> Result<()> {
     info!(listen = %args.listen, host_key = %host_fingerprint, "bastion ready for ssh -J USER@HOST:PORT root@SERVER");
 
     let mut shutdown = std::pin::pin!(crate::health::shutdown());
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -212,7 +219,7 @@ pub async fn run(args: Args) -> Result<()> {
             },
             () = &mut shutdown => break,
         };
-        tokio::spawn(serve_connection(
+        connections.spawn(serve_connection(
             tcp,
             peer,
             config.clone(),
@@ -220,11 +227,31 @@ pub async fn run(args: Args) -> Result<()> {
             args.idle_timeout,
         ));
     }
+    // Draining: no new connections (and not ready, so the Service sends none), open sessions go on.
+    drop(listener);
+    ready.store(false, Ordering::Relaxed);
+    drain(connections, args.drain_timeout).await;
     info!("bastion stopping");
     reporter.abort();
     watch.abort();
     health.abort();
     Ok(())
+}
+
+/// Waits for the open connections to end, up to `limit` or a second SIGTERM or Ctrl-C; then ends
+/// the rest.
+async fn drain(mut connections: tokio::task::JoinSet<()>, limit: Duration) {
+    while connections.try_join_next().is_some() {}
+    if connections.is_empty() || limit.is_zero() {
+        return;
+    }
+    info!(open = connections.len(), limit = ?limit, "stopped taking connections; waiting for the open ones to end");
+    let all_ended = async { while connections.join_next().await.is_some() {} };
+    tokio::select! {
+        () = all_ended => info!("every connection ended"),
+        () = tokio::time::sleep(limit) => warn!("connections still open after the drain timeout; ending them"),
+        () = crate::health::shutdown() => warn!("told to stop again; ending the open connections"),
+    }
 }
 
 /// The fingerprints of the CA keys in `path`.

@@ -68,10 +68,23 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_OIDC_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
 
+    /// A file holding the client's secret (a mounted Kubernetes Secret), in place of --client-secret.
+    #[arg(
+        long,
+        env = "COMPUTE_SERVER_OIDC_CLIENT_SECRET_FILE",
+        conflicts_with = "client_secret"
+    )]
+    pub client_secret_file: Option<std::path::PathBuf>,
+
     /// Base64 of at least 64 random bytes that encrypt the session cookies; replicas must share
     /// it. Without it a random key is made, and sessions end when the process does.
     #[arg(long, env = "COMPUTE_SERVER_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
+
+    /// A file holding the session key (a mounted Kubernetes Secret), in place of --session-key.
+    /// A file that does not exist (an optional Secret not made yet) counts as no key.
+    #[arg(long, env = "COMPUTE_SERVER_SESSION_KEY_FILE", conflicts_with = "session_key")]
+    pub session_key_file: Option<std::path::PathBuf>,
 
     /// Namespace where servers are created and listed.
     #[arg(long, env = "COMPUTE_SERVER_NAMESPACE", default_value = "compute")]
@@ -133,16 +146,52 @@ fn config(text: String) -> Error {
     Error::Config(text)
 }
 
-/// Whether cookies may go without `Secure`: only for plain http on the loopback interface.
-fn plain_local(url: &reqwest::Url) -> bool {
+/// How a plain-http public URL is reached: not at all (https), on this machine, on a private
+/// network, or elsewhere.
+#[derive(Debug, PartialEq, Eq)]
+enum PlainHttp {
+    No,
+    Loopback,
+    Private,
+    Public,
+}
+
+/// Where a plain-http public URL points. Like Keycloak's `sslRequired: external`, loopback and
+/// private addresses (RFC 1918, IPv6 unique local) may go without TLS; then cookies go without
+/// `Secure`, which browsers would never send back over http.
+fn plain_http(url: &reqwest::Url) -> PlainHttp {
+    if url.scheme() != "http" {
+        return PlainHttp::No;
+    }
     let host = url.host_str().unwrap_or_default();
-    url.scheme() == "http"
-        && (host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()))
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    match ip {
+        _ if host == "localhost" => PlainHttp::Loopback,
+        Some(ip) if ip.is_loopback() => PlainHttp::Loopback,
+        Some(std::net::IpAddr::V4(v4)) if v4.is_private() => PlainHttp::Private,
+        Some(std::net::IpAddr::V6(v6)) if (v6.segments()[0] & 0xfe00) == 0xfc00 => PlainHttp::Private,
+        _ => PlainHttp::Public,
+    }
+}
+
+/// A secret given as a value or as a file (a mounted Secret): the value, or the file's text
+/// without its line end. A file that does not exist is `missing_ok` (Ok(None)) or an error.
+fn secret(value: Option<&str>, file: Option<&std::path::Path>, missing_ok: bool) -> Result<Option<String>> {
+    let Some(path) = file else {
+        return Ok(value.map(str::to_string));
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim_end_matches(['\r', '\n']).to_string())),
+        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
+            warn!(path = %path.display(), "the secret's file does not exist (yet)");
+            Ok(None)
+        }
+        Err(e) => Err(config(format!("could not read {}: {e}", path.display()))),
+    }
 }
 
 fn session_key(text: Option<&str>) -> Result<cookie::Key> {
@@ -174,20 +223,37 @@ pub async fn run(args: Args) -> Result<()> {
     let public_url: Arc<str> = args.public_url.trim_end_matches('/').into();
     let issuer = reqwest::Url::parse(&args.issuer_url)
         .map_err(|e| config(format!("--issuer-url {}: {e}", args.issuer_url)))?;
-    let secure = !plain_local(&public);
-    if public.scheme() == "http" && secure {
-        warn!(
-            "--public-url is plain http but not local: browsers will not send the Secure session cookie back"
-        );
+    let plain = plain_http(&public);
+    let secure = matches!(plain, PlainHttp::No | PlainHttp::Public);
+    match plain {
+        PlainHttp::Private => warn!(
+            "--public-url is plain http on a private address: sessions travel unencrypted on that network; \
+             serve the web front over https (an Ingress with TLS) where others share it"
+        ),
+        PlainHttp::Public => warn!(
+            "--public-url is plain http on a public name or address: browsers will not send the Secure \
+             session cookie back, so nobody can sign in; serve it over https"
+        ),
+        PlainHttp::No | PlainHttp::Loopback => {}
     }
     let ssh = ssh_config(&args)?;
+    let session_text = secret(
+        args.session_key.as_deref(),
+        args.session_key_file.as_deref(),
+        true,
+    )?;
+    let client_secret = secret(
+        args.client_secret.as_deref(),
+        args.client_secret_file.as_deref(),
+        false,
+    )?;
     let client = crate::kube_client::connect().await?;
     let cache = Cache::start(client.clone(), &args.namespace);
     let oidc = Arc::new(OnceLock::new());
     let state = AppState {
         cache,
         oidc: oidc.clone(),
-        cookies: Arc::new(Cookies::new(session_key(args.session_key.as_deref())?, secure)),
+        cookies: Arc::new(Cookies::new(session_key(session_text.as_deref())?, secure)),
         servers: Api::namespaced(client.clone(), &args.namespace),
         leases: Api::namespaced(client.clone(), &args.namespace),
         events: Api::namespaced(client, &args.namespace),
@@ -206,7 +272,7 @@ pub async fn run(args: Args) -> Result<()> {
             match Provider::discover(
                 &args.issuer_url,
                 &args.client_id,
-                args.client_secret.as_deref(),
+                client_secret.as_deref(),
                 &redirect,
                 &args.admin_role,
             )
@@ -372,14 +438,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cookies_go_without_secure_only_on_plain_local_http() {
-        let url = |u: &str| reqwest::Url::parse(u).unwrap();
-        assert!(plain_local(&url("http://127.0.0.1:8080")));
-        assert!(plain_local(&url("http://localhost:8080")));
-        assert!(plain_local(&url("http://[::1]:8080")));
-        assert!(!plain_local(&url("https://127.0.0.1:8080")));
-        assert!(!plain_local(&url("http://compute.example.org")));
-        assert!(!plain_local(&url("http://localhost.example.org")));
+    fn cookies_go_without_secure_only_on_plain_http_to_this_machine_or_a_private_network() {
+        let url = |u: &str| plain_http(&reqwest::Url::parse(u).unwrap());
+        assert_eq!(url("http://127.0.0.1:8080"), PlainHttp::Loopback);
+        assert_eq!(url("http://localhost:8080"), PlainHttp::Loopback);
+        assert_eq!(url("http://[::1]:8080"), PlainHttp::Loopback);
+        assert_eq!(url("http://10.241.1.2:30080"), PlainHttp::Private);
+        assert_eq!(url("http://192.168.1.20"), PlainHttp::Private);
+        assert_eq!(url("http://172.16.0.1"), PlainHttp::Private);
+        assert_eq!(url("http://[fd00::2]:8080"), PlainHttp::Private);
+        assert_eq!(url("https://127.0.0.1:8080"), PlainHttp::No);
+        assert_eq!(url("https://10.0.0.1"), PlainHttp::No);
+        assert_eq!(url("http://compute.example.org"), PlainHttp::Public);
+        assert_eq!(url("http://localhost.example.org"), PlainHttp::Public);
+        assert_eq!(url("http://8.8.8.8"), PlainHttp::Public);
+        assert_eq!(url("http://172.32.0.1"), PlainHttp::Public);
+    }
+
+    #[test]
+    fn secrets_come_from_a_value_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("session-key");
+        std::fs::write(&file, "c2VjcmV0\n").unwrap();
+        assert_eq!(secret(Some("v"), None, false).unwrap().as_deref(), Some("v"));
+        assert_eq!(secret(None, None, false).unwrap(), None);
+        assert_eq!(
+            secret(None, Some(&file), false).unwrap().as_deref(),
+            Some("c2VjcmV0")
+        );
+        let absent = dir.path().join("absent");
+        assert_eq!(secret(None, Some(&absent), true).unwrap(), None);
+        let error = secret(None, Some(&absent), false).unwrap_err().to_string();
+        assert!(
+            error.contains("could not read") && error.contains("absent"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Cookies {
         [&self.session, &self.id, &self.login]
     }
 
-    /// `secure` is false only for a plain-http public URL on the loopback interface (local use);
+    /// `secure` is false only for a plain-http public URL on this machine or a private network;
     /// the `__Host-` prefix (host-only, path /, Secure) is used whenever cookies are Secure.
     pub fn new(key: Key, secure: bool) -> Cookies {
         let prefix = if secure { "__Host-" } else { "" };

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The product image computeserver/compute-server:<version>, built with the repository's
-# Dockerfile on base images made here, since no container registry is reachable:
+# The product image computeserver/compute-server:<version>, made here on a locally built base,
+# since no container registry is reachable:
 #
-#   computeserver/rust-builder:local   (stands in for rust:1-bookworm) Debian 12 minbase with gcc
-#                                      and libc6-dev from debootstrap, plus this machine's Rust
-#                                      toolchain (rustc and cargo as rustup installed them)
-#   computeserver/runtime-base:local   (stands in for debian:bookworm-slim) glibc and libgcc
-#                                      (the shared libraries the binary links) and iptables
-#                                      (the agent's firewall for the servers' networks)
+#   computeserver/runtime-base:local   (stands in for the Dockerfile's RUNTIME_IMAGE) glibc and
+#                                      libgcc (the shared libraries the binary links), iptables
+#                                      (the agent's firewall for the servers' networks) and the CA
+#                                      certificates of Debian 12, from debootstrap
+#   computeserver/rust-builder:local   (stands in for rust:1-bookworm; `image.sh dockerfile` only)
+#                                      Debian 12 minbase with gcc and libc6-dev, plus this
+#                                      machine's Rust toolchain (rustc and cargo as rustup installed them)
 #
-#   image.sh bases    make both bases if missing or out of date
-#   image.sh build    web-assets.sh (src/web/static/vendor/), bases, then `docker build` the
-#                     product image; prints its tag last
+#   image.sh build [--release]   the image from the binary cargo builds on this machine (the tests'
+#                     own build, target/debug; --release: target/release, as `make image`;
+#                     COMPUTE_SERVER_BINARY=PATH: that one, no cargo), put on the runtime base by
+#                     the Dockerfile's last stage: no second compile of every crate inside
+#                     `docker build`. Prints the image's tag last
+#   image.sh dockerfile  the image from source with the Dockerfile itself, as anywhere else
+#                     (`docker build .`; a release build of every crate, 10-20 min on 2 cores)
+#   image.sh bases    make the bases if missing or out of date
 #
 # The debootstrap rootfs is cached in $CS_CACHE/images; nothing depends on that cache.
-# Elsewhere, build with the public bases: `docker build -t computeserver/compute-server:TAG .`
 source "$(dirname "$0")/docker.sh"
 
 BUILDER_BASE=computeserver/rust-builder:local
@@ -98,6 +103,8 @@ build_runtime_base() {
     libnetfilter-conntrack3 libnfnetlink0 netbase)
   tar -C "$tmp/debs" -xzf "$tarball" --wildcards \
     $(for package in "${packages[@]}"; do printf '%s ' "$archives/${package}_*.deb"; done)
+  # The CA certificates Debian 12 trusts (its ca-certificates package, as installed by debootstrap).
+  tar -C "$root" -xzf "$tarball" ./etc/ssl/certs/ca-certificates.crt
   for deb in "$tmp"/debs/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$root"; done
   # What update-alternatives would do: the nf_tables backend, as Debian 12's default.
   for package in iptables iptables-restore iptables-save; do
@@ -110,24 +117,31 @@ build_runtime_base() {
     docker import --change "LABEL $RECIPE_LABEL=$recipe" - "$RUNTIME_BASE" >/dev/null
 }
 
+image_recipe() { docker image inspect -f "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$1" 2>/dev/null || true; }
+
+# The runtime base; with `builder`, the builder base too.
 cmd_bases() {
   docker_answers || die "no Docker daemon answers at ${DOCKER_HOST:-unix://$SOCK}"
   local recipe tarball old
   recipe="$(base_recipe)"
-  if [[ "$(docker image inspect -f "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$BUILDER_BASE" 2>/dev/null)" == "$recipe" ]] &&
-    [[ "$(docker image inspect -f "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$RUNTIME_BASE" 2>/dev/null)" == "$recipe" ]]; then
-    info "$BUILDER_BASE, $RUNTIME_BASE: present"
+  if [[ "$(image_recipe "$RUNTIME_BASE")" == "$recipe" ]] &&
+    [[ ${1:-} != builder || "$(image_recipe "$BUILDER_BASE")" == "$recipe" ]]; then
+    info "$RUNTIME_BASE${1:+, $BUILDER_BASE}: present"
     return
   fi
   tarball="$(bookworm_rootfs)"
-  step "Making $BUILDER_BASE (Debian 12 + gcc + $(rustc --version | cut -d' ' -f1-2))"
-  old="$(image_id "$BUILDER_BASE")"
-  build_builder_base "$tarball" "$recipe"
-  drop_old_image "$old" "$BUILDER_BASE"
-  step "Making $RUNTIME_BASE (glibc, libgcc and iptables)"
-  old="$(image_id "$RUNTIME_BASE")"
-  build_runtime_base "$tarball" "$recipe"
-  drop_old_image "$old" "$RUNTIME_BASE"
+  if [[ ${1:-} == builder && "$(image_recipe "$BUILDER_BASE")" != "$recipe" ]]; then
+    step "Making $BUILDER_BASE (Debian 12 + gcc + $(rustc --version | cut -d' ' -f1-2))"
+    old="$(image_id "$BUILDER_BASE")"
+    build_builder_base "$tarball" "$recipe"
+    drop_old_image "$old" "$BUILDER_BASE"
+  fi
+  if [[ "$(image_recipe "$RUNTIME_BASE")" != "$recipe" ]]; then
+    step "Making $RUNTIME_BASE (glibc, libgcc, iptables and CA certificates)"
+    old="$(image_id "$RUNTIME_BASE")"
+    build_runtime_base "$tarball" "$recipe"
+    drop_old_image "$old" "$RUNTIME_BASE"
+  fi
 }
 
 # dockerd 20.10 without the buildx plugin: the classic builder, whose layer cache keeps the
@@ -139,10 +153,10 @@ docker_build() {
     { tail -n 40 "$log" >&2; die "docker build failed (full log: $log)"; }
 }
 
-cmd_build() {
+cmd_dockerfile() {
   # The build context's src/ carries the browser libraries the binary embeds (.dockerignore).
   bash "$SUPPORT_DIR/web-assets.sh"
-  cmd_bases
+  cmd_bases builder
   local log="$REPO_DIR/target/image-build.log"
   mkdir -p "$REPO_DIR/target"
   step "Building $IMAGE (docker build; a release build of every crate the first time, 10-20 min on 2 cores; log: $log)"
@@ -155,8 +169,41 @@ cmd_build() {
   echo "$IMAGE"
 }
 
+# The Dockerfile's last stage (from `FROM ${RUNTIME_IMAGE}` on: labels, user, entrypoint), with
+# the binary and certificates from the build context instead of the build stage.
+runtime_stage() {
+  echo 'ARG RUNTIME_IMAGE'
+  sed -n '/^FROM \${RUNTIME_IMAGE}$/,$p' "$REPO_DIR/Dockerfile" | sed 's#^COPY --from=build /out/ /$#COPY out/ /#'
+}
+
+cmd_build() {
+  local profile=debug flags=() binary="${COMPUTE_SERVER_BINARY:-}"
+  if [[ ${1:-} == --release ]]; then profile=release; flags=(--release); fi
+  if [[ -z $binary ]]; then
+    bash "$SUPPORT_DIR/web-assets.sh"
+    step "Building compute-server ($profile; cargo, a no-op when the tests' build is current)"
+    (cd "$REPO_DIR" && with_progress "cargo build" cargo build --locked --quiet "${flags[@]}" --bin compute-server)
+    binary="$REPO_DIR/target/$profile/compute-server"
+  fi
+  cmd_bases
+  runtime_stage | grep -q '^COPY out/ /$' || die "the Dockerfile's last stage no longer copies /out/ from the build stage"
+  local context; context="$(mktemp -d)"; TMP_DIRS+=("$context")
+  mkdir -p "$context/out/usr/local/bin"
+  # Debug information is for the tests' own backtraces; the image carries the code alone.
+  strip -o "$context/out/usr/local/bin/compute-server" "$binary"
+  runtime_stage >"$context/Dockerfile"
+  step "Making $IMAGE from ${binary#"$REPO_DIR/"} on $RUNTIME_BASE"
+  local old log="$REPO_DIR/target/image-build.log"
+  old="$(image_id "$IMAGE")"
+  DOCKER_BUILDKIT=0 docker build --build-arg RUNTIME_IMAGE="$RUNTIME_BASE" -t "$IMAGE" "$context" >"$log" 2>&1 ||
+    { tail -n 40 "$log" >&2; die "docker build failed (full log: $log)"; }
+  drop_old_image "$old" "$IMAGE"
+  echo "$IMAGE"
+}
+
 case "${1:-}" in
-  bases) cmd_bases ;;
-  build) cmd_build ;;
-  *) die "usage: image.sh bases | build" ;;
+  bases) cmd_bases builder ;;
+  build) cmd_build "${2:-}" ;;
+  dockerfile) cmd_dockerfile ;;
+  *) die "usage: image.sh build [--release] | dockerfile | bases" ;;
 esac

@@ -2,7 +2,7 @@
 # Real Keycloak for tests and `make up`: keycloak-quarkus-dist from Maven Central, run on the
 # Temurin 25 JDK, realm `compute` from tests/support/keycloak/realm-compute.json.
 #   keycloak.sh install            fetch, unpack and prepare into $CS_CACHE (once per version)
-#   keycloak.sh start STATE_DIR    start-dev on 127.0.0.1 with the database STATE_DIR keeps (the
+#   keycloak.sh start STATE_DIR    start-dev on 127.0.0.1 (or $KEYCLOAK_HOST) with the database STATE_DIR keeps (the
 #                                  realm is imported on the first start only), over http and https
 #                                  (certificate from pki.sh); appends KEYCLOAK_URL, KEYCLOAK_ISSUER
 #                                  (http), KEYCLOAK_HTTPS_ISSUER and KEYCLOAK_CA to STATE_DIR/env.
@@ -39,7 +39,8 @@ make_home() {
 # every start and rewrite the shared lib/. Writes the pid file $4 and sets KC_PID.
 run_kc() {
   local home="$1" log="$2" port="$3" pidfile="$4"; shift 4
-  start_group "$pidfile" "$log" "$home/bin/kc.sh" start-dev --http-host=127.0.0.1 --http-port="$port" "$@"
+  start_group "$pidfile" "$log" "$home/bin/kc.sh" start-dev --http-host="${KEYCLOAK_HOST:-127.0.0.1}" \
+    --http-port="$port" "$@"
   KC_PID="$(<"$pidfile")"
 }
 
@@ -111,10 +112,10 @@ start() {
     info "note: $REALM_FILE changed since this Keycloak database was made; its realm is kept as it is (make reset starts afresh with the new one)"
   fi
 
-  local port https_port
-  port="$(state_port "$state" KEYCLOAK_PORT "${KEYCLOAK_PORT:-}")"
-  https_port="$(state_port "$state" KEYCLOAK_HTTPS_PORT "${KEYCLOAK_HTTPS_PORT:-}")"
-  local url="http://127.0.0.1:$port" https_url="https://127.0.0.1:$https_port" t0=$SECONDS
+  local port https_port host="${KEYCLOAK_HOST:-127.0.0.1}"
+  port="$(BIND_HOST="$host" state_port "$state" KEYCLOAK_PORT "${KEYCLOAK_PORT:-}")"
+  https_port="$(BIND_HOST="$host" state_port "$state" KEYCLOAK_HTTPS_PORT "${KEYCLOAK_HTTPS_PORT:-}")"
+  local url="http://$host:$port" https_url="https://$host:$https_port" t0=$SECONDS
   step "Starting Keycloak on $url and $https_url (log: $log)"
   : >"$log"
   # No --hostname: each URL (the issuer too) follows the address a client asked at. Browsers and

@@ -12,25 +12,27 @@
 #   kube.sh stop STATE_DIR     stop both (idempotent)
 source "$(dirname "$0")/lib.sh"
 
+# A kubeconfig at PATH for SERVER, as the client certificate USER of the PKI folder (default: the
+# admin), for the cluster named NAME (default compute-server-local).
 write_kubeconfig() {
-  local path="$1" server="$2" pki="$3"
+  local path="$1" server="$2" pki="$3" user="${4:-admin}" name="${5:-compute-server-local}"
   cat >"$path" <<KUBECONFIG
 apiVersion: v1
 kind: Config
 clusters:
-- name: compute-server-local
+- name: $name
   cluster:
     server: $server
     certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
 users:
-- name: admin
+- name: $user
   user:
-    client-certificate-data: $(base64 -w0 "$pki/admin.crt")
-    client-key-data: $(base64 -w0 "$pki/admin.key")
+    client-certificate-data: $(base64 -w0 "$pki/$user.crt")
+    client-key-data: $(base64 -w0 "$pki/$user.key")
 contexts:
-- name: compute-server-local
-  context: {cluster: compute-server-local, user: admin, namespace: default}
-current-context: compute-server-local
+- name: $name
+  context: {cluster: $name, user: $user, namespace: default}
+current-context: $name
 KUBECONFIG
   chmod 600 "$path"
 }
@@ -60,12 +62,12 @@ CONFIG
 # (`kubectl oidc-login`): the device authorization grant against Keycloak (it prints the address
 # to open), tokens cached in ~/.kube/cache/oidc-login and refreshed there.
 write_oidc_kubeconfig() {
-  local path="$1" server="$2" pki="$3" issuer="$4"
+  local path="$1" server="$2" pki="$3" issuer="$4" name="${5:-compute-server-local}"
   cat >"$path" <<KUBECONFIG
 apiVersion: v1
 kind: Config
 clusters:
-- name: compute-server-local
+- name: $name
   cluster:
     server: $server
     certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
@@ -85,9 +87,9 @@ users:
       interactiveMode: IfAvailable
       provideClusterInfo: false
 contexts:
-- name: compute-server-local
-  context: {cluster: compute-server-local, user: keycloak, namespace: compute}
-current-context: compute-server-local
+- name: $name
+  context: {cluster: $name, user: keycloak, namespace: compute}
+current-context: $name
 KUBECONFIG
 }
 
@@ -152,6 +154,9 @@ stop() {
   stop_group "$state/kube/apiserver.pid" kube-apiserver "$state/pki"
   stop_group "$state/kube/etcd.pid" etcd "$state/kube"
 }
+
+# Sourced (by cluster.sh) for its functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case "${1:-}" in
   install) exec "$SUPPORT_DIR/install-kube.sh" ;;

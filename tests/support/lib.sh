@@ -39,15 +39,16 @@ with_progress() {
   info "$label: done in $((SECONDS - start)) s"
 }
 
-# A free TCP port on the loopback interface.
+# A free TCP port on the loopback interface (or on address $BIND_HOST).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' \
+    "${BIND_HOST:-127.0.0.1}"
 }
 
-# Whether TCP port $1 on the loopback interface is free to listen on.
+# Whether TCP port $1 on the loopback interface (or on address $BIND_HOST) is free to listen on.
 port_is_free() {
   python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+s.bind((sys.argv[2], int(sys.argv[1])))' "$1" "${BIND_HOST:-127.0.0.1}" 2>/dev/null
 }
 
 # What STATE_DIR keeps across starts under NAME (a port, a node name), so that addresses in

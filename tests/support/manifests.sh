@@ -16,7 +16,7 @@ template() {
   [[ -x $CS_BIN/helm ]] || die "helm is not built: run make install"
   # --kube-version: the chart's minimum, and the one optional API named, so the output does not
   # depend on the helm build.
-  "$CS_BIN/helm" template compute-server "$CHART" --namespace compute --kube-version 1.30.0 \
+  "$CS_BIN/helm" template compute-server "$CHART" --namespace compute --kube-version 1.30.0 --include-crds \
     --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy \
     --values "$CHART/ci/manifests-values.yaml" "$@"
 }

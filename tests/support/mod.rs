@@ -14,7 +14,12 @@ use std::sync::OnceLock;
 mod bastion;
 #[allow(unused_imports)] // used by tests/bastion.rs and tests/chaos.rs only
 pub use bastion::Bastion;
+pub mod chromium;
+pub mod people;
 pub mod signin;
+mod ssh_user;
+#[allow(unused_imports)] // used by tests/bastion.rs and tests/cluster.rs only
+pub use ssh_user::SshUser;
 
 /// Where the real components of this test run answer.
 pub struct Stack {

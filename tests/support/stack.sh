@@ -326,13 +326,21 @@ run_tests() {
   # The GPU tests give node 3's engine a stand-in for the NVIDIA Container Toolkit's hook.
   export NODES=3 NODE_IMAGES=busybox NODE_GPU_HOOK=3
   install
+  # What only the whole suite needs (not `make chaos`): a real node (tests/cluster.rs) and
+  # checkov (tests/helm.rs).
+  local checkov=""
+  if [[ ${CS_NO_IMAGE:-} != 1 ]]; then
+    bash "$SUPPORT_DIR/cluster.sh" install
+    checkov="$(bash "$SUPPORT_DIR/install-checkov.sh" | tail -n 1)"
+  fi
   cargo_build
-  # Throwaway state: the servers' networks and firewall rules go too.
-  trap 'remove_networks "$state"; down "$state"' EXIT
+  # Throwaway state: the servers' networks and firewall rules go too; and the tests' cluster.
+  trap 'bash "$SUPPORT_DIR/cluster.sh" down "$REPO_DIR/target/test-cluster"; remove_networks "$state"; down "$state"' EXIT
   # Throwaway state: started afresh, etcd without fsync (also for the stacks tests start).
   reset "$state" --yes
   export ETCD_NO_FSYNC=1
   up "$state"
+  [[ -z $checkov ]] || set_env "$state" CHECKOV "$checkov"
   # Built here, not inside tests/image.rs, so the long first build does not compete with the
   # other tests for CPU; that test's own build is then a cache hit (and shows any failure).
   # Not for `make chaos`, which needs no image.
