@@ -634,5 +634,160 @@ async fn installed_with_helm_on_a_real_node_it_serves_people_and_survives_upgrad
     });
     assert_eq!(text_of(&out.stdout).trim(), "lab");
     drop(browser);
+
+    // kubectl apply -k manifests/ on a fresh cluster, as README "With kubectl" says: the same
+    // pods Ready, and a server Running.
     drop(cluster);
+    script("cluster.sh", &["reset", STATE], &[]);
+    let cluster = Cluster::start();
+    let started = Instant::now();
+    apply_manifests(&cluster);
+    cluster.all_ready();
+    println!(
+        "cluster: kubectl apply -k to every pod Ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/examples/profiles.yaml");
+    cluster.kubectl_ok(&["apply", "-f", examples], None);
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&server_manifest("plain", "alice")));
+    cluster.wait_running("plain", 120);
+
+    // tofu apply of terraform/examples/cluster on a fresh cluster: the same pods Ready.
+    drop(cluster);
+    script("cluster.sh", &["reset", STATE], &[]);
+    let cluster = Cluster::start();
+    let started = Instant::now();
+    admin_keys(&cluster);
+    let copy = Path::new(STATE).join("terraform");
+    let _ = std::fs::remove_dir_all(&copy);
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/terraform"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let example = copy.join("examples/cluster");
+    let chdir = format!("-chdir={}", example.display());
+    script("tofu.sh", &[&chdir, "init", "-input=false"], &[]);
+    let vars = [
+        format!("kubeconfig={}", cluster.var("KUBECONFIG")),
+        format!("keycloak_url={}", cluster.var("KEYCLOAK_URL")),
+        format!("web_public_url={}", cluster.var("WEB_URL")),
+        format!("bastion_address={}", cluster.var("BASTION_ADDRESS")),
+        format!(
+            "docker_socket={}",
+            cluster.var("NODE_DOCKER_HOST").trim_start_matches("unix://")
+        ),
+        "web_node_port=30080".to_string(),
+        "bastion_node_port=30022".to_string(),
+    ];
+    let mut apply = vec![chdir.as_str(), "apply", "-auto-approve", "-input=false"];
+    for var in &vars {
+        apply.extend(["-var", var]);
+    }
+    script("tofu.sh", &apply, &[]);
+    cluster.all_ready();
+    println!(
+        "cluster: tofu apply to every pod Ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.kubectl_ok(&["apply", "-f", examples], None);
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&server_manifest("planned", "alice")));
+    cluster.wait_running("planned", 120);
+    let web = reqwest::get(cluster.var("WEB_URL")).await.unwrap();
+    assert!(web.status().is_success(), "{}", web.status());
+    drop(cluster);
+}
+
+/// What an admin makes before an install without Helm (README "With kubectl", "Terraform"): the
+/// namespace and the two keys plain objects cannot make.
+fn admin_keys(cluster: &Cluster) {
+    let dir = Path::new(STATE).join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS], None);
+    let key = dir.join("host_key");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let session_key = {
+        use base64::Engine;
+        let bytes: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    for args in [
+        [
+            "compute-server-web-session".to_string(),
+            format!("--from-literal=session-key={session_key}"),
+        ],
+        [
+            "compute-server-bastion-host-key".to_string(),
+            format!("--from-file=ssh_host_ed25519_key={}", key.display()),
+        ],
+    ] {
+        cluster.kubectl_ok(&["-n", NS, "create", "secret", "generic", &args[0], &args[1]], None);
+    }
+}
+
+/// What an admin does for `kubectl apply -k` (README "With kubectl"): the namespace and the two
+/// keys, then an overlay of manifests/ with this site's addresses.
+fn apply_manifests(cluster: &Cluster) {
+    admin_keys(cluster);
+    let dir = Path::new(STATE).join("overlay");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The overlay sits in target/test-cluster, two folders below manifests/.
+    let kustomization = format!(
+        r#"resources: [../../../manifests]
+patches:
+  - patch: |
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {{name: compute-server-web, namespace: compute}}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: web
+                env:
+                  - {{name: COMPUTE_SERVER_OIDC_ISSUER, value: "{issuer}"}}
+                  - {{name: COMPUTE_SERVER_PUBLIC_URL, value: "{web}"}}
+                  - {{name: COMPUTE_SERVER_BASTION_ADDRESS, value: "{bastion}"}}
+  - patch: |
+      apiVersion: v1
+      kind: Service
+      metadata: {{name: compute-server-web, namespace: compute}}
+      spec:
+        type: NodePort
+        ports: [{{name: http, port: 8080, nodePort: 30080}}]
+  - patch: |
+      apiVersion: v1
+      kind: Service
+      metadata: {{name: compute-server-bastion, namespace: compute}}
+      spec:
+        type: NodePort
+        ports: [{{name: ssh, port: 2222, nodePort: 30022}}]
+  - patch: |
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {{name: compute-server-agent, namespace: compute}}
+      spec:
+        template:
+          spec:
+            volumes:
+              - {{name: docker-socket, hostPath: {{path: "{socket}", type: Socket}}}}
+"#,
+        issuer = cluster.var("KEYCLOAK_ISSUER"),
+        web = cluster.var("WEB_URL"),
+        bastion = cluster.var("BASTION_ADDRESS"),
+        socket = cluster
+            .var("NODE_DOCKER_HOST")
+            .trim_start_matches("unix://"),
+    );
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+    cluster.kubectl_ok(&["apply", "-k", dir.to_str().unwrap()], None);
 }

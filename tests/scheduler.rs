@@ -107,8 +107,15 @@ fn containers_on(daemon: usize, ns: &str) -> usize {
 fn thirty_servers_spread_evenly_over_three_nodes() {
     install_crds();
     let ns = TestNamespace::new("sched-spread");
-    // One agent per Docker engine: three real daemons, three nodes.
-    let agents = ready_nodes(&ns.name, "spread", 3);
+    // One agent per Docker engine: three real daemons, three nodes; heartbeats that hold through
+    // a busy moment of the machine (a node whose Lease ran out for a second gets no servers).
+    let flags = ["--lease-namespace", ns.name.as_str(), "--lease-seconds", "20"];
+    let agents: Vec<Agent> = (1..=3)
+        .map(|daemon| Agent::start_with(&unique("spread"), daemon, &flags))
+        .collect();
+    for agent in &agents {
+        wait_ready(&agent.node);
+    }
     let _scheduler = Scheduler::start(&unique("sched"), &ns.name, &ns.name);
 
     let names: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();

@@ -8,23 +8,30 @@
 # when the module's objects and manifests/ differ in kind or name.
 
 locals {
-  app_version = "0.1.0"
+  app_version   = "0.1.0"
+  running_roles = [for r in ["agent", "scheduler", "web", "bastion"] : r if var.roles[r].enabled]
 
   template_vars = {
-    namespace           = var.namespace
-    app_version         = local.app_version
-    image               = "${var.image.repository}:${var.image.tag}"
-    image_pull_policy   = var.image.pull_policy
-    oidc_issuer         = var.keycloak.url == "" ? "" : "${var.keycloak.url}/realms/${var.keycloak.realm}"
-    keycloak_client_id  = var.keycloak.client_id
-    keycloak_admin_role = var.keycloak.admin_role
-    log_format          = var.log.format
-    log_level           = var.log.level
-    agent_node_selector = var.roles.agent.node_selector
-    scheduler_replicas  = var.roles.scheduler.replicas
-    web_replicas        = var.roles.web.replicas
-    web_public_url      = var.roles.web.public_url
-    bastion_replicas    = var.roles.bastion.replicas
+    namespace            = var.namespace
+    app_version          = local.app_version
+    image                = "${var.image.repository}:${var.image.tag}"
+    image_pull_policy    = var.image.pull_policy
+    oidc_issuer          = var.keycloak.url == "" ? "" : "${var.keycloak.url}/realms/${var.keycloak.realm}"
+    keycloak_client_id   = var.keycloak.client_id
+    keycloak_admin_role  = var.keycloak.admin_role
+    log_format           = var.log.format
+    log_level            = var.log.level
+    agent_node_selector  = var.roles.agent.node_selector
+    scheduler_replicas   = var.roles.scheduler.replicas
+    web_replicas         = var.roles.web.replicas
+    web_public_url       = var.roles.web.public_url
+    bastion_replicas     = var.roles.bastion.replicas
+    agent_docker_socket  = var.roles.agent.docker_socket
+    web_service          = var.roles.web.service
+    bastion_service      = var.roles.bastion.service
+    bastion_address      = var.roles.bastion.external_address
+    bastion_drain        = var.roles.bastion.drain_seconds
+    network_policy_roles = local.running_roles
     admin_groups = distinct(concat(
       ["system:masters"],
       flatten([for g in var.admission.admin_groups : [g, "${var.admission.username_prefix}${g}"]]),
@@ -40,6 +47,7 @@ locals {
     var.roles.bastion.enabled ? ["bastion"] : [],
     var.user_role ? ["user-role"] : [],
     var.admission.enabled ? ["admission"] : [],
+    var.network_policy.enabled && length(local.running_roles) > 0 ? ["networkpolicy"] : [],
   )
 
   documents = flatten([

@@ -66,11 +66,12 @@ variable "keycloak" {
 }
 
 variable "roles" {
-  description = "Which roles to run and how: agent (a DaemonSet on the nodes of node_selector), scheduler, web and bastion (Deployments of `replicas`). Their ServiceAccounts, RBAC and Services come with them."
+  description = "Which roles to run and how: agent (a DaemonSet on the nodes of node_selector, with the hosts' Docker socket at docker_socket), scheduler, web and bastion (Deployments of `replicas`; web.public_url is the address people open; bastion.external_address, host:port, is shown in SSH commands; a replaced bastion pod keeps open sessions for drain_seconds; each one's service: ClusterIP, NodePort with node_port, or LoadBalancer). Their ServiceAccounts, RBAC and Services come with them."
   type = object({
     agent = optional(object({
       enabled       = optional(bool, true)
       node_selector = optional(map(string), { "computeserver.io/agent" = "true" })
+      docker_socket = optional(string, "/var/run/docker.sock")
     }), {})
     scheduler = optional(object({
       enabled  = optional(bool, true)
@@ -80,10 +81,20 @@ variable "roles" {
       enabled    = optional(bool, true)
       replicas   = optional(number, 1)
       public_url = optional(string, "http://127.0.0.1:8080")
+      service = optional(object({
+        type      = optional(string, "ClusterIP")
+        node_port = optional(number)
+      }), {})
     }), {})
     bastion = optional(object({
-      enabled  = optional(bool, true)
-      replicas = optional(number, 1)
+      enabled          = optional(bool, true)
+      replicas         = optional(number, 1)
+      external_address = optional(string, "")
+      drain_seconds    = optional(number, 600)
+      service = optional(object({
+        type      = optional(string, "ClusterIP")
+        node_port = optional(number)
+      }), {})
     }), {})
   })
   default = {}
@@ -94,6 +105,14 @@ variable "roles" {
       n >= 0 && floor(n) == n
     ])
     error_message = "roles.*.replicas must be whole numbers, 0 or more."
+  }
+  validation {
+    condition     = alltrue([for r in ["web", "bastion"] : contains(["ClusterIP", "NodePort", "LoadBalancer"], var.roles[r].service.type)])
+    error_message = "roles.web.service.type and roles.bastion.service.type must be ClusterIP, NodePort or LoadBalancer."
+  }
+  validation {
+    condition     = alltrue([for r in ["web", "bastion"] : var.roles[r].service.node_port == null || (var.roles[r].service.node_port >= 1 && var.roles[r].service.node_port <= 65535)])
+    error_message = "roles.*.service.node_port must be a port number (the cluster's NodePort range is 30000-32767 by default)."
   }
   validation {
     condition     = length(var.roles.agent.node_selector) > 0
@@ -156,4 +175,12 @@ variable "profiles" {
     condition     = alltrue([for p in try(values(var.profiles), []) : can(p.image) || length(try(p.allowedImages, [])) > 0])
     error_message = "Each profile needs an image, or the images users may choose in allowedImages."
   }
+}
+
+variable "network_policy" {
+  description = "NetworkPolicies that let each role accept connections on the ports it serves only (web 8080, bastion 2222, metrics 8081), where the cluster's network plugin enforces them."
+  type = object({
+    enabled = optional(bool, true)
+  })
+  default = {}
 }
