@@ -730,7 +730,10 @@ fn admin_keys(cluster: &Cluster) {
             format!("--from-file=ssh_host_ed25519_key={}", key.display()),
         ],
     ] {
-        cluster.kubectl_ok(&["-n", NS, "create", "secret", "generic", &args[0], &args[1]], None);
+        cluster.kubectl_ok(
+            &["-n", NS, "create", "secret", "generic", &args[0], &args[1]],
+            None,
+        );
     }
 }
 
@@ -784,9 +787,7 @@ patches:
         issuer = cluster.var("KEYCLOAK_ISSUER"),
         web = cluster.var("WEB_URL"),
         bastion = cluster.var("BASTION_ADDRESS"),
-        socket = cluster
-            .var("NODE_DOCKER_HOST")
-            .trim_start_matches("unix://"),
+        socket = cluster.var("NODE_DOCKER_HOST").trim_start_matches("unix://"),
     );
     std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
     cluster.kubectl_ok(&["apply", "-k", dir.to_str().unwrap()], None);
