@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use fantoccini::{Client, Locator};
 use serde_json::json;
-use support::chromium::{ChromeDriver, keycloak_login, screenshot, text, type_and_wait};
+use support::chromium::{
+    ChromeDriver, keycloak_login, screenshot, sign_in, terminal_connected, text, type_and_wait,
+};
 use support::{
     Agent, Scheduler, TestNamespace, TestProfile, WebFront, eventually, eventually_async, free_port,
     install_crds, kubectl, ssh, ssh_keypair, unique,
@@ -56,15 +58,7 @@ async fn alice_requests_a_server_in_chromium_sees_it_running_stops_and_deletes_i
     let alice = driver.session("alice").await;
     alice.goto(&web.url).await.unwrap();
     screenshot(&alice, "0-welcome").await;
-    alice
-        .find(Locator::LinkText("Sign in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    keycloak_login(&alice, "alice").await;
-    alice.wait().for_element(Locator::Css("span.user")).await.unwrap();
+    sign_in(&alice, "alice").await;
     assert_eq!(text(&alice, "span.user").await, "alice");
     assert_eq!(
         alice.current_url().await.unwrap().as_str(),
@@ -446,11 +440,7 @@ async fn alice_types_in_a_terminal_in_her_browser_and_bob_cannot_open_it() {
     let href = link.attr("href").await.unwrap().unwrap();
     assert_eq!(href, "/servers/term/terminal");
     alice.goto(&format!("{}{href}", stack.web.url)).await.unwrap();
-    eventually_async("Connected", 30, || {
-        let alice = alice.clone();
-        async move { (text(&alice, "[data-terminal-state]").await == "Connected").then_some(()) }
-    })
-    .await;
+    terminal_connected(&alice, 30).await;
     type_and_wait(&alice, "hostname", "the host name", |l| {
         (l == "term").then_some(())
     })

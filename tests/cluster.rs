@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, Locator};
 use serde_json::Value;
-use support::chromium::{ChromeDriver, keycloak_login, screenshot, text, type_and_wait};
+use support::chromium::{ChromeDriver, screenshot, sign_in, terminal_connected, text, type_and_wait};
 use support::people::{approve_device, finish, spawn_kubectl, verification_url};
 use support::{SshUser, Stack, eventually, eventually_async};
 
@@ -104,19 +104,14 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(self.var("KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(self.var("KUBECONFIG"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
+        let kubectl = Path::new(self.var("KUBECTL"));
+        let (child, lines) = spawn_kubectl(
+            kubectl,
+            self.var("KUBECONFIG").as_ref(),
+            args,
+            stdin.unwrap_or(""),
+        );
+        collect(child, &lines)
     }
 
     fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -331,12 +326,17 @@ impl Alice {
 
     fn kubectl(&self, args: &[&str], input: &str) -> Output {
         let (child, lines) = spawn_kubectl(&self.kubectl, &self.kubeconfig, args, input);
-        let out = child.wait_with_output().unwrap();
-        let stderr: Vec<String> = lines.try_iter().collect();
-        Output {
-            stderr: stderr.join("\n").into_bytes(),
-            ..out
-        }
+        collect(child, &lines)
+    }
+}
+
+/// A spawned kubectl's output, with its standard error (read line by line to its end).
+fn collect(child: Child, lines: &mpsc::Receiver<String>) -> Output {
+    let out = child.wait_with_output().unwrap();
+    let stderr: Vec<String> = lines.iter().collect();
+    Output {
+        stderr: stderr.join("\n").into_bytes(),
+        ..out
     }
 }
 
@@ -440,19 +440,7 @@ async fn installed_with_helm_on_a_real_node_it_serves_people_and_survives_upgrad
     let driver = ChromeDriver::start();
     let browser = driver.session("alice").await;
     browser.goto(&web).await.unwrap();
-    browser
-        .find(Locator::LinkText("Sign in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    keycloak_login(&browser, "alice").await;
-    browser
-        .wait()
-        .for_element(Locator::Css("span.user"))
-        .await
-        .unwrap();
+    sign_in(&browser, "alice").await;
     assert_eq!(text(&browser, "span.user").await, "alice");
     let alice_ssh = SshUser::new("alice");
     let command = request_in_browser(&browser, &web, "lab", &alice_ssh.public).await;
@@ -479,11 +467,7 @@ async fn installed_with_helm_on_a_real_node_it_serves_people_and_survives_upgrad
         .goto(&format!("{web}/servers/lab/terminal"))
         .await
         .unwrap();
-    eventually_async("the terminal Connected", 60, || {
-        let browser = browser.clone();
-        async move { (text(&browser, "[data-terminal-state]").await == "Connected").then_some(()) }
-    })
-    .await;
+    terminal_connected(&browser, 60).await;
     type_and_wait(&browser, "cat /home/note", "the file written over SSH", |l| {
         (l == "kept").then_some(())
     })

@@ -348,31 +348,24 @@ fn helm_lint_is_clean() {
 #[test]
 fn helm_template_renders_without_a_cluster_and_an_old_cluster_is_told_what_it_needs() {
     // As GitOps tools render charts: no cluster, so Helm assumes Kubernetes 1.20.
-    let helm = Stack::get().var("HELM");
-    let out = Command::new(helm)
-        .args([
-            "template",
-            "t",
-            CHART,
-            "--set",
-            "keycloak.url=https://keycloak.example.com",
-        ])
-        .output()
-        .unwrap();
+    let template = |extra: &[&str]| {
+        Command::new(Stack::get().var("HELM"))
+            .args([
+                "template",
+                "t",
+                CHART,
+                "--set",
+                "keycloak.url=https://keycloak.example.com",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = template(&[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("kind: DaemonSet"));
     // A cluster known to be too old is refused with what it needs.
-    let out = Command::new(helm)
-        .args([
-            "template",
-            "t",
-            CHART,
-            "--set",
-            "keycloak.url=https://keycloak.example.com",
-        ])
-        .args(["--kube-version", "1.29.3"])
-        .output()
-        .unwrap();
+    let out = template(&["--kube-version", "1.29.3"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("compute-server needs Kubernetes 1.30 or later")

@@ -163,3 +163,30 @@ pub async fn type_and_wait<T>(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until the terminal page says Connected.
+pub async fn terminal_connected(browser: &Client, seconds: u64) {
+    super::eventually_async("the terminal Connected", seconds, || {
+        let browser = browser.clone();
+        async move { (text(&browser, "[data-terminal-state]").await == "Connected").then_some(()) }
+    })
+    .await;
+}
+
+/// From the web front's welcome page: "Sign in", Keycloak's login page as `user`, and back to
+/// the front, signed in.
+pub async fn sign_in(browser: &Client, user: &str) {
+    browser
+        .find(Locator::LinkText("Sign in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    keycloak_login(browser, user).await;
+    browser
+        .wait()
+        .for_element(Locator::Css("span.user"))
+        .await
+        .unwrap();
+}

@@ -57,7 +57,7 @@ pub fn spawn_kubectl(
 /// Waits for kubectl to end; returns its standard output, failing with its error otherwise.
 pub fn finish(child: Child, lines: &mpsc::Receiver<String>) -> String {
     let out = child.wait_with_output().expect("kubectl output");
-    let stderr: Vec<String> = lines.try_iter().collect();
+    let stderr: Vec<String> = lines.iter().collect();
     assert!(out.status.success(), "kubectl failed: {}", stderr.join("\n"));
     String::from_utf8(out.stdout).unwrap()
 }
