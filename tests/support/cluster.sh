@@ -582,7 +582,13 @@ down() {
   local state="${1:-$CLUSTER_STATE}"
   [[ -d $state ]] || return 0
   cluster_names "$(cd "$state" && pwd -P)"
-  local c
+  local c pid
+  # A `make cluster` waiting in another terminal ends too (its own stop then finds nothing).
+  pid="$(cat "$STATE/make-cluster.pid" 2>/dev/null || true)"
+  if [[ -n $pid && $pid != "$$" ]] && ps -p "$pid" -o args= 2>/dev/null | grep -qF "cluster.sh local"; then
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/make-cluster.pid"
   for c in kubelet kube-proxy kube-scheduler kube-controller-manager; do
     stop_group "$KUBE/$c.pid" "$c" "$c"
   done
@@ -623,6 +629,7 @@ local_cluster() {
   bash "$SUPPORT_DIR/docker.sh" start "$state"
   bash "$SUPPORT_DIR/image.sh" build >/dev/null
   trap 'trap - INT TERM EXIT; trap "" PIPE; set +e; echo; down "$state"; exit 0' INT TERM EXIT
+  echo $$ >"$state/make-cluster.pid"
   up "$state"
   install_chart "$state"
   # shellcheck disable=SC1091
@@ -634,6 +641,7 @@ local_cluster() {
   it again as it was.
 
   Kubernetes API  kubectl --kubeconfig target/cluster/kubeconfig get pods -A       (admin)
+                  (kubectl $K8S_VERSION: $CS_BIN/kubectl)
                   node $NODE_NAME at $NODE_IP; helm --kubeconfig target/cluster/kubeconfig -n $NAMESPACE status compute-server
   kubectl as      KUBECONFIG=target/cluster/kubeconfig-oidc kubectl get csrv   (signs in through Keycloak)
   Keycloak        $KEYCLOAK_URL/realms/compute/account   (admin console: $KEYCLOAK_URL/admin, admin/admin)
