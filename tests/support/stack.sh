@@ -341,11 +341,13 @@ run_tests() {
   export ETCD_NO_FSYNC=1
   up "$state"
   [[ -z $checkov ]] || set_env "$state" CHECKOV "$checkov"
-  # Built here, not inside tests/image.rs, so the long first build does not compete with the
-  # other tests for CPU; that test's own build is then a cache hit (and shows any failure).
+  # Made here from the tests' own build (a `cargo build --bin` alone would compile again: without
+  # the dev-dependencies, crates' features differ); tests/image.rs makes it again (and shows any
+  # failure).
   # Not for `make chaos`, which needs no image.
   [[ ${CS_NO_IMAGE:-} == 1 ]] ||
-    bash "$SUPPORT_DIR/image.sh" build >/dev/null || info "the image build failed: tests/image.rs says why"
+    COMPUTE_SERVER_BINARY="$REPO_DIR/target/debug/compute-server" bash "$SUPPORT_DIR/image.sh" build >/dev/null ||
+    info "the image build failed: tests/image.rs says why"
   step "Running the tests against the real stack (cargo test)"
   (cd "$REPO_DIR" && COMPUTE_SERVER_TEST_ENV="$state/env" cargo test --locked --no-fail-fast "$@")
   info "tests finished in $((SECONDS - t0)) s in all"
