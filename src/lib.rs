@@ -8,8 +8,10 @@ pub mod agent;
 pub mod api;
 pub mod bastion;
 pub mod crd;
-pub mod health;
 pub mod kube_client;
+#[cfg(test)]
+pub mod mock_api;
+pub mod runtime;
 pub mod scheduler;
 pub mod ssh_ca;
 pub mod telemetry;

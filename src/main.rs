@@ -48,16 +48,17 @@ enum Role {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let result = match cli.role {
-        Role::Crd { apply: true, .. } => crd::apply().await,
-        Role::Crd { out_dir: None, .. } => crd::all_yaml().map(|yaml| print!("{yaml}")),
+    // Each role has its own error type; what they say ends up here.
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match cli.role {
+        Role::Crd { apply: true, .. } => crd::apply().await.map_err(Into::into),
+        Role::Crd { out_dir: None, .. } => crd::all_yaml().map(|yaml| print!("{yaml}")).map_err(Into::into),
         Role::Crd {
             out_dir: Some(dir), ..
-        } => crd::write_dir(&dir),
-        Role::Agent(cli) => agent::main(cli).await,
-        Role::Scheduler(args) => scheduler::run(args).await,
-        Role::Web(args) => web::run(args).await,
-        Role::Bastion(args) => bastion::run(args).await,
+        } => crd::write_dir(&dir).map_err(Into::into),
+        Role::Agent(cli) => agent::main(cli).await.map_err(Into::into),
+        Role::Scheduler(args) => scheduler::run(args).await.map_err(Into::into),
+        Role::Web(args) => web::run(args).await.map_err(Into::into),
+        Role::Bastion(args) => bastion::run(args).await.map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

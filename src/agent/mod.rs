@@ -144,7 +144,7 @@ pub struct Args {
     pub memory_allocation_ratio: String,
 }
 
-fn parse_ratio(text: &str) -> std::result::Result<String, String> {
+fn parse_ratio(text: &str) -> std::result::Result<String, crate::api::Invalid> {
     crate::api::size::ratio_milli(text).map(|_| text.to_string())
 }
 
@@ -260,7 +260,7 @@ pub async fn run(args: Args) -> Result<()> {
         samples: Default::default(),
     });
     info!(%node, %selector, "agent starting");
-    let ready: crate::health::ReadyCheck = {
+    let ready: crate::runtime::health::ReadyCheck = {
         let docker = ctx.docker.clone();
         Arc::new(move || {
             let docker = docker.clone();
@@ -269,13 +269,13 @@ pub async fn run(args: Args) -> Result<()> {
                     .ping()
                     .await
                     .map(|_| ())
-                    .map_err(|e| format!("Docker does not answer: {e}"))
+                    .map_err(|e| format!("Docker does not answer: {e}").into())
             })
         })
     };
-    let health = crate::health::serve(
+    let health = crate::runtime::health::serve(
         args.metrics_address,
-        crate::health::router(Arc::new(registry), ready),
+        crate::runtime::health::router(Arc::new(registry), ready),
     );
     let health = tokio::spawn(async move {
         if let Err(error) = health.await {
@@ -296,7 +296,7 @@ pub async fn run(args: Args) -> Result<()> {
     let controller = controller
         .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES))
         .reconcile_all_on(reconcile_all)
-        .graceful_shutdown_on(crate::health::shutdown())
+        .graceful_shutdown_on(crate::runtime::health::shutdown())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -306,7 +306,7 @@ pub async fn run(args: Args) -> Result<()> {
     // Reconciles in flight get a while to finish after a stop signal (they are idempotent:
     // what one leaves half done, the next agent completes), not forever.
     let deadline = async {
-        crate::health::shutdown().await;
+        crate::runtime::health::shutdown().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {

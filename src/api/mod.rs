@@ -150,9 +150,18 @@ pub fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// A value a person wrote that is not one, and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
 /// A duration as profiles write it ("30s", "90m", "2h", "7d", "1h30m"), or why it is not one.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let refuse = || format!("{text:?} is not a duration; write it like 30s, 90m, 2h, 7d or 1h30m");
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, Invalid> {
+    let refuse = || {
+        Invalid(format!(
+            "{text:?} is not a duration; write it like 30s, 90m, 2h, 7d or 1h30m"
+        ))
+    };
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b"smhd".contains(&b)) {
         return Err(refuse());
     }

@@ -244,11 +244,11 @@ pub fn node_memory_bytes(q: &Quantity) -> Result<i64, SizeError> {
 
 /// An allocation ratio ("4", "1.5", "0.75"), exactly, in thousandths: 0.5 to 64, at most three
 /// decimals (the same rule as the CRD's). How much of a node's capacity may be promised.
-pub fn ratio_milli(text: &str) -> Result<i64, String> {
+pub fn ratio_milli(text: &str) -> Result<i64, super::Invalid> {
     let refuse = || {
-        format!(
+        super::Invalid(format!(
             "\"{text}\" is not an allocation ratio: write a number from 0.5 to 64 with at most 3 decimals, such as 4 or 1.5"
-        )
+        ))
     };
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -650,7 +650,7 @@ spec:
         assert_eq!(ratio_milli("0.75"), Ok(750));
         assert_eq!(ratio_milli("64"), Ok(64_000));
         for bad in ["0.4", "65", "1.2345", "", ".5", "5.", "-1", "1e3", "four", "100"] {
-            let error = ratio_milli(bad).unwrap_err();
+            let error = ratio_milli(bad).unwrap_err().to_string();
             assert!(error.contains("from 0.5 to 64"), "{bad}: {error}");
         }
         assert_eq!(scaled(2_000_000_000, 4000), 8_000_000_000);

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use russh::MethodKind;
 use russh::keys::HashAlg;
 use tracing::{debug, info, warn};
 
 use crate::api::ComputeServer;
+use crate::runtime::watch;
 use crate::{Error, Result};
 
 /// How long a client may take from connecting to logging in.
@@ -106,6 +106,11 @@ fn duration(text: &str) -> Result<Duration, String> {
     Duration::try_from(parsed).map_err(|_| format!("\"{text}\" is negative"))
 }
 
+/// What the bastion's cache keeps of a server: spec and status, no annotations.
+fn trim(server: &mut ComputeServer) {
+    server.annotations_mut().clear();
+}
+
 /// Runs the bastion until SIGTERM or Ctrl-C: host key, metrics, the server cache, then SSH.
 pub async fn run(args: Args) -> Result<()> {
     let client = crate::kube_client::connect().await?;
@@ -128,7 +133,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_bastion");
     let metrics = metrics::Metrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
-    let ready_check: crate::health::ReadyCheck = {
+    let ready_check: crate::runtime::health::ReadyCheck = {
         let ready = ready.clone();
         Arc::new(move || {
             let ready = ready.load(Ordering::Relaxed);
@@ -140,9 +145,9 @@ pub async fn run(args: Args) -> Result<()> {
             })
         })
     };
-    let health = crate::health::serve(
+    let health = crate::runtime::health::serve(
         args.metrics_address,
-        crate::health::router(Arc::new(registry), ready_check),
+        crate::runtime::health::router(Arc::new(registry), ready_check),
     );
     let health = tokio::spawn(async move {
         if let Err(error) = health.await {
@@ -156,21 +161,7 @@ pub async fn run(args: Args) -> Result<()> {
         true => Api::all(client),
         false => Api::namespaced(client, &args.namespace),
     };
-    let (store, writer) = reflector::store();
-    let watch = watcher(servers, watcher::Config::default())
-        .default_backoff()
-        // Only spec and status are read: keep the cache small.
-        .modify(|server| {
-            server.managed_fields_mut().clear();
-            server.annotations_mut().clear();
-        })
-        .reflect(writer)
-        .for_each(|event| async move {
-            if let Err(error) = event {
-                warn!(%error, "watching ComputeServers failed; retrying");
-            }
-        });
-    let watch = tokio::spawn(watch);
+    let store = watch::reflect(servers, watcher::Config::default(), trim, |_| {});
     info!(namespace = %args.namespace, all_namespaces = args.all_namespaces, "filling the ComputeServer cache");
     store.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
     ready.store(true, Ordering::Relaxed);
@@ -204,7 +195,7 @@ pub async fn run(args: Args) -> Result<()> {
         })?;
     info!(listen = %args.listen, host_key = %host_fingerprint, "bastion ready for ssh -J USER@HOST:PORT root@SERVER");
 
-    let mut shutdown = std::pin::pin!(crate::health::shutdown());
+    let mut shutdown = std::pin::pin!(crate::runtime::health::shutdown());
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -233,7 +224,6 @@ pub async fn run(args: Args) -> Result<()> {
     drain(connections, args.drain_timeout).await;
     info!("bastion stopping");
     reporter.abort();
-    watch.abort();
     health.abort();
     Ok(())
 }
@@ -250,7 +240,7 @@ async fn drain(mut connections: tokio::task::JoinSet<()>, limit: Duration) {
     tokio::select! {
         () = all_ended => info!("every connection ended"),
         () = tokio::time::sleep(limit) => warn!("connections still open after the drain timeout; ending them"),
-        () = crate::health::shutdown() => warn!("told to stop again; ending the open connections"),
+        () = crate::runtime::health::shutdown() => warn!("told to stop again; ending the open connections"),
     }
 }
 

@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,6 +36,7 @@ use crate::api::{
     CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeServer,
     NODE_LABEL, Phase,
 };
+use crate::runtime::watch;
 use crate::{Error, Result};
 
 const FIELD_MANAGER: &str = "compute-server-scheduler";
@@ -168,45 +169,21 @@ impl Caches {
 
     /// Whether every cache has loaded its first full list.
     fn synced(&self) -> bool {
-        ready_now(&self.servers)
-            && ready_now(&self.nodes)
-            && ready_now(&self.leases)
-            && ready_now(&self.profiles)
+        watch::synced(&self.servers)
+            && watch::synced(&self.nodes)
+            && watch::synced(&self.leases)
+            && watch::synced(&self.profiles)
     }
 }
 
-fn ready_now<K>(store: &Store<K>) -> bool
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store.wait_until_ready().now_or_never().is_some()
-}
-
-/// A reflector over `api` whose store drops `managedFields` (they are most of an object's
-/// size and no pass reads them).
+/// A watch cache of `api` whose every event wakes the pass loop.
 fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (store, writer) = reflector::store();
     let changed = changed.clone();
-    let kind = K::kind(&Default::default()).to_string();
-    tokio::spawn(
-        watcher(api, config)
-            .default_backoff()
-            .modify(|object| object.managed_fields_mut().clear())
-            .reflect(writer)
-            .for_each(move |event| {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    Err(error) => warn!(%error, %kind, "watch failed; retrying"),
-                }
-                futures::future::ready(())
-            }),
-    );
-    store
+    watch::reflect(api, config, watch::keep, move |_| changed.notify_one())
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -217,7 +194,7 @@ pub async fn run(args: Args) -> Result<()> {
     let changed = Arc::new(Notify::new());
     let caches = Caches::start(&client, &args, &changed);
 
-    let ready: crate::health::ReadyCheck = {
+    let ready: crate::runtime::health::ReadyCheck = {
         let caches = caches.clone();
         Arc::new(move || {
             let caches = caches.clone();
@@ -225,14 +202,14 @@ pub async fn run(args: Args) -> Result<()> {
                 if caches.synced() {
                     Ok(())
                 } else {
-                    Err("the watch caches have not loaded yet".to_string())
+                    Err("the watch caches have not loaded yet".into())
                 }
             })
         })
     };
-    let health = crate::health::serve(
+    let health = crate::runtime::health::serve(
         args.metrics_address,
-        crate::health::router(Arc::new(registry), ready),
+        crate::runtime::health::router(Arc::new(registry), ready),
     );
     tokio::spawn(async move {
         if let Err(error) = health.await {
@@ -269,7 +246,7 @@ pub async fn run(args: Args) -> Result<()> {
         assumed: HashMap::new(),
     };
     let mut leading = false;
-    let shutdown = crate::health::shutdown();
+    let shutdown = crate::runtime::health::shutdown();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -116,7 +116,7 @@ pub fn keep_for(text: Option<&str>) -> Result<Duration, Problem> {
     match parse_duration(text) {
         Ok(duration) if duration.is_zero() => Err(invalid("must be longer than 0s, such as \"4h\"".into())),
         Ok(duration) => Ok(duration),
-        Err(message) => Err(invalid(message)),
+        Err(message) => Err(invalid(message.0)),
     }
 }
 

@@ -301,7 +301,7 @@ pub async fn run(args: Args) -> Result<()> {
         })?;
     info!("web front on http://{}", args.listen);
     axum::serve(listener, router)
-        .with_graceful_shutdown(crate::health::shutdown())
+        .with_graceful_shutdown(crate::runtime::health::shutdown())
         .await
         .map_err(|source| Error::Listen {
             addr: args.listen,
@@ -367,7 +367,7 @@ pub fn app(state: AppState) -> Router {
     let mut registry = Registry::with_prefix("compute_server_web");
     let metrics = metrics::Metrics::new(&mut registry);
     let ready_state = state.clone();
-    let ready: crate::health::ReadyCheck = Arc::new(move || {
+    let ready: crate::runtime::health::ReadyCheck = Arc::new(move || {
         let state = ready_state.clone();
         Box::pin(async move {
             match (state.cache.synced(), state.oidc.get().is_some()) {
@@ -390,7 +390,7 @@ pub fn app(state: AppState) -> Router {
         .merge(pages::static_routes())
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(crate::health::router(Arc::new(registry), ready))
+        .merge(crate::runtime::health::router(Arc::new(registry), ready))
         .route_layer(middleware::from_fn_with_state(metrics, metrics::track))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }

@@ -15,7 +15,24 @@ use tracing::info;
 use crate::{Error, Result};
 
 /// Answers whether the role can do its work now; the reason when it cannot.
-pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, std::result::Result<(), NotReady>> + Send + Sync>;
+
+/// Why a role cannot do its work now, as `/readyz` says it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
+impl From<&str> for NotReady {
+    fn from(why: &str) -> NotReady {
+        NotReady(why.into())
+    }
+}
+
+impl From<String> for NotReady {
+    fn from(why: String) -> NotReady {
+        NotReady(why)
+    }
+}
 
 #[derive(Clone)]
 struct Health {
@@ -67,7 +84,7 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     match (health.ready)().await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.0),
     }
 }
 
