@@ -5,7 +5,7 @@ STACK := tests/support/stack.sh
 # every target that compiles runs it first (stack.sh and image.sh do too). Quick when present.
 WEB_ASSETS := tests/support/web-assets.sh
 
-.PHONY: up down reset test bench chaos install crds manifests image lint cluster cluster-down cluster-reset
+.PHONY: up down reset test check bench chaos install crds manifests image lint cluster cluster-down cluster-reset
 
 ## up: start the local stack (Docker, kube-apiserver + etcd, Keycloak, compute-server) on its kept state; Ctrl-C stops it
 up:
@@ -33,6 +33,13 @@ reset:
 ## test: the whole suite against real components (what CI runs)
 test:
 	@bash $(STACK) test
+
+## check: what needs no real component, in minutes: rustfmt, clippy, the unit and seam tests (src/, on src/mock_api.rs), the architecture invariants and the docs' links (tests/invariants.rs, tests/docs.rs)
+check:
+	@bash $(WEB_ASSETS)
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo test --locked --lib --bins --test invariants --test docs
 
 ## bench: every benchmark (release build) against real components, with a summary line each; BENCH=NAME for one (agent, scheduler, web, bastion, browser)
 bench:

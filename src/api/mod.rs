@@ -14,7 +14,7 @@ mod server;
 pub mod size;
 
 pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeGpu, OrphanedVolume};
-pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, RestartPolicy};
+pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, Profiles, RestartPolicy};
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{
     Activity, AppProtocol, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase,

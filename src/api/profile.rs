@@ -176,3 +176,61 @@ pub enum Egress {
 fn default_data_path() -> String {
     "/home".into()
 }
+/// The profiles by name: the one place a server's profile is looked up (`spec.profile`).
+#[derive(Clone, Debug, Default)]
+pub struct Profiles(std::collections::HashMap<String, std::sync::Arc<ComputeProfile>>);
+
+impl Profiles {
+    /// The profile `server` names; none when it names none or one that does not exist (then
+    /// what the server says alone counts: see [`super::size::request`]).
+    pub fn of(&self, server: &super::ComputeServer) -> Option<&ComputeProfile> {
+        self.get(server.spec.profile.as_deref()?)
+    }
+
+    /// The profile called `name`.
+    pub fn get(&self, name: &str) -> Option<&ComputeProfile> {
+        self.0.get(name).map(|p| p.as_ref())
+    }
+}
+
+impl<P: Into<std::sync::Arc<ComputeProfile>>> FromIterator<P> for Profiles {
+    fn from_iter<I: IntoIterator<Item = P>>(profiles: I) -> Profiles {
+        use kube::ResourceExt;
+        Profiles(
+            profiles
+                .into_iter()
+                .map(Into::into)
+                .map(|p: std::sync::Arc<ComputeProfile>| (p.name_any(), p))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ComputeServer;
+
+    #[test]
+    fn a_server_finds_the_profile_it_names_and_none_otherwise() {
+        let profile = |name: &str| {
+            let mut p = ComputeProfile::new(name, serde_json::from_str(r#"{"image": "debian"}"#).unwrap());
+            p.spec.display_name = Some(name.to_uppercase());
+            p
+        };
+        let profiles: Profiles = [profile("small"), profile("gpu")].into_iter().collect();
+        let server = |named: Option<&str>| {
+            let mut spec = serde_json::json!({"owner": "alice", "image": "debian"});
+            if let Some(name) = named {
+                spec["profile"] = name.into();
+            }
+            ComputeServer::new("lab", serde_json::from_value(spec).unwrap())
+        };
+        let found = profiles
+            .of(&server(Some("gpu")))
+            .map(|p| p.spec.display_name.clone());
+        assert_eq!(found, Some(Some("GPU".into())));
+        assert!(profiles.of(&server(Some("gone"))).is_none());
+        assert!(profiles.of(&server(None)).is_none());
+    }
+}
