@@ -14,7 +14,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey};
 use tracing::info;
 
-use crate::{Error, Result};
+use super::{Error, Result};
 
 /// The key in the Secret's data that holds the private key in OpenSSH format.
 pub const SECRET_KEY: &str = "ssh_host_ed25519_key";

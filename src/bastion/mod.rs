@@ -29,7 +29,6 @@ use tracing::{debug, info, warn};
 
 use crate::api::ComputeServer;
 use crate::runtime::watch;
-use crate::{Error, Result};
 
 /// How long a client may take from connecting to logging in.
 const LOGIN_GRACE: Duration = Duration::from_secs(60);
@@ -97,6 +96,26 @@ fn idle_reason(limit: Duration) -> String {
         jiff::SignedDuration::try_from(limit).map_or_else(|_| format!("{limit:?}"), |d| format!("{d:#}"));
     format!("idle for {friendly}; connect again when you need to")
 }
+
+/// What stops the bastion from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("host key from {origin}: {reason}")]
+    HostKey { origin: String, reason: String },
+
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+
+    #[error("the ComputeServer watch ended before it filled the cache")]
+    CacheGone,
+
+    /// What the modules every role shares refuse: the client's configuration, the listening
+    /// address, the user CA keys.
+    #[error(transparent)]
+    Shared(#[from] crate::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A duration flag: `90s`, `30m`, `8h`, `1h30m`.
 fn duration(text: &str) -> Result<Duration, String> {
@@ -189,7 +208,7 @@ pub async fn run(args: Args) -> Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| Error::Listen {
+        .map_err(|source| crate::Error::Listen {
             addr: args.listen,
             source,
         })?;
