@@ -34,12 +34,12 @@ reset:
 test:
 	@bash $(STACK) test
 
-## check: what needs no real component, in minutes: rustfmt, clippy, the unit and seam tests (src/, on src/mock_api.rs), the architecture invariants and the docs' links (tests/invariants.rs, tests/docs.rs)
+## check: what needs no real component, in minutes: rustfmt, clippy, the unit and seam tests (src/, on src/mock_api.rs), the architecture invariants, the docs' links and the CRD files (tests/invariants.rs, docs.rs, crds.rs)
 check:
 	@bash $(WEB_ASSETS)
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
-	cargo test --locked --lib --bins --test invariants --test docs
+	cargo test --locked --lib --bins --test invariants --test docs --test crds
 
 ## bench: every benchmark (release build) against real components, with a summary line each; BENCH=NAME for one (agent, scheduler, web, bastion, browser)
 bench:
