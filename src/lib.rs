@@ -43,42 +43,14 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
 
-    #[error("Docker: {0}")]
-    Docker(#[source] bollard::errors::Error),
-
-    #[error("could not pull image {image}: {source}")]
-    Pull {
-        image: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
-
-    #[error("container {0} disappeared while it was being set up")]
-    Gone(String),
-
-    #[error("{0}")]
-    VolumeConflict(String),
-
-    #[error("servers' firewall: {0}")]
-    Firewall(String),
-
     #[error("leader election: {0}")]
     Leader(String),
-
-    #[error("host key from {origin}: {reason}")]
-    HostKey { origin: String, reason: String },
 
     #[error("user CA keys in {path}: {reason}")]
     UserCa {
         path: std::path::PathBuf,
         reason: String,
     },
-
-    #[error("the ComputeServer watch ended before it filled the cache")]
-    CacheGone,
-
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

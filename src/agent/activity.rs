@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::Context;
 use crate::api::lifecycle::Rules;
-use crate::api::{ComputeProfile, ComputeServer, Phase, size};
+use crate::api::{ComputeServer, Phase, Profiles, size};
 
 const FIELD_MANAGER: &str = "compute-server-agent-activity";
 /// A busy server's entry is written at most this often (or four times per idle time, if shorter).
@@ -38,13 +38,9 @@ pub fn percent(before: (u64, Instant), after: (u64, Instant), nano_cpus: i64) ->
 
 /// Measures the CPU of this node's running servers whose profile stops idle servers, and
 /// reports the busy ones. Errors are logged: a missed sample only delays an idle stop's count.
-pub async fn report(ctx: &Context, servers: &[Arc<ComputeServer>], profiles: &[ComputeProfile]) {
+pub async fn report(ctx: &Context, servers: &[Arc<ComputeServer>], profiles: &Profiles) {
     for server in servers {
-        let profile = server
-            .spec
-            .profile
-            .as_ref()
-            .and_then(|p| profiles.iter().find(|q| &q.name_any() == p));
+        let profile = profiles.of(server);
         let rules = Rules::of(profile);
         let status = server.status.clone().unwrap_or_default();
         let (Some(idle), Some(Phase::Running), Some(id)) =

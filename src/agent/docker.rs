@@ -14,8 +14,8 @@ use tracing::{info, warn};
 
 use super::plan::{self, Plan, SPEC_HASH_LABEL};
 use super::{Context, decide, status};
+use super::{Error, Result};
 use crate::api::{ComputeServer, NODE_LABEL};
-use crate::{Error, Result};
 
 /// Connects to Docker, speaking the daemon's API version when it answers (Debian's 20.10
 /// serves 1.41, older than bollard's default). If it does not answer yet, the agent starts

@@ -8,6 +8,7 @@
 mod activity;
 pub mod decide;
 mod docker;
+mod error;
 pub mod gpu;
 mod metrics;
 pub mod network;
@@ -21,15 +22,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::api::{CONTAINER_FINALIZER, ComputeProfile, ComputeServer, NODE_LABEL, Phase};
-use crate::{Error, Result};
+pub use error::{Error, Result};
 
 /// How often a healthy server is looked at again: Docker is not watched by the API server.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -161,7 +162,7 @@ pub struct Context {
     /// This node's Docker engine.
     pub docker: bollard::Docker,
     /// Publishes Kubernetes Events on the servers.
-    pub recorder: Recorder,
+    pub events: crate::runtime::events::Events,
     /// This node's name.
     pub node: String,
     /// Where users reach this node's published ports.
@@ -187,16 +188,7 @@ pub struct Context {
 impl Context {
     /// Publishes an Event on `server`; a failure to publish is logged, never fatal.
     async fn event(&self, server: &ComputeServer, type_: EventType, reason: &str, note: String) {
-        let event = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &server.object_ref(&())).await {
-            warn!(%error, server = %server.name_any(), "could not publish an event");
-        }
+        self.events.publish(server, type_, reason, reason, note).await;
     }
 }
 
@@ -231,10 +223,6 @@ pub async fn run(args: Args) -> Result<()> {
             None => Vec::new(),
         },
     };
-    let reporter = Reporter {
-        controller: "compute-server-agent".into(),
-        instance: Some(node.clone()),
-    };
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_agent");
     let metrics = metrics::Metrics::register(&mut registry);
     let selector = format!("{NODE_LABEL}={node}");
@@ -249,7 +237,11 @@ pub async fn run(args: Args) -> Result<()> {
         claims: Default::default(),
         servers: servers.clone(),
         metrics,
-        recorder: Recorder::new(client.clone(), reporter),
+        events: crate::runtime::events::Events::new(
+            client.clone(),
+            "compute-server-agent",
+            Some(node.clone()),
+        ),
         client: client.clone(),
         docker,
         node: node.clone(),

@@ -24,8 +24,8 @@ use bollard::models::NetworkCreateRequest;
 use tracing::{info, warn};
 
 use super::plan::{MANAGED_BY, MANAGED_BY_LABEL};
+use super::{Error, Result};
 use crate::api::Egress;
-use crate::{Error, Result};
 
 /// The Docker network of servers that may reach public addresses.
 pub const NETWORK: &str = "compute-server";
@@ -317,10 +317,8 @@ pub async fn setup(docker: &Docker, docker_host: &str, publish_address: &str) ->
 
 /// Puts the networks and the firewall back if something removed them (`docker network rm`, a
 /// host firewall reload); Err when that fails, which makes the node not Ready.
-pub async fn check(docker: &Docker, setup: &Setup) -> std::result::Result<(), String> {
-    if let Err(error) = bridge_netfilter() {
-        return Err(error.to_string());
-    }
+pub async fn check(docker: &Docker, setup: &Setup) -> Result<()> {
+    bridge_netfilter()?;
     for bridge in &setup.bridges {
         let now = ensure_network(
             docker,
@@ -328,18 +326,17 @@ pub async fn check(docker: &Docker, setup: &Setup) -> std::result::Result<(), St
             &bridge.network,
             &setup.publish_address,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         if now != bridge.bridge {
-            return Err(format!(
+            return Err(Error::Firewall(format!(
                 "the Docker network {} now uses bridge {now}, not {}: restart the agent",
                 bridge.network, bridge.bridge
-            ));
+            )));
         }
         let rules = firewall(&bridge.bridge, bridge.egress);
         if !installed(&rules).await {
             warn!(bridge = %bridge.bridge, "the servers' firewall rules were missing or changed; putting them back");
-            install(&rules).await.map_err(|e| e.to_string())?;
+            install(&rules).await?;
         }
     }
     Ok(())

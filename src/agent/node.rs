@@ -12,17 +12,17 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
-use kube::{Api, ResourceExt};
 use tracing::{error, info, warn};
 
 use super::{Context, plan};
+use super::{Error, Result};
 use crate::api::size::{self, Request};
 use crate::api::{
     Amounts, CONDITION_READY, ComputeNode, ComputeNodeStatus, ComputeProfile, ComputeServer, NODE_LABEL,
-    OrphanedVolume, lease_name,
+    OrphanedVolume, Profiles, lease_name,
 };
-use crate::{Error, Result};
 
 const FIELD_MANAGER: &str = "compute-server-agent";
 
@@ -66,13 +66,24 @@ pub async fn heartbeat(
     }
 }
 
+/// One report: the node's ComputeNode (spec labels, status), then its Lease. The Lease is
+/// renewed whatever became of the status, on purpose: it says "this agent runs and reaches the
+/// API server", which stays true when Docker, the firewall or a status write fails (Docker and
+/// the firewall are the status's Ready condition; a status that could not be written keeps its
+/// old time). Only an API server that refuses the Lease itself lets the node go NotReady.
 async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
-    let Registration {
-        labels,
-        lease_namespace,
-        lease_seconds,
-        ratios,
-    } = registration;
+    let status = report_status(ctx, registration).await;
+    let lease = renew_lease(ctx, &registration.lease_namespace, registration.lease_seconds).await;
+    if let (Err(_), Err(error)) = (&status, &lease) {
+        warn!(%error, "could not renew this node's Lease");
+    }
+    status.and(lease)
+}
+
+/// The node's ComputeNode: its labels and missing allocation ratios, the sweep of orphaned
+/// containers, the activity of its servers, and its status.
+async fn report_status(ctx: &Context, registration: &Registration) -> Result<()> {
+    let Registration { labels, ratios, .. } = registration;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let nodes: Api<ComputeNode> = Api::all(ctx.client.clone());
     // An empty spec: spec.unschedulable belongs to the admins (cordon), not to this manager.
@@ -155,11 +166,13 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
             .get_or_create(&super::metrics::PhaseLabel { phase })
             .inc();
     }
-    let profiles = Api::<ComputeProfile>::all(ctx.client.clone())
+    let profiles: Profiles = Api::<ComputeProfile>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
         .map_err(Error::Kube)?
-        .items;
+        .items
+        .into_iter()
+        .collect();
     super::activity::report(ctx, &servers, &profiles).await;
     let firewall = super::network::check(&ctx.docker, &ctx.network).await;
     let mut status = status(ctx, previous, &servers, &profiles, firewall).await?;
@@ -169,7 +182,11 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
         .patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await
         .map_err(Error::Kube)?;
+    Ok(())
+}
 
+/// Renews the node's heartbeat Lease.
+async fn renew_lease(ctx: &Context, lease_namespace: &str, lease_seconds: u32) -> Result<()> {
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(lease_name(&ctx.node)),
@@ -177,14 +194,18 @@ async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(ctx.node.clone()),
-            lease_duration_seconds: Some(*lease_seconds as i32),
+            lease_duration_seconds: Some(lease_seconds as i32),
             renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
             ..Default::default()
         }),
     };
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), lease_namespace);
     leases
-        .patch(&lease_name(&ctx.node), &params, &Patch::Apply(&lease))
+        .patch(
+            &lease_name(&ctx.node),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
         .await
         .map_err(Error::Kube)?;
     Ok(())
@@ -242,16 +263,12 @@ async fn status(
     ctx: &Context,
     previous: Option<ComputeNodeStatus>,
     servers: &[Arc<ComputeServer>],
-    profiles: &[ComputeProfile],
-    firewall: std::result::Result<(), String>,
+    profiles: &Profiles,
+    firewall: Result<()>,
 ) -> Result<ComputeNodeStatus> {
     let mut used = Request::default();
     for server in servers {
-        let profile = server
-            .spec
-            .profile
-            .as_ref()
-            .and_then(|p| profiles.iter().find(|q| &q.name_any() == p));
+        let profile = profiles.of(server);
         if let Ok(request) = size::request(server, profile) {
             used += request;
         }

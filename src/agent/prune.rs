@@ -6,8 +6,8 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::docker;
+use super::{Error, Result};
 use crate::api::{ComputeNode, ComputeServer, NODE_LABEL};
-use crate::{Error, Result};
 
 /// Flags of `compute-server agent prune`.
 #[derive(clap::Args, Debug)]
@@ -30,14 +30,15 @@ pub struct Args {
 }
 
 /// An age such as `7d`, `12h`, `30m` or `1h 30m`.
-pub fn parse_age(text: &str) -> std::result::Result<std::time::Duration, String> {
+pub fn parse_age(text: &str) -> std::result::Result<std::time::Duration, crate::api::Invalid> {
     let span: jiff::Span = text
         .parse()
-        .map_err(|_| format!("{text:?} is not an age; write it like 7d, 12h or 30m"))?;
+        .map_err(|_| crate::api::Invalid(format!("{text:?} is not an age; write it like 7d, 12h or 30m")))?;
     let duration = span
         .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("{text:?}: {e}"))?;
-    std::time::Duration::try_from(duration).map_err(|_| format!("{text:?} must not be negative"))
+        .map_err(|e| crate::api::Invalid(format!("{text:?}: {e}")))?;
+    std::time::Duration::try_from(duration)
+        .map_err(|_| crate::api::Invalid(format!("{text:?} must not be negative")))
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -113,7 +114,7 @@ mod tests {
         assert_eq!(parse_age("7d").unwrap().as_secs(), 7 * 86400);
         assert_eq!(parse_age("12h").unwrap().as_secs(), 12 * 3600);
         assert_eq!(parse_age("1h 30m").unwrap().as_secs(), 5400);
-        assert!(parse_age("seven days").unwrap_err().contains("7d, 12h or 30m"));
+        assert!(parse_age("seven days").unwrap_err().0.contains("7d, 12h or 30m"));
         assert!(parse_age("-1d").is_err());
     }
 }

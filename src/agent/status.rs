@@ -1,14 +1,13 @@
 //! The server's status as the agent reports it: phase, message, endpoints, conditions.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
 use super::docker::Observed;
 use super::plan::Plan;
 use super::{Context, decide};
+use super::{Error, Result};
 use crate::api::{CONDITION_READY, CONDITION_SCHEDULED, ComputeServer, ComputeServerStatus, Endpoint, Phase};
-use crate::{Error, Result};
 
 /// Whether the server's status shows something other than this phase and message.
 pub fn differs(server: &ComputeServer, phase: Phase, message: &str) -> bool {
@@ -218,13 +217,9 @@ pub async fn write(server: &ComputeServer, ctx: &Context, status: ComputeServerS
             ..status
         },
     });
-    api.patch_status(
-        &server.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    crate::runtime::status::apply(&api, &server.name_any(), FIELD_MANAGER, &patch)
+        .await
+        .map_err(Error::Kube)?;
     Ok(())
 }
 

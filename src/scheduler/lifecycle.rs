@@ -5,7 +5,6 @@
 //! kept) and deletes those stopped longer than their profile keeps them. What to do comes from
 //! [`crate::api::lifecycle`]; this module turns it into writes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -13,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::lifecycle::{self, Act, Rules};
-use crate::api::{ComputeProfile, ComputeServer};
+use crate::api::{ComputeServer, Profiles};
 
 /// The field manager of the lifecycle's status fields.
 pub const FIELD_MANAGER: &str = "compute-server-lifecycle";
@@ -86,20 +85,10 @@ fn second(t: Timestamp) -> Time {
 }
 
 /// What the lifecycle writes now, for every server in the cache.
-pub fn writes(
-    servers: &[Arc<ComputeServer>],
-    profiles: &HashMap<String, Arc<ComputeProfile>>,
-    now: Timestamp,
-) -> Vec<Write> {
+pub fn writes(servers: &[Arc<ComputeServer>], profiles: &Profiles, now: Timestamp) -> Vec<Write> {
     let mut writes = Vec::new();
     for server in servers {
-        let profile = server
-            .spec
-            .profile
-            .as_ref()
-            .and_then(|p| profiles.get(p))
-            .map(|p| p.as_ref());
-        let rules = Rules::of(profile);
+        let rules = Rules::of(profiles.of(server));
         let current = Fields::of(server);
         if !rules.any() && current == Fields::default() {
             continue;
@@ -141,19 +130,19 @@ pub fn writes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ComputeServerStatus, Phase};
+    use crate::api::{ComputeProfile, ComputeServerStatus, Phase};
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()
     }
 
-    fn profile() -> HashMap<String, Arc<ComputeProfile>> {
+    fn profile() -> Profiles {
         let p: ComputeProfile = serde_yaml::from_str(
             "{apiVersion: computeserver.io/v1alpha1, kind: ComputeProfile, metadata: {name: p}, \
              spec: {image: busybox, lifecycle: {idleStopAfter: 30m, maxExtension: 2h}}}",
         )
         .unwrap();
-        HashMap::from([("p".to_string(), Arc::new(p))])
+        [p].into_iter().collect()
     }
 
     fn server(running: bool, phase: Phase) -> ComputeServer {

@@ -9,8 +9,9 @@
 
 mod lifecycle;
 pub mod placement;
+mod plan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -31,12 +32,12 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::api::size::{self, Request};
 use crate::api::{
     CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeServer,
     NODE_LABEL, Phase,
 };
-use crate::runtime::watch;
+use crate::runtime::events::Events;
+use crate::runtime::{status, watch};
 use crate::{Error, Result};
 
 const FIELD_MANAGER: &str = "compute-server-scheduler";
@@ -167,6 +168,22 @@ impl Caches {
         }
     }
 
+    /// What the caches hold now, for a pass.
+    fn snapshot(&self, now: Timestamp) -> plan::Snapshot {
+        plan::Snapshot {
+            servers: self.servers.state(),
+            nodes: self.nodes.state(),
+            leases: self
+                .leases
+                .state()
+                .into_iter()
+                .map(|l| (l.name_any(), l))
+                .collect(),
+            profiles: self.profiles.state().into_iter().collect(),
+            now,
+        }
+    }
+
     /// Whether every cache has loaded its first full list.
     fn synced(&self) -> bool {
         watch::synced(&self.servers)
@@ -233,13 +250,7 @@ pub async fn run(args: Args) -> Result<()> {
     info!(%identity, lease = %format!("{}/{LEADER_LEASE}", args.lease_namespace), "scheduler starting; waiting to lead");
 
     let mut scheduler = Scheduler {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(identity.clone()),
-            },
-        ),
+        events: Events::new(client.clone(), FIELD_MANAGER, Some(identity.clone())),
         client,
         caches,
         metrics,
@@ -294,295 +305,25 @@ fn default_identity() -> String {
     format!("{host}_{}", std::process::id())
 }
 
-/// Where a node stands for placement.
-enum Health {
-    Ready,
-    /// Cannot take servers; the reason.
-    NotReady(String),
-    /// Its agent stopped renewing the Lease; the reason.
-    Lost(String),
-}
-
-fn node_health(node: &ComputeNode, lease: Option<&Lease>, now: Timestamp) -> Health {
-    let spec = lease.and_then(|l| l.spec.as_ref());
-    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
-    let seconds = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(40);
-    match renewed {
-        None => return Health::NotReady("its agent has not reported yet".into()),
-        Some(renewed) => {
-            let silent = now.duration_since(renewed).as_secs();
-            if silent > seconds.into() {
-                return Health::Lost(format!("its agent has not reported for {silent} s"));
-            }
-        }
-    }
-    let status = node.status.as_ref();
-    match status.and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY)) {
-        Some(c) if c.status == "True" => {}
-        Some(c) => return Health::NotReady(c.message.clone()),
-        None => return Health::NotReady("its agent has not reported yet".into()),
-    }
-    if status.is_none_or(|s| s.capacity.cpu.is_none() || s.capacity.memory.is_none()) {
-        return Health::NotReady("it has not reported its capacity".into());
-    }
-    Health::Ready
-}
-
-/// The node's CPUs as its agent reported them, in nano-CPUs.
-fn cores(node: &ComputeNode) -> i64 {
-    let cpu = node.status.as_ref().and_then(|s| s.capacity.cpu.as_ref());
-    cpu.and_then(|q| size::node_nano_cpus(q).ok()).unwrap_or(0)
-}
-
-/// What the node may promise to servers: its capacity times its allocation ratios (GPUs are
-/// never shared). A ratio that is unset or unreadable counts as 1.
-fn capacity(node: &ComputeNode) -> Request {
-    let capacity = node
-        .status
-        .as_ref()
-        .map(|s| s.capacity.clone())
-        .unwrap_or_default();
-    let ratio = |r: &Option<String>| {
-        r.as_deref()
-            .and_then(|r| size::ratio_milli(r).ok())
-            .unwrap_or(1000)
-    };
-    let nano_cpus = cores(node);
-    let memory_bytes = capacity
-        .memory
-        .as_ref()
-        .and_then(|q| size::node_memory_bytes(q).ok())
-        .unwrap_or(0);
-    Request {
-        nano_cpus: size::scaled(nano_cpus, ratio(&node.spec.cpu_allocation_ratio)),
-        memory_bytes: size::scaled(memory_bytes, ratio(&node.spec.memory_allocation_ratio)),
-        gpus: capacity.gpus.unwrap_or(0).into(),
-    }
-}
-
-/// What a server asks of its node once its profile is applied; why it cannot be placed.
-fn request(
-    server: &ComputeServer,
-    profiles: &HashMap<String, Arc<ComputeProfile>>,
-) -> Result<Request, String> {
-    let profile = server
-        .spec
-        .profile
-        .as_ref()
-        .and_then(|p| profiles.get(p))
-        .map(|p| p.as_ref());
-    size::request(server, profile).map_err(|refusal| refusal.to_string())
-}
-
-/// The labels a node needs for `server`: its own nodeSelector and its profile's, where the
-/// profile's win (an admin's rule, such as gpu=true, is not the user's to change).
-fn node_selector(
-    server: &ComputeServer,
-    profiles: &HashMap<String, Arc<ComputeProfile>>,
-) -> std::collections::BTreeMap<String, String> {
-    let mut selector = server.spec.node_selector.clone();
-    if let Some(profile) = server.spec.profile.as_ref().and_then(|p| profiles.get(p)) {
-        selector.extend(profile.spec.node_selector.clone());
-    }
-    selector
-}
-
 struct Scheduler {
     client: Client,
-    recorder: Recorder,
+    events: Events,
     caches: Caches,
     metrics: Arc<Metrics>,
-    /// Placements written whose label the cache does not show yet: server uid → node and
-    /// request. Counted as placed, so placements in quick succession account for each other.
-    assumed: HashMap<String, (String, Request)>,
-}
-
-/// One write a pass makes.
-enum Write {
-    /// `fitting`: how many Ready nodes could have taken it.
-    Place {
-        server: Arc<ComputeServer>,
-        node: String,
-        fitting: usize,
-    },
-    Unschedulable {
-        server: Arc<ComputeServer>,
-        reason: String,
-    },
-    NodeLost {
-        node: Arc<ComputeNode>,
-        reason: String,
-    },
-    ServerLost {
-        server: Arc<ComputeServer>,
-        node: String,
-        reason: String,
-    },
-    /// What the lifecycle controller writes.
-    Lifecycle(lifecycle::Write),
-    /// A server being deleted whose ComputeNode is gone: nobody is left to run its finalizer.
-    Release {
-        server: Arc<ComputeServer>,
-        node: String,
-    },
+    /// Placements written that the cache does not show yet.
+    assumed: plan::Assumed,
 }
 
 impl Scheduler {
+    /// One pass: the plan from the caches, then its writes (placements that fail to be written
+    /// are forgotten, so the next pass tries them again).
     async fn pass(&mut self, leader: &tokio::sync::watch::Receiver<bool>) {
         let started = std::time::Instant::now();
-        let now = Timestamp::now();
-        let profiles: HashMap<String, Arc<ComputeProfile>> = self
-            .caches
-            .profiles
-            .state()
-            .into_iter()
-            .map(|p| (p.name_any(), p))
-            .collect();
-        let leases: HashMap<String, Arc<Lease>> = self
-            .caches
-            .leases
-            .state()
-            .into_iter()
-            .map(|l| (l.name_any(), l))
-            .collect();
-
-        let mut writes = Vec::new();
-        let mut nodes = Vec::new();
-        let mut lost = BTreeMap::new();
-        for node in self.caches.nodes.state() {
-            let lease = leases.get(&crate::api::lease_name(&node.name_any()));
-            let not_ready = match node_health(&node, lease.map(|l| l.as_ref()), now) {
-                Health::Ready => None,
-                Health::NotReady(reason) => Some(reason),
-                Health::Lost(reason) => {
-                    let ready = node
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY));
-                    if ready.is_none_or(|c| c.status != "False" || c.reason != "NodeLost") {
-                        writes.push(Write::NodeLost {
-                            node: node.clone(),
-                            reason: reason.clone(),
-                        });
-                    }
-                    lost.insert(node.name_any(), reason.clone());
-                    Some(reason)
-                }
-            };
-            nodes.push(placement::Node {
-                name: node.name_any(),
-                labels: node.labels().clone(),
-                not_ready,
-                unschedulable: node.spec.unschedulable,
-                capacity: capacity(&node),
-                cores: cores(&node),
-                allocated: Request::default(),
-                servers: 0,
-            });
-        }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let index: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
-
-        // What is placed where: labelled servers, then placements the cache does not show yet.
-        let servers = self.caches.servers.state();
-        let mut pending = Vec::new();
-        let mut unlabelled = std::collections::HashSet::new();
-        for server in &servers {
-            match server.labels().get(NODE_LABEL) {
-                Some(node) => {
-                    let deleting = server.meta().deletion_timestamp.is_some();
-                    if let Some(&i) = index.get(node) {
-                        nodes[i].allocated += request(server, &profiles).unwrap_or_default();
-                        nodes[i].servers += 1;
-                    } else if deleting && server.finalizers().iter().any(|f| f == CONTAINER_FINALIZER) {
-                        writes.push(Write::Release {
-                            server: server.clone(),
-                            node: node.clone(),
-                        });
-                        continue;
-                    } else {
-                        lost.entry(node.clone()).or_insert_with(|| {
-                            "there is no ComputeNode of that name: it was deleted, or its agent has not registered yet"
-                                .to_string()
-                        });
-                    }
-                    if let Some(reason) = lost.get(node)
-                        && server.meta().deletion_timestamp.is_none()
-                        && server.status.as_ref().and_then(|s| s.phase) != Some(Phase::NodeLost)
-                    {
-                        writes.push(Write::ServerLost {
-                            server: server.clone(),
-                            node: node.clone(),
-                            reason: reason.clone(),
-                        });
-                    }
-                }
-                None if server.meta().deletion_timestamp.is_none() => {
-                    unlabelled.insert(server.uid().unwrap_or_default());
-                    pending.push(server.clone());
-                }
-                None => {}
-            }
-        }
-        self.assumed.retain(|uid, _| unlabelled.contains(uid));
-        for (node, request) in self.assumed.values() {
-            if let Some(&i) = index.get(node) {
-                nodes[i].allocated += *request;
-                nodes[i].servers += 1;
-            }
-        }
-        pending.retain(|s| !self.assumed.contains_key(&s.uid().unwrap_or_default()));
-        pending.sort_by(|a, b| {
-            let key = |s: &ComputeServer| {
-                (
-                    s.meta().creation_timestamp.as_ref().map(|t| t.0),
-                    s.namespace(),
-                    s.name_any(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
-        self.metrics.pending.set(pending.len() as i64);
-
-        let mut unschedulable = 0;
-        for server in pending {
-            let placed = request(&server, &profiles).and_then(|request| {
-                let selector = node_selector(&server, &profiles);
-                placement::choose(&nodes, &request, &selector).map(|placed| (placed, request))
-            });
-            match placed {
-                Ok(((i, fitting), request)) => {
-                    nodes[i].allocated += request;
-                    nodes[i].servers += 1;
-                    self.assumed
-                        .insert(server.uid().unwrap_or_default(), (nodes[i].name.clone(), request));
-                    writes.push(Write::Place {
-                        server,
-                        node: nodes[i].name.clone(),
-                        fitting,
-                    });
-                }
-                Err(reason) => {
-                    unschedulable += 1;
-                    if scheduled_condition(&server).is_none_or(|c| c.status != "False" || c.message != reason)
-                    {
-                        writes.push(Write::Unschedulable { server, reason });
-                    }
-                }
-            }
-        }
-        self.metrics.unschedulable.set(unschedulable);
-        writes.extend(
-            lifecycle::writes(&servers, &profiles, now)
-                .into_iter()
-                .map(Write::Lifecycle),
-        );
-
-        let failed: Vec<String> = futures::stream::iter(writes)
+        let snapshot = self.caches.snapshot(Timestamp::now());
+        let plan = plan::plan(&snapshot, &mut self.assumed);
+        self.metrics.pending.set(plan.pending as i64);
+        self.metrics.unschedulable.set(plan.unschedulable as i64);
+        let failed: Vec<String> = futures::stream::iter(plan.writes)
             .map(|write| self.write(write, leader))
             .buffer_unordered(CONCURRENT_WRITES)
             .filter_map(|failed| async move { failed })
@@ -597,12 +338,12 @@ impl Scheduler {
     }
 
     /// Makes one write; the uid of a server whose placement failed (it is retried next pass).
-    async fn write(&self, write: Write, leader: &tokio::sync::watch::Receiver<bool>) -> Option<String> {
+    async fn write(&self, write: plan::Write, leader: &tokio::sync::watch::Receiver<bool>) -> Option<String> {
         if !*leader.borrow() {
             return None;
         }
         match write {
-            Write::Place {
+            plan::Write::Place {
                 server,
                 node,
                 fitting,
@@ -619,31 +360,31 @@ impl Scheduler {
                     }
                 }
             }
-            Write::Unschedulable { server, reason } => {
+            plan::Write::Unschedulable { server, reason } => {
                 if let Err(error) = self.unschedulable(&server, &reason).await {
                     warn!(%error, server = %server.name_any(), "could not write why the server waits");
                 }
                 None
             }
-            Write::NodeLost { node, reason } => {
+            plan::Write::NodeLost { node, reason } => {
                 if let Err(error) = self.node_lost(&node, &reason).await {
                     warn!(%error, node = %node.name_any(), "could not mark the node lost");
                 }
                 None
             }
-            Write::Lifecycle(write) => {
+            plan::Write::Lifecycle(write) => {
                 if let Err(error) = self.lifecycle(write).await {
                     warn!(%error, "lifecycle write failed; retrying next pass");
                 }
                 None
             }
-            Write::Release { server, node } => {
+            plan::Write::Release { server, node } => {
                 if let Err(error) = self.release(&server, &node).await {
                     warn!(%error, server = %server.name_any(), %node, "could not release the server of a deleted node");
                 }
                 None
             }
-            Write::ServerLost { server, node, reason } => {
+            plan::Write::ServerLost { server, node, reason } => {
                 let message = format!(
                     "node {node} is lost ({reason}); the server's state is unknown. It reports again by \
                      itself when the node comes back; it is not moved to another node"
@@ -684,13 +425,9 @@ impl Scheduler {
 
     /// Carries out one write of the lifecycle controller.
     async fn lifecycle(&self, write: lifecycle::Write) -> Result<()> {
-        let apply = PatchParams::apply(lifecycle::FIELD_MANAGER).force();
         match write {
             lifecycle::Write::Status { server, fields } => {
-                self.api(&server)
-                    .patch_status(&server.name_any(), &apply, &Patch::Apply(fields.apply(&server)))
-                    .await
-                    .map_err(Error::Kube)?;
+                self.lifecycle_status(&server, &fields).await?;
             }
             lifecycle::Write::Stop {
                 server,
@@ -706,10 +443,7 @@ impl Scheduler {
                     .patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
                     .await
                     .map_err(Error::Kube)?;
-                self.api(&server)
-                    .patch_status(&server.name_any(), &apply, &Patch::Apply(fields.apply(&server)))
-                    .await
-                    .map_err(Error::Kube)?;
+                self.lifecycle_status(&server, &fields).await?;
                 let kind = if reason.starts_with("idle") {
                     "idle"
                 } else if reason.starts_with("kept running") {
@@ -751,6 +485,20 @@ impl Scheduler {
                 info!(server = %server.name_any(), namespace = server.namespace(), %reason, "deleted by the lifecycle");
             }
         }
+        Ok(())
+    }
+
+    /// The lifecycle's status fields of `server`, under its own field manager.
+    async fn lifecycle_status(&self, server: &ComputeServer, fields: &lifecycle::Fields) -> Result<()> {
+        let name = server.name_any();
+        status::apply(
+            &self.api(server),
+            &name,
+            lifecycle::FIELD_MANAGER,
+            &fields.apply(server),
+        )
+        .await
+        .map_err(Error::Kube)?;
         Ok(())
     }
 
@@ -827,12 +575,7 @@ impl Scheduler {
             "metadata": { "resourceVersion": server.resource_version() },
             "status": status,
         });
-        self.api(server)
-            .patch_status(
-                &server.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
+        status::apply(&self.api(server), &server.name_any(), FIELD_MANAGER, &patch)
             .await
             .map_err(Error::Kube)?;
         Ok(())
@@ -850,71 +593,179 @@ impl Scheduler {
     }
 
     async fn event(&self, server: &ComputeServer, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Scheduling".into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &server.object_ref(&())).await {
-            warn!(%error, server = %server.name_any(), "could not publish an event");
-        }
+        self.events
+            .publish(server, type_, reason, "Scheduling", note)
+            .await;
     }
-}
-
-fn scheduled_condition(server: &ComputeServer) -> Option<&Condition> {
-    server
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_SCHEDULED))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod tests {
+    //! The scheduler's writes against an API server in memory (src/mock_api.rs): what a pass
+    //! sends is exactly what these tests see, so a second write, or one too few, fails them.
+    //! The fixtures serve plan.rs's tests too.
 
-    #[test]
-    fn a_profiles_node_selector_adds_to_the_servers_and_wins() {
-        let profile: ComputeProfile = serde_yaml::from_str(
-            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeProfile, metadata: {name: gpu}, \
-             spec: {image: busybox, nodeSelector: {gpu: 'true'}}}",
-        )
-        .unwrap();
-        let profiles = HashMap::from([("gpu".to_string(), Arc::new(profile))]);
-        let server: ComputeServer = serde_yaml::from_str(
-            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {name: s}, \
-             spec: {owner: alice, profile: gpu, nodeSelector: {gpu: 'false', zone: a}}}",
-        )
-        .unwrap();
-        let selector = node_selector(&server, &profiles);
-        let pairs: Vec<(&str, &str)> = selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(pairs, [("gpu", "true"), ("zone", "a")]);
-        let mut plain = server.clone();
-        plain.spec.profile = None;
-        assert_eq!(node_selector(&plain, &profiles), server.spec.node_selector);
+    use super::*;
+    use crate::mock_api::{self, ApiServer};
+    use kube::runtime::reflector;
+
+    const SERVERS: &str = "/apis/computeserver.io/v1alpha1/namespaces/compute/computeservers";
+
+    /// A Ready node with `cpu` CPUs and `memory`, its agent reporting in at `now`.
+    pub(in crate::scheduler) fn node(name: &str, cpu: &str, memory: &str) -> ComputeNode {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeNode",
+            "metadata": {"name": name},
+            "spec": {"cpuAllocationRatio": "1", "memoryAllocationRatio": "1"},
+            "status": {
+                "capacity": {"cpu": cpu, "memory": memory, "gpus": 0},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Reporting",
+                                "message": "ok", "lastTransitionTime": "2026-12-01T00:00:00Z"}],
+            },
+        }))
+        .unwrap()
     }
 
-    #[test]
-    fn a_node_promises_its_capacity_times_its_ratios_but_never_more_gpus() {
-        let node: ComputeNode = serde_yaml::from_str(
-            "{apiVersion: computeserver.io/v1alpha1, kind: ComputeNode, metadata: {name: n}, \
-             spec: {cpuAllocationRatio: '4', memoryAllocationRatio: '1.5'}, \
-             status: {capacity: {cpu: '2', memory: 4Gi, gpus: 1}}}",
-        )
-        .unwrap();
-        let promised = capacity(&node);
-        assert_eq!(promised.nano_cpus, 8_000_000_000);
-        assert_eq!(promised.memory_bytes, 6 << 30);
-        assert_eq!(promised.gpus, 1);
-        let mut plain = node.clone();
-        plain.spec.cpu_allocation_ratio = None;
-        plain.spec.memory_allocation_ratio = Some("lots".into());
-        let promised = capacity(&plain);
+    /// The heartbeat Lease of `node`, renewed at `renewed`.
+    pub(in crate::scheduler) fn lease(node: &str, renewed: Timestamp) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": crate::api::lease_name(node), "namespace": "compute"},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
+                     "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+        }))
+        .unwrap()
+    }
+
+    /// A pending server of alice's asking for `cpu` and `memory`.
+    pub(in crate::scheduler) fn server(name: &str, cpu: &str, memory: &str) -> ComputeServer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeServer",
+            "metadata": {"name": name, "namespace": "compute", "uid": format!("uid-{name}"),
+                         "resourceVersion": "7", "creationTimestamp": "2026-12-01T00:00:00Z"},
+            "spec": {"owner": "alice", "image": "busybox", "resources": {"cpu": cpu, "memory": memory}},
+        }))
+        .unwrap()
+    }
+
+    fn store<K>(items: Vec<K>) -> Store<K>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (store, mut writer) = reflector::store();
+        for item in items {
+            writer.apply_watcher_event(&watcher::Event::Apply(item));
+        }
+        store
+    }
+
+    /// A scheduler on the mocked API server whose caches hold one 2-CPU node and `servers`.
+    fn scheduler(servers: Vec<ComputeServer>) -> (Scheduler, ApiServer) {
+        let (client, api) = mock_api::client();
+        let caches = Caches {
+            servers: store(servers),
+            nodes: store(vec![node("n1", "2", "4Gi")]),
+            leases: store(vec![lease("n1", Timestamp::now())]),
+            profiles: store(Vec::new()),
+        };
+        let scheduler = Scheduler {
+            events: Events::new(client.clone(), FIELD_MANAGER, None),
+            client,
+            caches,
+            metrics: Arc::new(Metrics::register(&mut Registry::default())),
+            assumed: Default::default(),
+        };
+        (scheduler, api)
+    }
+
+    /// Runs one pass in the background (leading or not); the test answers its requests.
+    fn pass(mut scheduler: Scheduler, leading: bool) -> tokio::task::JoinHandle<Scheduler> {
+        tokio::spawn(async move {
+            let (_sender, leader) = tokio::sync::watch::channel(leading);
+            scheduler.pass(&leader).await;
+            scheduler
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pending_server_is_placed_with_one_write_and_not_again() {
+        let lab = server("lab", "1", "1Gi");
+        let (scheduler, mut api) = scheduler(vec![lab.clone()]);
+        let running = pass(scheduler, true);
+        let call = api.next().await.expect("PATCH", &format!("{SERVERS}/lab"));
+        assert_eq!(call.body["metadata"]["labels"][NODE_LABEL], "n1", "{}", call.body);
         assert_eq!(
-            (promised.nano_cpus, promised.memory_bytes),
-            (2_000_000_000, 4 << 30),
-            "unset or unreadable: 1"
+            call.body["metadata"]["resourceVersion"], "7",
+            "placed on the version decided on"
         );
+        call.answer(&lab);
+        let scheduler = running.await.unwrap();
+        assert_eq!(scheduler.metrics.placements.get(), 1);
+        // The cache does not show the label yet: the next pass counts it placed, and is silent.
+        let running = pass(scheduler, true);
+        api.silent(Duration::from_millis(300)).await;
+        let scheduler = running.await.unwrap();
+        assert_eq!(scheduler.metrics.placements.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_placement_refused_by_the_api_server_is_tried_again_next_pass() {
+        let lab = server("lab", "1", "1Gi");
+        let (scheduler, mut api) = scheduler(vec![lab.clone()]);
+        let running = pass(scheduler, true);
+        api.next()
+            .await
+            .expect("PATCH", &format!("{SERVERS}/lab"))
+            .status(409, "Conflict");
+        let scheduler = running.await.unwrap();
+        assert!(
+            scheduler.assumed.is_empty(),
+            "a placement not written is not assumed"
+        );
+        let running = pass(scheduler, true);
+        api.next()
+            .await
+            .expect("PATCH", &format!("{SERVERS}/lab"))
+            .answer(&lab);
+        assert_eq!(running.await.unwrap().metrics.placements.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_scheduler_that_does_not_lead_writes_nothing() {
+        let (scheduler, mut api) = scheduler(vec![server("lab", "1", "1Gi")]);
+        let running = pass(scheduler, false);
+        api.silent(Duration::from_millis(300)).await;
+        running.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_no_node_can_take_gets_its_reason_once_and_an_event() {
+        let big = server("big", "64", "1Gi");
+        let (scheduler, mut api) = scheduler(vec![big.clone()]);
+        let running = pass(scheduler, true);
+        let call = api.next().await.expect("PATCH", &format!("{SERVERS}/big/status"));
+        assert!(
+            call.query.contains("fieldManager=compute-server-scheduler"),
+            "{}",
+            call.query
+        );
+        assert_eq!(call.body["status"]["phase"], "Pending");
+        let message = call.body["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.contains("CPU"),
+            "the reason names what is missing: {message}"
+        );
+        call.answer(&big);
+        let event = api.next().await;
+        assert_eq!(event.method, "POST");
+        assert!(event.path.ends_with("/events"), "{}", event.path);
+        assert_eq!(event.body["reason"], "FailedScheduling");
+        assert_eq!(event.body["note"], message.as_str());
+        let answer = event.body.clone();
+        event.answer(&answer);
+        assert_eq!(running.await.unwrap().metrics.unschedulable.get(), 1);
     }
 }

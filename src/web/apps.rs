@@ -279,7 +279,11 @@ async fn proxy(
         );
     };
     if let Err(reason) = super::terminal::reachable(&server) {
-        return pages::message(StatusCode::SERVICE_UNAVAILABLE, "Not running", &reason);
+        return pages::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not running",
+            &reason.to_string(),
+        );
     }
     let namespace = server.metadata.namespace.clone().unwrap_or_default();
     let address = format!("{name}.{namespace}");

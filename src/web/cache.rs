@@ -222,6 +222,11 @@ impl Cache {
         self.profiles.get(&ObjectRef::new(name))
     }
 
+    /// The profile `server` names (none when it names none, or one that does not exist).
+    pub fn profile_of(&self, server: &ComputeServer) -> Option<Arc<ComputeProfile>> {
+        self.profile(server.spec.profile.as_deref()?)
+    }
+
     /// Every profile, by name.
     pub fn profiles(&self) -> Vec<Arc<ComputeProfile>> {
         let mut all = self.profiles.state();

@@ -27,12 +27,7 @@ pub const SOURCE: &str = "web";
 
 /// The lifecycle of `server`'s profile (none without one, or when it is missing).
 pub fn rules(cache: &Cache, server: &ComputeServer) -> Rules {
-    let profile = server
-        .spec
-        .profile
-        .as_deref()
-        .and_then(|name| cache.profile(name));
-    Rules::of(profile.as_deref())
+    Rules::of(cache.profile_of(server).as_deref())
 }
 
 /// The server with its stop as its owner should see it: the lifecycle controller's word

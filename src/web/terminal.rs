@@ -41,16 +41,22 @@ fn csp(state: &AppState) -> HeaderValue {
     HeaderValue::from_str(&policy).unwrap_or_else(|_| state.csp.clone())
 }
 
+/// Why a server cannot take a terminal (or serve its apps) now, as its page says it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReachable {
+    #[error("This server is stopped: start it first.")]
+    Stopped,
+    #[error("This server is not running yet (it is {0}); try again when it is Running.")]
+    NotYet(String),
+}
+
 /// Whether the server can take a terminal now, and why not.
-pub fn reachable(server: &ComputeServer) -> Result<(), String> {
+pub fn reachable(server: &ComputeServer) -> Result<(), NotReachable> {
     let phase = server.status.as_ref().and_then(|s| s.phase);
     match phase {
         Some(Phase::Running) if server.spec.running => Ok(()),
-        _ if !server.spec.running => Err("This server is stopped: start it first.".into()),
-        _ => Err(format!(
-            "This server is not running yet (it is {}); try again when it is Running.",
-            servers::phase(server)
-        )),
+        _ if !server.spec.running => Err(NotReachable::Stopped),
+        _ => Err(NotReachable::NotYet(servers::phase(server))),
     }
 }
 
@@ -71,7 +77,7 @@ async fn page(
         );
     }
     if let Err(reason) = reachable(&server) {
-        return pages::message(StatusCode::CONFLICT, "Not running", &reason);
+        return pages::message(StatusCode::CONFLICT, "Not running", &reason.to_string());
     }
     let head = html! {
         link rel="stylesheet" href="/static/vendor/xterm.css";
@@ -161,7 +167,7 @@ async fn socket(
         return StatusCode::NOT_FOUND.into_response();
     };
     if let Err(reason) = reachable(&server) {
-        return (StatusCode::CONFLICT, reason).into_response();
+        return (StatusCode::CONFLICT, reason.to_string()).into_response();
     }
     let namespace = server.metadata.namespace.clone().unwrap_or_default();
     let principal = crate::ssh_ca::server_principal(&server);
