@@ -53,3 +53,19 @@ where
 {
     store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
 }
+
+/// A store holding `items` as a watch's first full list would: ready, for tests.
+#[cfg(test)]
+pub fn filled<K>(items: Vec<K>) -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for item in items {
+        writer.apply_watcher_event(&watcher::Event::InitApply(item));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}

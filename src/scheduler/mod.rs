@@ -607,7 +607,6 @@ pub(super) mod tests {
 
     use super::*;
     use crate::mock_api::{self, ApiServer};
-    use kube::runtime::reflector;
 
     const SERVERS: &str = "/apis/computeserver.io/v1alpha1/namespaces/compute/computeservers";
 
@@ -647,26 +646,14 @@ pub(super) mod tests {
         .unwrap()
     }
 
-    fn store<K>(items: Vec<K>) -> Store<K>
-    where
-        K: Resource + Clone + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
-        let (store, mut writer) = reflector::store();
-        for item in items {
-            writer.apply_watcher_event(&watcher::Event::Apply(item));
-        }
-        store
-    }
-
     /// A scheduler on the mocked API server whose caches hold one 2-CPU node and `servers`.
     fn scheduler(servers: Vec<ComputeServer>) -> (Scheduler, ApiServer) {
         let (client, api) = mock_api::client();
         let caches = Caches {
-            servers: store(servers),
-            nodes: store(vec![node("n1", "2", "4Gi")]),
-            leases: store(vec![lease("n1", Timestamp::now())]),
-            profiles: store(Vec::new()),
+            servers: watch::filled(servers),
+            nodes: watch::filled(vec![node("n1", "2", "4Gi")]),
+            leases: watch::filled(vec![lease("n1", Timestamp::now())]),
+            profiles: watch::filled(Vec::new()),
         };
         let scheduler = Scheduler {
             events: Events::new(client.clone(), FIELD_MANAGER, None),

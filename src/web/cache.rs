@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast;
 use tracing::warn;
 
 use crate::api::{ComputeProfile, ComputeServer, OWNER_LABEL, owner_label};
+use crate::runtime::watch;
 
 /// A change to a server, for the live status pages.
 #[derive(Clone, Debug)]
@@ -32,6 +32,38 @@ pub enum Change {
 
 type ByOwner = HashMap<String, BTreeMap<String, Arc<ComputeServer>>>;
 
+/// What the owner index needs of a watch event (the server itself is read from the store).
+enum Indexed {
+    /// A full list is in the store.
+    Listed,
+    Applied {
+        name: String,
+        owner: String,
+    },
+    Deleted {
+        name: String,
+        owner: String,
+    },
+}
+
+impl Indexed {
+    fn of(event: &watcher::Event<ComputeServer>) -> Option<Indexed> {
+        let named = |s: &ComputeServer| (s.name_any(), s.spec.owner.clone());
+        match event {
+            watcher::Event::Init | watcher::Event::InitApply(_) => None,
+            watcher::Event::InitDone => Some(Indexed::Listed),
+            watcher::Event::Apply(server) => {
+                let (name, owner) = named(server);
+                Some(Indexed::Applied { name, owner })
+            }
+            watcher::Event::Delete(server) => {
+                let (name, owner) = named(server);
+                Some(Indexed::Deleted { name, owner })
+            }
+        }
+    }
+}
+
 /// What the web front knows of the cluster, kept current by watches.
 pub struct Cache {
     namespace: String,
@@ -41,83 +73,89 @@ pub struct Cache {
     by_owner: RwLock<ByOwner>,
     /// For setting owner labels.
     api: Api<ComputeServer>,
+    /// The owner index has been built from a full list.
     servers_synced: AtomicBool,
-    profiles_synced: AtomicBool,
     changes: broadcast::Sender<Change>,
 }
 
 impl Cache {
     /// Starts the watches in the background; [`Cache::synced`] says when they have listed all.
     pub fn start(client: Client, namespace: &str) -> Arc<Cache> {
-        let (servers, server_writer) = reflector::store();
-        let (profiles, profile_writer) = reflector::store();
-        let cache = Arc::new(Cache {
-            namespace: namespace.to_string(),
-            servers,
-            profiles,
-            by_owner: RwLock::default(),
-            api: Api::namespaced(client.clone(), namespace),
-            servers_synced: AtomicBool::new(false),
-            profiles_synced: AtomicBool::new(false),
-            changes: broadcast::channel(1024).0,
-        });
-
-        let api: Api<ComputeServer> = Api::namespaced(client.clone(), namespace);
-        // managedFields are never shown: dropping them keeps a cache of 10,000 servers small.
-        let watch = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|server| server.managed_fields_mut().clear());
-        let stream = reflector::reflector(server_writer, watch);
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let servers = watch::reflect(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+            watch::keep,
+            move |event| {
+                if let Some(event) = Indexed::of(event) {
+                    let _ = events.send(event);
+                }
+            },
+        );
+        let profiles = watch::reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            watch::keep,
+            |_| {},
+        );
+        let cache = Arc::new(Cache::new(client, namespace, servers, profiles));
         let me = cache.clone();
         tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => me.index(event),
-                    Err(error) => warn!("watch of ComputeServers: {error}"),
-                }
-            }
-        });
-
-        let api: Api<ComputeProfile> = Api::all(client);
-        let watch = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|profile| profile.managed_fields_mut().clear());
-        let stream = reflector::reflector(profile_writer, watch);
-        let me = cache.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::InitDone) => me.profiles_synced.store(true, Ordering::Release),
-                    Ok(_) => {}
-                    Err(error) => warn!("watch of ComputeProfiles: {error}"),
-                }
+            while let Some(event) = received.recv().await {
+                me.index(event);
             }
         });
         cache
     }
 
+    fn new(
+        client: Client,
+        namespace: &str,
+        servers: Store<ComputeServer>,
+        profiles: Store<ComputeProfile>,
+    ) -> Cache {
+        Cache {
+            namespace: namespace.to_string(),
+            servers,
+            profiles,
+            by_owner: RwLock::default(),
+            api: Api::namespaced(client, namespace),
+            servers_synced: AtomicBool::new(false),
+            changes: broadcast::channel(1024).0,
+        }
+    }
+
+    /// A cache of `servers` and `profiles` that never changes, for tests (`client` is where
+    /// owner labels would be written).
+    #[cfg(test)]
+    pub fn in_memory(
+        client: Client,
+        namespace: &str,
+        servers: Vec<ComputeServer>,
+        profiles: Vec<ComputeProfile>,
+    ) -> Arc<Cache> {
+        let cache = Cache::new(client, namespace, watch::filled(servers), watch::filled(profiles));
+        cache.index(Indexed::Listed);
+        Arc::new(cache)
+    }
+
     /// Keeps the owner index in step with the store (already updated by the reflector).
-    fn index(&self, event: watcher::Event<ComputeServer>) {
-        let owner = |s: &ComputeServer| s.spec.owner.clone();
+    fn index(&self, event: Indexed) {
         match event {
             // The store takes a relisted set only at InitDone: rebuild the index from it then.
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-            watcher::Event::InitDone => {
+            Indexed::Listed => {
                 let mut index = ByOwner::new();
                 for server in self.servers.state() {
                     self.label_owner(&server);
                     index
-                        .entry(owner(&server))
+                        .entry(server.spec.owner.clone())
                         .or_default()
                         .insert(server.name_any(), server);
                 }
                 *self.by_owner.write().expect("index lock") = index;
                 self.servers_synced.store(true, Ordering::Release);
             }
-            watcher::Event::Apply(server) => {
-                let name = server.name_any();
+            Indexed::Applied { name, owner } => {
                 let Some(stored) = self.stored(&name) else { return };
                 self.label_owner(&stored);
                 {
@@ -125,18 +163,14 @@ impl Cache {
                     index.values_mut().for_each(|servers| {
                         servers.remove(&name);
                     });
-                    index
-                        .entry(owner(&server))
-                        .or_default()
-                        .insert(name, stored.clone());
+                    index.entry(owner).or_default().insert(name, stored.clone());
                 }
                 let _ = self.changes.send(Change::Applied(stored));
             }
-            watcher::Event::Delete(server) => {
-                let name = server.name_any();
+            Indexed::Deleted { name, owner } => {
                 {
                     let mut index = self.by_owner.write().expect("index lock");
-                    if let Some(servers) = index.get_mut(&owner(&server)) {
+                    if let Some(servers) = index.get_mut(&owner) {
                         servers.remove(&name);
                     }
                 }
@@ -167,9 +201,9 @@ impl Cache {
         self.servers.get(&ObjectRef::new(name).within(&self.namespace))
     }
 
-    /// Whether both watches have listed everything once.
+    /// Whether both watches have listed everything once (and the owner index is built).
     pub fn synced(&self) -> bool {
-        self.servers_synced.load(Ordering::Acquire) && self.profiles_synced.load(Ordering::Acquire)
+        self.servers_synced.load(Ordering::Acquire) && watch::synced(&self.profiles)
     }
 
     /// The servers whose `spec.owner` is `owner`, by name.

@@ -434,6 +434,9 @@ async fn security_headers(State(state): State<AppState>, request: Request, next:
 }
 
 #[cfg(test)]
+mod handler_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

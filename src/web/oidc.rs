@@ -185,6 +185,29 @@ impl Provider {
         let metadata = ProviderMetadataWithLogout::discover_async(issuer_url, &|r| send(http.clone(), r))
             .await
             .map_err(|e| format!("discovery of {issuer}: {e}"))?;
+        let provider = Provider::of(
+            metadata,
+            issuer,
+            client_id,
+            client_secret,
+            redirect_url,
+            admin_role,
+            http,
+        )?;
+        provider.verifier.fetch_keys().await?;
+        Ok(provider)
+    }
+
+    /// The realm as its discovery document describes it, without its keys yet.
+    fn of(
+        metadata: ProviderMetadataWithLogout,
+        issuer: &str,
+        client_id: &str,
+        client_secret: Option<&str>,
+        redirect_url: &str,
+        admin_role: &str,
+        http: reqwest::Client,
+    ) -> Result<Provider, String> {
         let end_session = metadata.additional_metadata().end_session_endpoint.clone();
         let jwks_uri = metadata.jwks_uri().url().to_string();
         let client = CoreClient::from_provider_metadata(
@@ -205,7 +228,6 @@ impl Provider {
             last_fetch: Mutex::default(),
             valid: Default::default(),
         };
-        verifier.fetch_keys().await?;
         Ok(Provider {
             client,
             end_session,
@@ -310,6 +332,46 @@ impl Provider {
             None => request = request.set_client_id(ClientId::new(self.client_id.clone())),
         }
         Some(request.http_get_url().to_string())
+    }
+}
+
+/// A realm in memory for tests: the discovery document of a Keycloak realm at `issuer`
+/// (nothing is fetched), and `key` (ES256, key id `kid`) its one signing key.
+#[cfg(test)]
+impl Provider {
+    pub fn in_memory(
+        issuer: &str,
+        client_id: &str,
+        admin_role: &str,
+        kid: &str,
+        key: DecodingKey,
+    ) -> Provider {
+        let endpoint = |path: &str| format!("{issuer}/protocol/openid-connect/{path}");
+        let metadata: ProviderMetadataWithLogout = serde_json::from_value(serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": endpoint("auth"),
+            "token_endpoint": endpoint("token"),
+            "jwks_uri": endpoint("certs"),
+            "end_session_endpoint": endpoint("logout"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        }))
+        .expect("a discovery document");
+        let redirect = "http://127.0.0.1:8080/auth/callback";
+        let provider = Provider::of(
+            metadata,
+            issuer,
+            client_id,
+            None,
+            redirect,
+            admin_role,
+            http_client(),
+        )
+        .expect("a provider");
+        let keys = HashMap::from([(kid.to_string(), (key, Some(Algorithm::ES256)))]);
+        *provider.verifier.keys.try_write().expect("a new lock") = keys;
+        provider
     }
 }
 

@@ -138,6 +138,18 @@ impl Cookies {
         text
     }
 
+    /// The `Cookie` header of a browser signed in with `access_token`, whose forms carry `csrf`.
+    #[cfg(test)]
+    pub fn signed_in(&self, access_token: &str, csrf: &str) -> String {
+        let session = SessionCookie {
+            a: access_token.into(),
+            r: None,
+            c: csrf.into(),
+        };
+        let set = self.set(&self.session, &session, None);
+        set.split(';').next().unwrap_or_default().to_string()
+    }
+
     /// A Set-Cookie value that removes `name`.
     fn clear(&self, name: &str) -> String {
         let mut cookie = self.cookie(name, String::new(), Some(0));

@@ -1,0 +1,408 @@
+//! Handler tests on the whole router (`app` + `oneshot`, as axum's testing example): the
+//! token verifier and the server cache are built in memory and the API server is mocked
+//! (src/mock_api.rs), so what users see at the door is checked without Keycloak, a cluster or
+//! Docker. A second write, or one too few, fails a test.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::api::{ComputeProfile, ComputeServer};
+use crate::mock_api::{self, ApiServer};
+
+const ISSUER: &str = "http://127.0.0.1:8180/realms/compute";
+const CLIENT: &str = "compute-server";
+const SERVERS: &str = "/apis/computeserver.io/v1alpha1/namespaces/compute/computeservers";
+/// The realm's signing key in these tests (P-256, made for them; it signs nothing else).
+const PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggdl8DV7ompnCv7w4
+oiBDWjMTS4OI9r5lg+7XMETDN0yhRANCAARel4cQ6nFQm0DpI8dzyHq4JfO7oyUu
+JhOTFEzO79KpDKDrInWv0Ne63k2iAWUXeyHmELsybFJvW7e27xZWsv/C
+-----END PRIVATE KEY-----";
+const PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEXpeHEOpxUJtA6SPHc8h6uCXzu6Ml
+LiYTkxRMzu/SqQyg6yJ1r9DXut5NogFlF3sh5hC7MmxSb1u3tu8WVrL/wg==
+-----END PUBLIC KEY-----";
+const CSRF: &str = "the-sessions-csrf-token";
+
+/// An access token of the realm for `user`, as Keycloak makes them.
+fn token(user: &str) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({
+        "iss": ISSUER, "aud": CLIENT, "azp": CLIENT, "typ": "Bearer",
+        "preferred_username": user, "groups": [], "realm_access": {"roles": []},
+        "iat": now, "exp": now + 300,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("test".into());
+    let key = EncodingKey::from_ec_pem(PRIVATE_KEY.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn profile() -> ComputeProfile {
+    serde_json::from_value(json!({
+        "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeProfile",
+        "metadata": {"name": "small"},
+        "spec": {"image": "busybox", "defaultResources": {"cpu": "1", "memory": "1Gi"}},
+    }))
+    .unwrap()
+}
+
+/// alice's server `lab`, Running.
+fn lab() -> ComputeServer {
+    serde_json::from_value(json!({
+        "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeServer",
+        "metadata": {"name": "lab", "namespace": "compute", "uid": "uid-lab", "resourceVersion": "3",
+                     "labels": {crate::api::OWNER_LABEL: crate::api::owner_label("alice")},
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"owner": "alice", "profile": "small"},
+        "status": {"phase": "Running", "node": "n1"},
+    }))
+    .unwrap()
+}
+
+/// The web front with alice's `lab` in its cache, a realm in memory (unless `keycloak_down`)
+/// and the API server mocked.
+fn front(keycloak_down: bool) -> (Router, ApiServer, Arc<session::Cookies>) {
+    let (client, api) = mock_api::client();
+    let oidc = Arc::new(OnceLock::new());
+    if !keycloak_down {
+        let key = DecodingKey::from_ec_pem(PUBLIC_KEY.as_bytes()).unwrap();
+        let _ = oidc.set(Provider::in_memory(ISSUER, CLIENT, "compute-admin", "test", key));
+    }
+    let cookies = Arc::new(Cookies::new(cookie::Key::generate(), false));
+    let state = AppState {
+        cache: Cache::in_memory(client.clone(), "compute", vec![lab()], vec![profile()]),
+        oidc,
+        cookies: cookies.clone(),
+        servers: Api::namespaced(client.clone(), "compute"),
+        leases: Api::namespaced(client.clone(), "compute"),
+        events: Api::namespaced(client, "compute"),
+        public_url: "http://127.0.0.1:8080".into(),
+        bastion: Some("127.0.0.1:2222".into()),
+        ssh: None,
+        apps: Arc::default(),
+        csp: csp("http://127.0.0.1:8180"),
+    };
+    (app(state), api, cookies)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// Sends `request` through the whole router; fails the test when the handler waits 10 s (for
+/// an API call the test did not expect, so does not answer).
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let path = request.uri().to_string();
+    let response = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(request))
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer in 10 s; did it call the API server?"))
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn get(path: &str) -> axum::http::request::Builder {
+    Request::get(path)
+}
+
+fn page(path: &str, cookies: &session::Cookies, user: &str) -> Request<Body> {
+    get(path)
+        .header(header::COOKIE, cookies.signed_in(&token(user), CSRF))
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn api_call(method: &str, path: &str, user: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {}", token(user)))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_page_without_a_session_sends_the_browser_to_sign_in_and_back() {
+    let (app, mut api, _) = front(false);
+    let answer = send(&app, get("/servers/lab").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        answer.headers[header::LOCATION],
+        "/auth/login?next=%2Fservers%2Flab"
+    );
+    let login = send(
+        &app,
+        get("/auth/login?next=%2Fservers%2Flab")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let location = login.headers[header::LOCATION].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{ISSUER}/protocol/openid-connect/auth?")),
+        "{location}"
+    );
+    for part in [
+        "response_type=code",
+        "code_challenge_method=S256",
+        "client_id=compute-server",
+    ] {
+        assert!(location.contains(part), "{part} in {location}");
+    }
+    api.silent(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn another_users_server_is_not_found_on_its_page_and_in_the_api() {
+    let (app, mut api, cookies) = front(false);
+    // Its owner's page lists its Events.
+    let (app2, request) = (app.clone(), page("/servers/lab", &cookies, "alice"));
+    let own = tokio::spawn(async move { send(&app2, request).await });
+    let events = api
+        .next()
+        .await
+        .expect("GET", "/api/v1/namespaces/compute/events");
+    assert!(
+        events.query.contains("involvedObject.name%3Dlab"),
+        "{}",
+        events.query
+    );
+    events.answer(&json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}));
+    let own = own.await.unwrap();
+    assert_eq!(own.status, StatusCode::OK);
+    assert!(own.body.contains("<h1>lab <span"), "{}", own.body);
+    assert!(
+        own.body.contains("ssh -J alice@127.0.0.1:2222 root@lab"),
+        "{}",
+        own.body
+    );
+    let other = send(&app, page("/servers/lab", &cookies, "bob")).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert!(other.body.contains("you have no server named"), "{}", other.body);
+    let listed = send(&app, page("/", &cookies, "bob")).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(
+        !listed.body.contains("/servers/lab"),
+        "bob's list shows alice's server"
+    );
+
+    let other = send(&app, api_call("GET", "/api/v1/servers/lab", "bob", Value::Null)).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        other.json(),
+        json!({"error": "not_found", "message": "you have no server named \"lab\""})
+    );
+    let stop = send(
+        &app,
+        api_call("POST", "/api/v1/servers/lab/stop", "bob", Value::Null),
+    )
+    .await;
+    assert_eq!(stop.status, StatusCode::NOT_FOUND, "{}", stop.body);
+    let own = send(&app, api_call("GET", "/api/v1/servers", "alice", Value::Null)).await;
+    assert_eq!(own.json().as_array().map(|a| a.len()), Some(1), "{}", own.body);
+    api.silent(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn a_form_without_the_sessions_csrf_token_changes_nothing() {
+    let (app, mut api, cookies) = front(false);
+    let signed_in = cookies.signed_in(&token("alice"), CSRF);
+    let form = move |csrf: &str| {
+        Request::post("/servers/lab/stop")
+            .header(header::COOKIE, signed_in.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap()
+    };
+    let forged = send(&app, form("guessed")).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    api.silent(Duration::from_millis(100)).await;
+    // With the session's token, the stop is one write.
+    let app2 = app.clone();
+    let request = form(CSRF);
+    let stop = tokio::spawn(async move { send(&app2, request).await });
+    let call = api.next().await.expect("PATCH", &format!("{SERVERS}/lab"));
+    assert_eq!(
+        call.body,
+        json!([{"op": "test", "path": "/spec/owner", "value": "alice"},
+               {"op": "replace", "path": "/spec/running", "value": false}]),
+        "a stop only of alice's server"
+    );
+    let mut stopped = lab();
+    stopped.spec.running = false;
+    call.answer(&stopped);
+    assert_eq!(stop.await.unwrap().status, StatusCode::SEE_OTHER);
+    api.silent(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let (app, _api, cookies) = front(false);
+    for request in [
+        page("/", &cookies, "alice"),
+        get("/nowhere").body(Body::empty()).unwrap(),
+        api_call("GET", "/api/v1/servers", "alice", Value::Null),
+    ] {
+        let path = request.uri().path().to_string();
+        let answer = send(&app, request).await;
+        let header =
+            |name: header::HeaderName| answer.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        let policy = header(header::CONTENT_SECURITY_POLICY).unwrap_or_default();
+        assert!(policy.contains("default-src 'none'"), "{path}: {policy}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{path}: {policy}");
+        assert_eq!(header(header::X_FRAME_OPTIONS).as_deref(), Some("DENY"), "{path}");
+        assert_eq!(
+            header(header::X_CONTENT_TYPE_OPTIONS).as_deref(),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(
+            header(header::REFERRER_POLICY).as_deref(),
+            Some("same-origin"),
+            "{path}"
+        );
+        assert_eq!(
+            header(header::CACHE_CONTROL).as_deref(),
+            Some("no-store"),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_json_api_refuses_in_its_documented_shape() {
+    let (app, mut api, _) = front(false);
+    let none = send(&app, get("/api/v1/servers").body(Body::empty()).unwrap()).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        none.headers[header::WWW_AUTHENTICATE],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(none.json()["error"], "unauthorized");
+    let forged = Request::get("/api/v1/servers")
+        .header(header::AUTHORIZATION, format!("Bearer {}x", token("alice")))
+        .body(Body::empty())
+        .unwrap();
+    let forged = send(&app, forged).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        forged.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the token is not valid"),
+        "{}",
+        forged.body
+    );
+
+    let invalid = send(
+        &app,
+        api_call(
+            "POST",
+            "/api/v1/servers",
+            "alice",
+            json!({"profile": "small", "resources": {"cpu": "lots"}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        invalid.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        invalid.body
+    );
+    let body = invalid.json();
+    assert_eq!(body["error"], "invalid");
+    assert_eq!(body["fields"][0]["field"], "cpu", "{body}");
+    assert!(
+        body["fields"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("such as \"2\", \"1.5\" or \"500m\""),
+        "{body}"
+    );
+    let malformed = send(
+        &app,
+        api_call("POST", "/api/v1/servers", "alice", json!({"profile": 7})),
+    )
+    .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.json()["error"], "bad_request");
+    let unknown = send(&app, api_call("GET", "/api/v1/nothing", "alice", Value::Null)).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"], "not_found");
+    api.silent(Duration::from_millis(50)).await;
+}
+
+// Paused time: the create then waits for the watch (which never shows it here) in no time.
+#[tokio::test(start_paused = true)]
+async fn a_create_through_the_api_is_one_create_at_the_api_server() {
+    let (app, mut api, _) = front(false);
+    let app2 = app.clone();
+    let request = api_call(
+        "POST",
+        "/api/v1/servers",
+        "alice",
+        json!({"name": "notebook", "profile": "small", "resources": {"cpu": "0.5", "memory": "1.5Gi"}}),
+    );
+    let created = tokio::spawn(async move { send(&app2, request).await });
+    let call = api.next().await.expect("POST", SERVERS);
+    assert_eq!(
+        call.body["spec"]["owner"], "alice",
+        "the owner is the token's user"
+    );
+    assert_eq!(
+        call.body["spec"]["resources"],
+        json!({"cpu": "0.5", "memory": "1.5Gi"}),
+        "{}",
+        call.body
+    );
+    let body = call.body.clone();
+    call.answer(&body);
+    let created = created.await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.json()["name"], "notebook");
+    api.silent(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn ready_only_once_the_cache_and_keycloak_are() {
+    let (app, _api, _) = front(false);
+    assert_eq!(
+        send(&app, get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let (app, _api, _) = front(true);
+    let answer = send(&app, get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.body.contains("Keycloak"), "{}", answer.body);
+    let api_call = send(&app, api_call("GET", "/api/v1/servers", "alice", Value::Null)).await;
+    assert_eq!(api_call.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(api_call.json()["error"], "unavailable", "{}", api_call.body);
+}
