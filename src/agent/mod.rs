@@ -483,6 +483,9 @@ async fn cleanup(server: &ComputeServer, ctx: &Context) -> Result<Action> {
 }
 
 #[cfg(test)]
+mod seam_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -71,7 +71,7 @@ pub async fn heartbeat(
 /// API server", which stays true when Docker, the firewall or a status write fails (Docker and
 /// the firewall are the status's Ready condition; a status that could not be written keeps its
 /// old time). Only an API server that refuses the Lease itself lets the node go NotReady.
-async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
+pub(super) async fn report(ctx: &Context, registration: &Registration) -> Result<()> {
     let status = report_status(ctx, registration).await;
     let lease = renew_lease(ctx, &registration.lease_namespace, registration.lease_seconds).await;
     if let (Err(_), Err(error)) = (&status, &lease) {
