@@ -74,6 +74,32 @@ impl ApiServer {
     }
 }
 
+impl ApiServer {
+    /// Answers every request from now on with 200 and its own body (an Event, a status) in
+    /// the background; the task ends with the client, giving `METHOD path` of each request.
+    pub fn answer_all(mut self) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, respond)) = self.0.next_request().await {
+                seen.push(format!("{} {}", request.method(), request.uri().path()));
+                let body = request.into_body().collect_bytes().await.unwrap_or_default();
+                let body = if body.is_empty() {
+                    b"{}".to_vec().into()
+                } else {
+                    body
+                };
+                let response = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_vec()))
+                    .expect("a response");
+                respond.send_response(response);
+            }
+            seen
+        })
+    }
+}
+
 impl Call {
     /// Answers 200 with `body` as JSON.
     pub fn answer(self, body: &impl Serialize) {

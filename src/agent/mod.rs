@@ -483,6 +483,8 @@ async fn cleanup(server: &ComputeServer, ctx: &Context) -> Result<Action> {
 }
 
 #[cfg(test)]
+mod fake_docker;
+#[cfg(test)]
 mod seam_tests;
 
 #[cfg(test)]

@@ -16,9 +16,14 @@ const SERVERS: &str = "/apis/computeserver.io/v1alpha1/namespaces/compute/comput
 /// The agent of node `n1` on the mocked API server; its Docker engine is a loopback port
 /// nobody listens on (9, discard), so every Docker call fails as when the daemon is down.
 fn context() -> (Arc<Context>, ApiServer) {
-    let (client, api) = mock_api::client();
     let docker = bollard::Docker::connect_with_http("http://127.0.0.1:9", 2, bollard::API_DEFAULT_VERSION)
         .expect("a client (it connects on first use)");
+    context_with(docker)
+}
+
+/// The agent of node `n1` on the mocked API server and `docker`.
+fn context_with(docker: bollard::Docker) -> (Arc<Context>, ApiServer) {
+    let (client, api) = mock_api::client();
     let network = network::Setup {
         docker_host: "tcp://127.0.0.1:9".into(),
         publish_address: "127.0.0.1".into(),
@@ -164,6 +169,72 @@ async fn the_lease_is_renewed_when_the_nodes_status_cannot_be_written() {
         error.to_string().contains("InternalError"),
         "the status's error is reported: {error}"
     );
+}
+
+#[tokio::test]
+async fn ensure_makes_the_container_once_then_leaves_it_and_replaces_it_when_the_spec_changes() {
+    let (fake, engine) = super::fake_docker::FakeDocker::start().await;
+    let (ctx, api) = context_with(engine);
+    let events = api.answer_all();
+    let mut server = lab();
+    server.spec.resources.cpu = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+        "1".into(),
+    ));
+    let planned = plan::plan(&server, None).unwrap();
+    let name = planned.container_name.clone();
+
+    let observed = docker::ensure(&server, &planned, &ctx).await.unwrap();
+    assert_eq!(observed.container.state.and_then(|s| s.running), Some(true));
+    let made = fake.writes();
+    assert_eq!(
+        made,
+        [
+            "POST /volumes/create".to_string(),
+            "POST /containers/create".into(),
+            format!("POST /containers/{name}/start"),
+        ],
+        "the data volume, the container, its start"
+    );
+    let container = fake.container(&name).unwrap();
+    assert_eq!(
+        container["HostConfig"]["NanoCpus"], 1_000_000_000,
+        "exactly its CPU"
+    );
+    assert_eq!(
+        container["HostConfig"]["CapDrop"],
+        json!(["ALL"]),
+        "hardened: {}",
+        container["HostConfig"]
+    );
+
+    // Nothing changed: a pass reads and writes nothing to Docker.
+    docker::ensure(&server, &planned, &ctx).await.unwrap();
+    assert_eq!(fake.writes(), Vec::<String>::new());
+
+    // Another image: the container is made anew, its data volume kept.
+    server.spec.image = Some("debian".into());
+    let replanned = plan::plan(&server, None).unwrap();
+    docker::ensure(&server, &replanned, &ctx).await.unwrap();
+    let made = fake.writes();
+    assert_eq!(
+        made.first().map(String::as_str),
+        Some(format!("DELETE /containers/{name}").as_str()),
+        "{made:?}"
+    );
+    assert!(
+        !made.iter().any(|w| w.contains("volumes")),
+        "the data volume stays: {made:?}"
+    );
+    assert_eq!(fake.container(&name).unwrap()["Config"]["Image"], "debian");
+    drop(ctx);
+    let published = events.await.unwrap();
+    assert!(
+        published
+            .iter()
+            .all(|call| call.contains(" /apis/events.k8s.io/v1/namespaces/compute/events")),
+        "only Events: {published:?}"
+    );
+    assert!(published.len() >= 3, "created, started, recreated: {published:?}");
 }
 
 async fn reconcile_steps_owned(server: Arc<ComputeServer>, ctx: Arc<Context>) -> Result<Action> {
