@@ -252,6 +252,11 @@ pub fn warning_starts(server: &ComputeServer, rules: &Rules, now: Timestamp) -> 
     (starts > now).then_some(starts)
 }
 
+/// Why a server cannot be kept running longer: its profile allows no extension.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("its profile allows no keeping it running longer")]
+pub struct NoExtension;
+
 /// The time "Keep running for `asked`" sets (spec.keepRunningUntil): `now + asked`, cut to
 /// what the profile allows past the stop as it stands.
 pub fn keep_until(
@@ -259,9 +264,9 @@ pub fn keep_until(
     rules: &Rules,
     asked: Duration,
     now: Timestamp,
-) -> Result<Timestamp, String> {
+) -> Result<Timestamp, NoExtension> {
     let Some(most) = rules.max_extension else {
-        return Err("its profile allows no keeping it running longer".into());
+        return Err(NoExtension);
     };
     let natural = verdict(
         &{

@@ -86,6 +86,17 @@ fn misfit(node: &Node, request: &Request, selector: &BTreeMap<String, String>) -
     }
 }
 
+/// Why no node can take a server now, as a person reads it in the status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unplaceable(pub String);
+
+impl From<&str> for Unplaceable {
+    fn from(reason: &str) -> Unplaceable {
+        Unplaceable(reason.to_string())
+    }
+}
+
 /// The node to place a server on: the least allocated of those that fit, ties broken by
 /// fewer servers, then by name; with how many fit. When none fits, the reason a person reads in the status:
 /// "0/3 nodes can run this: 2 lack 4 free CPUs, 1 does not match nodeSelector gpu=true".
@@ -93,7 +104,7 @@ pub fn choose(
     nodes: &[Node],
     request: &Request,
     selector: &BTreeMap<String, String>,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), Unplaceable> {
     let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
     let mut best: Option<(usize, f64)> = None;
     let mut fitting = 0;
@@ -120,9 +131,10 @@ pub fn choose(
         return Ok((index, fitting));
     }
     if nodes.is_empty() {
-        return Err("no nodes are registered yet: start an agent on a Docker host \
-                    (compute-server agent --node NAME); the server is placed as soon as one is Ready"
-            .into());
+        return Err(Unplaceable::from(
+            "no nodes are registered yet: start an agent on a Docker host \
+                    (compute-server agent --node NAME); the server is placed as soon as one is Ready",
+        ));
     }
     let reasons: Vec<String> = misfits
         .into_iter()
@@ -166,11 +178,11 @@ pub fn choose(
             format!("{n} {}", if n == 1 { one } else { many })
         })
         .collect();
-    Err(format!(
+    Err(Unplaceable(format!(
         "0/{} nodes can run this: {}",
         nodes.len(),
         reasons.join(", ")
-    ))
+    )))
 }
 
 /// CPUs for people: "4", "0.5".
@@ -300,7 +312,7 @@ mod tests {
     #[test]
     fn no_nodes_says_what_to_do() {
         let reason = choose(&[], &request(1, 1, 0), &BTreeMap::new()).unwrap_err();
-        assert!(reason.contains("start an agent"), "{reason}");
+        assert!(reason.0.contains("start an agent"), "{reason}");
     }
 
     #[test]
@@ -316,7 +328,7 @@ mod tests {
         let mut host = node("a", request(8, 16, 0));
         host.cores = 2_000_000_000;
         let error = choose(&[host], &request(3, 1, 0), &BTreeMap::new()).unwrap_err();
-        assert_eq!(error, "0/1 nodes can run this: 1 has fewer than 3 CPUs");
+        assert_eq!(error.0, "0/1 nodes can run this: 1 has fewer than 3 CPUs");
     }
 }
 
@@ -431,8 +443,8 @@ mod properties {
                         prop_assert!(allocated.gpus <= capacity.gpus);
                     }
                     Err(reason) => {
-                        let counted = reason.starts_with(&format!("0/{} nodes", nodes.len()));
-                        prop_assert!(counted || (nodes.is_empty() && reason.starts_with("no nodes")), "{}", reason);
+                        let counted = reason.0.starts_with(&format!("0/{} nodes", nodes.len()));
+                        prop_assert!(counted || (nodes.is_empty() && reason.0.starts_with("no nodes")), "{}", reason);
                         for node in &nodes {
                             prop_assert!(misfit(node, request, &selector(*gpu)).is_some());
                         }

@@ -180,7 +180,9 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     for server in pending {
         let placed = request(&server, &snapshot.profiles).and_then(|request| {
             let selector = node_selector(&server, &snapshot.profiles);
-            placement::choose(&nodes, &request, &selector).map(|placed| (placed, request))
+            placement::choose(&nodes, &request, &selector)
+                .map(|placed| (placed, request))
+                .map_err(|why| why.0)
         });
         match placed {
             Ok(((i, fitting), request)) => {

@@ -88,6 +88,25 @@ pub enum FlowError {
     Access(#[from] TokenError),
 }
 
+/// Why the realm could not be read (logged; discovery is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum RealmError {
+    #[error("{what} URL: {source}")]
+    Url {
+        what: &'static str,
+        #[source]
+        source: openidconnect::url::ParseError,
+    },
+    #[error("discovery of {issuer}: {reason}")]
+    Discovery { issuer: String, reason: String },
+    #[error("JWKS {uri}: {source}")]
+    Keys {
+        uri: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// The realm as discovered: the OpenID Connect client and the access token verifier.
 pub struct Provider {
     client: Client,
@@ -179,12 +198,18 @@ impl Provider {
         client_secret: Option<&str>,
         redirect_url: &str,
         admin_role: &str,
-    ) -> Result<Provider, String> {
+    ) -> Result<Provider, RealmError> {
         let http = http_client();
-        let issuer_url = IssuerUrl::new(issuer.to_string()).map_err(|e| format!("issuer URL: {e}"))?;
+        let issuer_url = IssuerUrl::new(issuer.to_string()).map_err(|source| RealmError::Url {
+            what: "issuer",
+            source,
+        })?;
         let metadata = ProviderMetadataWithLogout::discover_async(issuer_url, &|r| send(http.clone(), r))
             .await
-            .map_err(|e| format!("discovery of {issuer}: {e}"))?;
+            .map_err(|e| RealmError::Discovery {
+                issuer: issuer.to_string(),
+                reason: e.to_string(),
+            })?;
         let provider = Provider::of(
             metadata,
             issuer,
@@ -207,7 +232,7 @@ impl Provider {
         redirect_url: &str,
         admin_role: &str,
         http: reqwest::Client,
-    ) -> Result<Provider, String> {
+    ) -> Result<Provider, RealmError> {
         let end_session = metadata.additional_metadata().end_session_endpoint.clone();
         let jwks_uri = metadata.jwks_uri().url().to_string();
         let client = CoreClient::from_provider_metadata(
@@ -215,9 +240,12 @@ impl Provider {
             ClientId::new(client_id.to_string()),
             client_secret.map(|s| ClientSecret::new(s.to_string())),
         )
-        .set_redirect_uri(
-            RedirectUrl::new(redirect_url.to_string()).map_err(|e| format!("redirect URL: {e}"))?,
-        );
+        .set_redirect_uri(RedirectUrl::new(redirect_url.to_string()).map_err(|source| {
+            RealmError::Url {
+                what: "redirect",
+                source,
+            }
+        })?);
         let verifier = Verifier {
             issuer: issuer.to_string(),
             client_id: client_id.to_string(),
@@ -376,17 +404,21 @@ impl Provider {
 }
 
 impl Verifier {
-    async fn fetch_keys(&self) -> Result<(), String> {
+    async fn fetch_keys(&self) -> Result<(), RealmError> {
+        let failed = |source| RealmError::Keys {
+            uri: self.jwks_uri.clone(),
+            source,
+        };
         let set: JwkSet = self
             .http
             .get(&self.jwks_uri)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("JWKS {}: {e}", self.jwks_uri))?
+            .map_err(failed)?
             .json()
             .await
-            .map_err(|e| format!("JWKS {}: {e}", self.jwks_uri))?;
+            .map_err(failed)?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let signing = !matches!(
