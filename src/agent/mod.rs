@@ -265,15 +265,7 @@ pub async fn run(args: Args) -> Result<()> {
             })
         })
     };
-    let health = crate::runtime::health::serve(
-        args.metrics_address,
-        crate::runtime::health::router(Arc::new(registry), ready),
-    );
-    let health = tokio::spawn(async move {
-        if let Err(error) = health.await {
-            tracing::error!(%error, "the metrics and health endpoints stopped");
-        }
-    });
+    let health = crate::runtime::health::spawn(args.metrics_address, registry, ready);
     let (docker_changed, reconcile_all) = futures::channel::mpsc::unbounded();
     let heartbeat = {
         let registration = node::Registration {

@@ -164,15 +164,7 @@ pub async fn run(args: Args) -> Result<()> {
             })
         })
     };
-    let health = crate::runtime::health::serve(
-        args.metrics_address,
-        crate::runtime::health::router(Arc::new(registry), ready_check),
-    );
-    let health = tokio::spawn(async move {
-        if let Err(error) = health.await {
-            tracing::error!(%error, "the metrics and health endpoints stopped");
-        }
-    });
+    let health = crate::runtime::health::spawn(args.metrics_address, registry, ready_check);
 
     let activity = activity::Reporter::new(client.clone(), metrics.clone());
     let reporter = tokio::spawn(activity.clone().run());

@@ -48,6 +48,17 @@ pub fn router(registry: Arc<Registry>, ready: ReadyCheck) -> Router {
         .with_state(Health { registry, ready })
 }
 
+/// Serves `/metrics` (from `registry`), `/healthz` and `/readyz` (asking `ready`) on `addr` in
+/// the background; a failure to listen is logged (the role goes on without them).
+pub fn spawn(addr: SocketAddr, registry: Registry, ready: ReadyCheck) -> tokio::task::JoinHandle<()> {
+    let health = serve(addr, router(Arc::new(registry), ready));
+    tokio::spawn(async move {
+        if let Err(error) = health.await {
+            tracing::error!(%error, "the metrics and health endpoints stopped");
+        }
+    })
+}
+
 /// Serves the router on `addr` until the process ends; logs the address it got.
 pub async fn serve(addr: SocketAddr, router: Router) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)

@@ -224,15 +224,7 @@ pub async fn run(args: Args) -> Result<()> {
             })
         })
     };
-    let health = crate::runtime::health::serve(
-        args.metrics_address,
-        crate::runtime::health::router(Arc::new(registry), ready),
-    );
-    tokio::spawn(async move {
-        if let Err(error) = health.await {
-            tracing::error!(%error, "the metrics and health endpoints stopped");
-        }
-    });
+    crate::runtime::health::spawn(args.metrics_address, registry, ready);
 
     let lease_seconds = args.leader_lease_seconds;
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
