@@ -398,8 +398,7 @@ pub fn app(state: AppState) -> Router {
 /// Unknown paths: JSON under /api/, a page elsewhere.
 async fn not_found(uri: axum::http::Uri) -> Response {
     if uri.path().starts_with("/api/") {
-        let body =
-            serde_json::json!({"error": "not_found", "message": "no such API call; see the README's table"});
+        let body = serde_json::json!({"error": "not_found", "message": "no such API call; see docs/user-guide.md, \"JSON API\""});
         (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
     } else {
         pages::message(

@@ -212,7 +212,7 @@ start_control_plane() {
     --listen-client-urls="$etcd_url" --advertise-client-urls="$etcd_url" \
     --listen-peer-urls=http://127.0.0.1:2380 --initial-advertise-peer-urls=http://127.0.0.1:2380 \
     --initial-cluster=default=http://127.0.0.1:2380 "${fsync[@]}" --log-level=warn
-  # Keycloak's https issuer: kubectl's sign-in (README "kubectl through Keycloak").
+  # Keycloak's https issuer: kubectl's sign-in (docs/user-guide.md, "kubectl through Keycloak").
   authentication_config "https://$HOST_IP:$KC_HTTPS_PORT/realms/compute" \
     "$PKI/ca.crt" >"$KUBE/authentication.yaml"
   start_in_node kube-apiserver "$CS_BIN/kube-apiserver" \
@@ -521,7 +521,7 @@ up() {
   info "cluster up in $((SECONDS - t0)) s; its addresses are in $STATE/env"
 }
 
-# What an install on this cluster needs besides the chart's defaults (README "Install on a
+# What an install on this cluster needs besides the chart's defaults (docs/admin-guide.md, "Install on a
 # cluster"): where Keycloak, the web front and the bastion are reached, and this node's Docker
 # socket; then the demo's profiles and who may use kubectl.
 install_values() {

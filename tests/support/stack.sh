@@ -66,7 +66,7 @@ up() {
   "${kubectl[@]}" wait --for condition=Established --timeout=60s -f "$REPO_DIR/crds/" >/dev/null
   "${kubectl[@]}" create namespace compute --dry-run=client -o yaml | "${kubectl[@]}" apply -f - >/dev/null
   "${kubectl[@]}" apply -f "$REPO_DIR/manifests/examples/profiles.yaml" >/dev/null
-  # Who may do what to ComputeServers (README "Identity and access"): the chart's admission
+  # Who may do what to ComputeServers (docs/admin-guide.md, "Identity and access"): the chart's admission
   # policies and user role; the local roles run as admin.
   bash "$SUPPORT_DIR/manifests.sh" identity | "${kubectl[@]}" apply -f - >/dev/null
 
@@ -282,7 +282,7 @@ local_stack() {
   ROLES=1 up "$state"
   # shellcheck disable=SC1091
   source "$state/env"
-  # Bound for group members: the roles exist once the user role is installed (README "kubectl").
+  # Bound for group members: the roles exist once the user role is installed (docs/user-guide.md, "kubectl through Keycloak").
   "$CS_BIN/kubectl" --kubeconfig "$KUBECONFIG" apply -f "$SUPPORT_DIR/local-access.yaml" >/dev/null
   cat <<BANNER
 
@@ -309,7 +309,7 @@ local_stack() {
 
   Bastion         ssh -J alice@$BASTION_ADDRESS root@SERVER   (log: target/local/bastion.log)
                   reaches alice's own servers in namespace compute; her key must be in one of
-                  their sshAuthorizedKeys. ProxyJump snippet and refusals: README "SSH access".
+                  their sshAuthorizedKeys. ProxyJump snippet and refusals: docs/user-guide.md, "SSH access".
   Web front       $WEB_URL   sign in as alice/alice, request a server, watch it start
                   JSON API: $WEB_URL/api/v1/servers with a Keycloak access token
   Ctrl-C stops everything.

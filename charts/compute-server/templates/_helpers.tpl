@@ -54,7 +54,7 @@ only on something new. */}}
 {{- $_ := set $skips "CKV_K8S_43" "pinned by the chart's version tag; set image.digest to pin it by digest" }}
 {{- end }}
 {{- if eq .role "agent" }}
-{{- $_ := set $skips "CKV_K8S_19" "the servers' firewall (iptables rules) lives in the host's network namespace (README: Isolation)" }}
+{{- $_ := set $skips "CKV_K8S_19" "the servers' firewall (iptables rules) lives in the host's network namespace (docs/admin-guide.md: Isolation)" }}
 {{- $_ := set $skips "CKV_K8S_23" "uid 0: it uses the host's Docker socket and runs iptables, with no capability but NET_ADMIN and NET_RAW" }}
 {{- $_ := set $skips "CKV_K8S_40" "uid 0: it uses the host's Docker socket and runs iptables, with no capability but NET_ADMIN and NET_RAW" }}
 {{- $_ := set $skips "CKV_K8S_25" "NET_ADMIN and NET_RAW for the servers' networks and firewall, nothing else" }}

@@ -135,7 +135,7 @@ variable "log" {
 }
 
 variable "admission" {
-  description = "The admission policies that keep people to their own ComputeServers (README: \"Identity and access\"): enabled, the groups of compute-server admins besides system:masters (each also matched with username_prefix in front), the OIDC username prefix, and the MutatingAdmissionPolicy that sets the owner label (needs Kubernetes 1.36+)."
+  description = "The admission policies that keep people to their own ComputeServers (docs/admin-guide.md: \"Identity and access\"): enabled, the groups of compute-server admins besides system:masters (each also matched with username_prefix in front), the OIDC username prefix, and the MutatingAdmissionPolicy that sets the owner label (needs Kubernetes 1.36+)."
   type = object({
     enabled         = optional(bool, true)
     admin_groups    = optional(list(string), ["compute-admins"])
