@@ -129,13 +129,17 @@ impl Call {
     }
 
     fn reply(self, code: StatusCode, body: Vec<u8>) {
-        let response = Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .expect("a response");
-        self.respond.send_response(response);
+        self.respond.send_response(json_response(code, body));
     }
+}
+
+/// An answer of the API server: `code` with a JSON `body`.
+fn json_response(code: StatusCode, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("a response")
 }
 
 #[cfg(test)]
