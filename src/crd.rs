@@ -9,12 +9,17 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::{CustomResourceExt, ResourceExt};
 
-use crate::api::{ComputeNode, ComputeProfile, ComputeServer};
+use crate::api::{ComputeNode, ComputeProfile, ComputeServer, ComputeSnapshot};
 use crate::{Error, Result};
 
 /// All CRDs, in the order they are documented.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![ComputeServer::crd(), ComputeProfile::crd(), ComputeNode::crd()]
+    vec![
+        ComputeServer::crd(),
+        ComputeProfile::crd(),
+        ComputeNode::crd(),
+        ComputeSnapshot::crd(),
+    ]
 }
 
 /// The file name in `crds/` for a CRD: `<plural>.<group>.yaml`.

@@ -24,9 +24,16 @@ pub async fn connect() -> Result<Client> {
     from_config(config).map_err(Error::Kube)
 }
 
+/// Makes ring the process's TLS provider, as kube's own TLS is built: the object store's HTTP
+/// client brings aws-lc-rs too, and with two providers rustls chooses none by itself.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client for `config`. Through a proxy, or with credentials from an exec plugin, kube's own
 /// client (which knows proxies, and when such credentials expire).
 pub fn from_config(mut config: Config) -> kube::Result<Client> {
+    install_crypto();
     // Named in the API server's audit log, and as the field manager of writes that name none
     // (kube's finalizer helper): "compute-server", not "unknown".
     if !config

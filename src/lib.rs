@@ -14,6 +14,7 @@ pub mod mock_api;
 pub mod runtime;
 pub mod scheduler;
 pub mod ssh_ca;
+pub mod storage;
 pub mod telemetry;
 pub mod web;
 

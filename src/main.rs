@@ -48,6 +48,7 @@ enum Role {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    compute_server::kube_client::install_crypto();
     // Each role has its own error type; what they say ends up here.
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match cli.role {
         Role::Crd { apply: true, .. } => crd::apply().await.map_err(Into::into),

@@ -26,11 +26,16 @@ fn crd_command_prints_every_crd() {
         .unwrap();
     assert!(out.status.success());
     let yaml = String::from_utf8(out.stdout).unwrap();
-    for name in ["computeservers", "computeprofiles", "computenodes"] {
+    for name in [
+        "computeservers",
+        "computeprofiles",
+        "computenodes",
+        "computesnapshots",
+    ] {
         assert!(
             yaml.contains(&format!("name: {name}.computeserver.io")),
             "{name} missing from `crd` output"
         );
     }
-    assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 3);
+    assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 4);
 }

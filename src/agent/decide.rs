@@ -97,6 +97,14 @@ pub fn volume(server: &ComputeServer, node: &str, found: Option<&Volume>) -> Vol
     ))
 }
 
+/// The snapshot the server's data must be restored from before it starts: the one it was
+/// created from (spec.restoreFrom), until its status says that restore was done.
+pub fn pending_restore(server: &ComputeServer) -> Option<&str> {
+    let wanted = server.spec.restore_from.as_ref()?.snapshot.as_str();
+    let done = server.status.as_ref().and_then(|s| s.restored_from.as_ref());
+    (done.map(|r| r.snapshot.as_str()) != Some(wanted)).then_some(wanted)
+}
+
 /// How a container that is not running came to stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {

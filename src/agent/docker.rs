@@ -159,6 +159,11 @@ async fn make_container(
     Ok((create, note))
 }
 
+/// Makes the server's container (and data volume) as [`ensure`] would, without starting it.
+pub async fn prepare(server: &ComputeServer, plan: &Plan, ctx: &Context) -> Result<()> {
+    make_container(server, plan, ctx).await.map(|_| ())
+}
+
 /// Inspects the server's container while the Event `told` (if any) goes out under `reason`: the
 /// Event is out before the status that follows.
 async fn inspect_telling(

@@ -23,6 +23,9 @@ pub enum Error {
     #[error("servers' firewall: {0}")]
     Firewall(String),
 
+    #[error("snapshot: {0}")]
+    Copy(#[source] super::copy::Error),
+
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
 

@@ -6,7 +6,9 @@
 //! deterministic name and labels let a restarted agent adopt what it made.
 
 mod activity;
+mod copy;
 pub mod decide;
+pub mod diff;
 mod docker;
 mod error;
 pub mod gpu;
@@ -15,6 +17,7 @@ pub mod network;
 pub mod node;
 pub mod plan;
 mod prune;
+mod snapshot;
 mod status;
 
 use std::sync::Arc;
@@ -143,6 +146,9 @@ pub struct Args {
     /// empty). 1: none beyond what it has.
     #[arg(long, env = "COMPUTE_SERVER_MEMORY_ALLOCATION_RATIO", default_value = "1", value_parser = parse_ratio)]
     pub memory_allocation_ratio: String,
+
+    #[command(flatten)]
+    pub storage: crate::storage::Args,
 }
 
 fn parse_ratio(text: &str) -> std::result::Result<String, crate::api::Invalid> {
@@ -183,6 +189,8 @@ pub struct Context {
     pub gpus: Vec<crate::api::NodeGpu>,
     /// GPUs given to servers whose status may not show it yet.
     claims: gpu::Claims,
+    /// Where snapshots are kept (None: not set up on this install).
+    pub store: Option<crate::storage::Store>,
 }
 
 impl Context {
@@ -207,6 +215,8 @@ pub async fn run(args: Args) -> Result<()> {
             )));
         }
     };
+    let store = crate::storage::Store::from_args(&args.storage)
+        .map_err(|e| Error::Config(format!("--snapshot-store: {e}")))?;
     let client = crate::kube_client::connect().await?;
     let docker = docker::connect(&args.docker_host).await?;
     // No server starts on a network that is not closed.
@@ -250,6 +260,7 @@ pub async fn run(args: Args) -> Result<()> {
         network,
         failures: Default::default(),
         samples: Default::default(),
+        store,
     });
     info!(%node, %selector, "agent starting");
     let ready: crate::runtime::health::ReadyCheck = {
@@ -281,12 +292,26 @@ pub async fn run(args: Args) -> Result<()> {
         .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES))
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(crate::runtime::health::shutdown())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 warn!(%error, "reconcile failed");
             }
         });
+    let snapshots = Controller::new(
+        Api::<crate::api::ComputeSnapshot>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(crate::runtime::health::shutdown())
+    .run(snapshot::reconcile, snapshot_error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            warn!(%error, "snapshot reconcile failed");
+        }
+    });
+    let controller = async {
+        futures::future::join(controller, snapshots).await;
+    };
     // Reconciles in flight get a while to finish after a stop signal (they are idempotent:
     // what one leaves half done, the next agent completes), not forever.
     let deadline = async {
@@ -344,6 +369,16 @@ fn error_policy(server: Arc<ComputeServer>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
+/// A snapshot that failed for a passing reason (the API server) is tried again in 10 s.
+fn snapshot_error_policy(
+    snapshot: Arc<crate::api::ComputeSnapshot>,
+    error: &Error,
+    _: Arc<Context>,
+) -> Action {
+    warn!(%error, snapshot = %snapshot.name_any(), "snapshot: will retry");
+    Action::requeue(Duration::from_secs(10))
+}
+
 fn retry_delay(failures: u32) -> Duration {
     (Duration::from_secs(2) * 2u32.saturating_pow(failures.saturating_sub(1).min(10)))
         .min(Duration::from_secs(60))
@@ -388,6 +423,15 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
             .await?;
             return Ok(Action::requeue(GPU_RETRY));
         }
+    };
+    // A server made from a snapshot gets its data before it first starts.
+    let server = match decide::pending_restore(&server) {
+        Some(name) => match snapshot::restore(&server, &plan, name, ctx).await? {
+            snapshot::Restore::Done(restored) => restored,
+            snapshot::Restore::Refused => return Ok(Action::await_change()),
+            snapshot::Restore::Wait => return Ok(Action::requeue(GPU_RETRY)),
+        },
+        None => server,
     };
     let server = &server;
     match docker::ensure(server, &plan, ctx).await {

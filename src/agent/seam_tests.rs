@@ -52,6 +52,7 @@ fn context_with(docker: bollard::Docker) -> (Arc<Context>, ApiServer) {
         network,
         failures: Default::default(),
         samples: Default::default(),
+        store: None,
     };
     (Arc::new(ctx), api)
 }

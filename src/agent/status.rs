@@ -41,6 +41,7 @@ fn base(
             .as_ref()
             .map(|s| s.gpu_devices.clone())
             .unwrap_or_default(),
+        restored_from: server.status.as_ref().and_then(|s| s.restored_from.clone()),
         ..Default::default()
     }
 }

@@ -12,13 +12,18 @@ mod profile;
 mod resources;
 mod server;
 pub mod size;
+mod snapshot;
 
 pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeGpu, OrphanedVolume};
 pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, Profiles, RestartPolicy};
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{
     Activity, AppProtocol, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase,
-    Port, app_path, ports,
+    Port, Restored, app_path, ports,
+};
+pub use snapshot::{
+    ComputeSnapshot, ComputeSnapshotSpec, ComputeSnapshotStatus, Manifest, Part, RestoreFrom, RestoreRefusal,
+    SnapshotPhase, checksum, hex, human_bytes, location, restorable,
 };
 
 /// The API group.

@@ -71,6 +71,7 @@ use super::Resources;
     ),
     selectable = ".spec.owner"
 )]
+#[x_kube(validation = Rule::new("has(self.restoreFrom) == has(oldSelf.restoreFrom) && (!has(self.restoreFrom) || self.restoreFrom == oldSelf.restoreFrom)").message("spec.restoreFrom is set when the server is created and cannot be changed; to start from another snapshot, create a new server"))]
 #[x_kube(validation = Rule::new("has(self.profile) || has(self.image)").message("set spec.profile (the name of a ComputeProfile) or spec.image (a container image)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeServerSpec {
@@ -138,6 +139,14 @@ pub struct ComputeServerSpec {
     /// time is cut to what the profile allows, and status.stopReason says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_running_until: Option<Time>,
+
+    /// Start from this snapshot (a ComputeSnapshot of the same owner in this namespace): its
+    /// data and the system changes it holds are restored into the server's new data volume
+    /// before it first starts, on whichever node it is placed: a clone of another of your
+    /// servers, or yesterday's state of this one. It counts when the data volume is made: when
+    /// the server is created, or when it moves to another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<super::RestoreFrom>,
 }
 
 /// Each entry is checked on its own, so the API server's message names the bad one.
@@ -313,6 +322,24 @@ pub struct ComputeServerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub gpu_devices: Vec<String>,
+
+    /// The snapshot the server's data volume was restored from, by its agent, with the
+    /// snapshot's checksum as verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<Restored>,
+}
+
+/// A restore done.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Restored {
+    /// The ComputeSnapshot's name.
+    pub snapshot: String,
+    /// Its checksum, as verified while restoring.
+    pub checksum: String,
+    /// When the snapshot was taken: what the server holds is from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at: Option<Time>,
 }
 
 /// A sign that a server is in use, from one source.

@@ -167,7 +167,7 @@ struct RealmAccess {
 /// endpoint could otherwise send the code or a secret elsewhere).
 pub fn http_client() -> reqwest::Client {
     // reqwest is built without a TLS provider of its own: use ring, as the kube client does.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::kube_client::install_crypto();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

@@ -454,6 +454,7 @@ async fn create(
         },
         ssh_authorized_keys: form.ssh_keys.lines().map(str::to_string).collect(),
         env: Vec::<EnvVar>::new(),
+        restore_from: None,
     };
     match servers::create(&state.servers, &state.leases, &state.cache, &session.user, new).await {
         Ok(server) => Redirect::to(&format!("/servers/{}", server.name_any())).into_response(),

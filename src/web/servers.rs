@@ -16,7 +16,8 @@ use super::cache::Cache;
 use super::limit::{self, Turn};
 use super::oidc::User;
 use crate::api::{
-    ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, owner_label, size,
+    ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, RestoreFrom,
+    owner_label, size,
 };
 
 /// Why a request was refused, in words for the person who made it.
@@ -108,6 +109,9 @@ pub struct NewServer {
     pub ssh_authorized_keys: Vec<String>,
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    /// A snapshot of the caller's to start from (a clone, or an earlier state).
+    #[serde(default)]
+    pub restore_from: Option<RestoreFrom>,
 }
 
 /// Sizes as given: numbers or quantity strings, unset for the profile's default.
@@ -385,6 +389,7 @@ pub fn build(
             running: true,
             node_selector: Default::default(),
             keep_running_until: None,
+            restore_from: new.restore_from,
         },
     );
     server
@@ -706,6 +711,7 @@ mod tests {
             },
             ssh_authorized_keys: vec![KEY.into(), " ".into()],
             env: vec![],
+            restore_from: None,
         };
         let server = build(&alice(), new, &[debian()]).unwrap();
         assert_eq!(server.spec.owner, "alice");
@@ -729,6 +735,7 @@ mod tests {
                 name: "1X".into(),
                 value: String::new(),
             }],
+            restore_from: None,
         };
         let Err(Problem::Invalid(errors)) = build(&alice(), new, &[debian()]) else {
             panic!("refused")
@@ -835,6 +842,7 @@ mod properties {
                     .into_iter()
                     .map(|(name, value)| EnvVar { name, value })
                     .collect(),
+                restore_from: None,
             })
     }
 

@@ -68,6 +68,19 @@ impl Stack {
         self.var("DOCKER_HOST")
     }
 
+    /// The environment that points an agent at the stack's S3 store (SeaweedFS), as the Helm
+    /// chart's snapshots.store and credentials Secret do.
+    pub fn snapshot_env(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("COMPUTE_SERVER_SNAPSHOT_STORE", self.var("SNAPSHOT_STORE")),
+            ("AWS_ENDPOINT", self.var("S3_ENDPOINT")),
+            ("AWS_ACCESS_KEY_ID", self.var("S3_ACCESS_KEY")),
+            ("AWS_SECRET_ACCESS_KEY", self.var("S3_SECRET_KEY")),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+
     /// The Docker engine of local node `n`: 1 is the main daemon, 2 and 3 have their own
     /// data root, socket and bridge (started by stack.sh with NODES=3).
     pub fn node_docker_host(&self, n: usize) -> &str {
@@ -248,14 +261,10 @@ impl Agent {
             .map(|i| extra[i + 1].to_string())
             .unwrap_or_else(|| "compute".into());
         let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
-        let child = start_role(
-            &format!("agent-{node}"),
-            &args,
-            &[
-                ("DOCKER_HOST", Stack::get().node_docker_host(daemon)),
-                ("KUBECONFIG", kubeconfig),
-            ],
-        );
+        let mut env = Stack::get().snapshot_env();
+        env.push(("DOCKER_HOST", Stack::get().node_docker_host(daemon)));
+        env.push(("KUBECONFIG", kubeconfig));
+        let child = start_role(&format!("agent-{node}"), &args, &env);
         Agent {
             child,
             node: node.to_string(),

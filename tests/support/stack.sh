@@ -34,6 +34,7 @@ install() {
   bash "$SUPPORT_DIR/kube.sh" install
   bash "$SUPPORT_DIR/install-tofu.sh"
   bash "$SUPPORT_DIR/keycloak.sh" install
+  bash "$SUPPORT_DIR/seaweedfs.sh" install
   info "everything installed ($((SECONDS - t0)) s)"
 }
 
@@ -59,6 +60,8 @@ up() {
   local n
   for ((n = 2; n <= ${NODES:-1}; n++)); do bash "$SUPPORT_DIR/docker.sh" node-start "$state" "$n"; done
   OIDC_ISSUER="https://127.0.0.1:$kc_https_port/realms/compute" bash "$SUPPORT_DIR/kube.sh" start "$state"
+  # The S3-compatible store that snapshots are kept in.
+  bash "$SUPPORT_DIR/seaweedfs.sh" start "$state"
 
   local kubectl=("$CS_BIN/kubectl" --kubeconfig "$state/kubeconfig")
   step "Installing the CRDs and the local profiles"
@@ -139,6 +142,7 @@ down() {
   done
   bash "$SUPPORT_DIR/keycloak.sh" stop "$state" & stopping+=($!)
   bash "$SUPPORT_DIR/kube.sh" stop "$state" & stopping+=($!)
+  bash "$SUPPORT_DIR/seaweedfs.sh" stop "$state" & stopping+=($!)
   wait "${stopping[@]}" || true
   bash "$SUPPORT_DIR/docker.sh" stop "$state"
 }
@@ -223,6 +227,9 @@ start_roles() {
   # shellcheck disable=SC1091
   source "$state/env"
   export KUBECONFIG DOCKER_HOST
+  # The agents keep snapshots in the stack's S3 store (docs/admin-guide.md, "Snapshots").
+  export COMPUTE_SERVER_SNAPSHOT_STORE="$SNAPSHOT_STORE" AWS_ENDPOINT="$S3_ENDPOINT" AWS_ALLOW_HTTP=true \
+    AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
   local n node nodes=()
   for ((n = 1; n <= ${NODES:-1}; n++)); do
     node="$first"; ((n == 1)) || node="$first-$n"
@@ -298,6 +305,7 @@ local_stack() {
                   The page is https with this stack's own CA (target/local/pki/ca.crt), which
                   your browser does not know: accept it once, or import that file.
   Keycloak        $KEYCLOAK_URL/realms/compute/account   (admin console: $KEYCLOAK_URL/admin, admin/admin)
+  Snapshots       kept in SeaweedFS (S3) at $S3_ENDPOINT, bucket $S3_BUCKET; data in $state/seaweedfs
   Demo logins     alice/alice, bob/bob (group students), carol/carol (staff), ops/ops (compute-admins)
   Docker          $DOCKER_HOST   images computeserver/busybox:local, computeserver/debian-ssh:local,
                                  computeserver/jupyter:local (Jupyter Notebook 6.4)

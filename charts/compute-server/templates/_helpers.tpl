@@ -205,3 +205,20 @@ volumes:
     secret: {secretName: {{ . }}, items: [{key: {{ $.key }}, path: {{ $.key }}}]}
 {{- end }}
 {{- end }}
+
+{{/* The snapshot store of the agents (values snapshots.store): its URL ... */}}
+{{- define "cs.snapshotEnv" -}}
+{{- with .Values.snapshots.store }}
+- name: COMPUTE_SERVER_SNAPSHOT_STORE
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* ... and its credentials, from the Secret snapshots.credentialsSecret. */}}
+{{- define "cs.snapshotEnvFrom" -}}
+{{- with .Values.snapshots.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ . | quote }}
+{{- end }}
+{{- end }}

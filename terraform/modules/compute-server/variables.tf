@@ -184,3 +184,21 @@ variable "network_policy" {
   })
   default = {}
 }
+
+variable "snapshots" {
+  description = <<-EOT
+    Where the agents keep servers' snapshots (docs/admin-guide.md, "Snapshots"): store is
+    s3://BUCKET[/PREFIX] (any S3-compatible store), gs://BUCKET, az://CONTAINER or file:///PATH
+    (empty: no snapshots); credentials_secret names a Secret whose keys become the agents'
+    environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, ...).
+  EOT
+  type = object({
+    store              = optional(string, "")
+    credentials_secret = optional(string, "")
+  })
+  default = {}
+  validation {
+    condition     = var.snapshots.store == "" || can(regex("^(s3|s3a|gs|az|azure|abfs|abfss|file)://.+", var.snapshots.store))
+    error_message = "snapshots.store must be s3://BUCKET, gs://BUCKET, az://CONTAINER or file:///PATH."
+  }
+}

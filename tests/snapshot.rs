@@ -1,0 +1,247 @@
+//! Snapshots against the real thing: two agents on two Docker engines, the apiserver, and the
+//! stack's S3 store (SeaweedFS). What the user sees is the ComputeSnapshot's and the servers'
+//! status; what is really there is read with `docker exec` and from the store over S3.
+
+mod support;
+
+use serde_json::Value;
+use support::{
+    Agent, Stack, TestNamespace, eventually, install_crds, kubectl, kubectl_ok, server_json, unique,
+    wait_phase,
+};
+
+/// A busybox server of the `tiny` profile (data at /home) that sleeps until stopped.
+const SLEEPER: &str = "profile: tiny\ncommand: [sleep, infinity]";
+
+fn apply(ns: &str, kind: &str, name: &str, labels: &str, spec: &str) {
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {ns}\n  \
+         labels: {{{labels}}}\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+}
+
+fn server(ns: &str, name: &str, node: &str, owner: &str, spec: &str) {
+    let labels = format!("computeserver.io/node: {node}, computeserver.io/owner: {owner}");
+    apply(
+        ns,
+        "ComputeServer",
+        name,
+        &labels,
+        &format!("owner: {owner}\n{spec}"),
+    );
+}
+
+fn snapshot_json(ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl(&["get", "csnap", "-n", ns, name, "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Waits for the snapshot to leave Pending; returns it.
+fn settled(ns: &str, name: &str) -> Value {
+    eventually(&format!("snapshot {name} to be Ready or Failed"), 120, || {
+        snapshot_json(ns, name).filter(|s| matches!(s["status"]["phase"].as_str(), Some("Ready" | "Failed")))
+    })
+}
+
+/// `docker exec` in a container of local engine `daemon`: its output, or panics.
+fn exec(daemon: usize, container: &str, script: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", container, "sh", "-c", script])
+        .env("DOCKER_HOST", Stack::get().node_docker_host(daemon))
+        .output()
+        .expect("docker exec");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Whether local engine `daemon` has a container or volume of this name.
+fn exists(daemon: usize, what: &str, name: &str) -> bool {
+    std::process::Command::new("docker")
+        .args([what, "inspect", name])
+        .env("DOCKER_HOST", Stack::get().node_docker_host(daemon))
+        .output()
+        .expect("docker inspect")
+        .status
+        .success()
+}
+
+/// An S3 request to the stack's store, signed with its keys: (HTTP status, body).
+fn s3(method: &str, key: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+    let stack = Stack::get();
+    let url = format!("{}/{}/{key}", stack.var("S3_ENDPOINT"), stack.var("S3_BUCKET"));
+    let user = format!("{}:{}", stack.var("S3_ACCESS_KEY"), stack.var("S3_SECRET_KEY"));
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &user, &url]);
+    if body.is_some() {
+        curl.args(["--data-binary", "@-"])
+            .stdin(std::process::Stdio::piped());
+    }
+    curl.stdout(std::process::Stdio::piped());
+    let mut child = curl.spawn().expect("curl");
+    if let Some(body) = body {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(body).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let split = out.stdout.iter().rposition(|b| *b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&out.stdout[split + 1..])
+        .trim()
+        .parse()
+        .unwrap();
+    (code, out.stdout[..split].to_vec())
+}
+
+#[test]
+fn a_snapshot_holds_home_and_installed_files_and_a_clone_on_another_node_has_them() {
+    install_crds();
+    let ns = TestNamespace::new("snap");
+    let first = Agent::start_with(&unique("snap-a"), 1, &[]);
+    let second = Agent::start_with(&unique("snap-b"), 2, &[]);
+    server(&ns.name, "src", &first.node, "alice", SLEEPER);
+    wait_phase(&ns.name, "src", "Running");
+    let container = format!("csrv.{}.src", ns.name);
+    // Work in /home (the data volume), a package's worth of files outside it, 3 MiB of noise.
+    exec(
+        1,
+        &container,
+        "echo 'my notes' > /home/notes.txt && mkdir -p /usr/local/share/tool && \
+         echo 'installed' > /usr/local/share/tool/VERSION && \
+         dd if=/dev/urandom of=/home/noise bs=1024 count=3072 2>/dev/null",
+    );
+    let noise = exec(1, &container, "md5sum /home/noise | cut -d' ' -f1");
+
+    apply(
+        &ns.name,
+        "ComputeSnapshot",
+        "monday",
+        "",
+        "server: src\nowner: alice",
+    );
+    let snap = settled(&ns.name, "monday");
+    let status = &snap["status"];
+    assert_eq!(status["phase"], "Ready", "{status}");
+    assert!(
+        status["checksum"].as_str().unwrap().starts_with("sha256:"),
+        "{status}"
+    );
+    assert_eq!(status["node"], first.node.as_str());
+    let size = status["sizeBytes"].as_i64().unwrap();
+    let stored = status["storedBytes"].as_i64().unwrap();
+    assert!(
+        (3 << 20) < size && size < (4 << 20),
+        "it holds the 3 MiB written, not the image: {size}"
+    );
+    assert!(
+        stored < (4 << 20),
+        "random data stays about its size compressed: {stored}"
+    );
+    let message = status["message"].as_str().unwrap();
+    assert!(message.starts_with("holds /home ("), "{message}");
+    // Its objects are in the store: the manifest lists each part with its SHA-256.
+    let location = status["location"].as_str().unwrap().to_string();
+    let (code, manifest) = s3("GET", &format!("{location}/manifest.json"), None);
+    assert_eq!(code, 200);
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let parts: Vec<&str> = manifest["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, ["data", "system"]);
+
+    // A clone on the other node, on another Docker engine: both files, the same noise.
+    server(
+        &ns.name,
+        "copy",
+        &second.node,
+        "alice",
+        &format!("{SLEEPER}\nrestoreFrom: {{snapshot: monday}}"),
+    );
+    let copy = wait_phase(&ns.name, "copy", "Running");
+    let clone = format!("csrv.{}.copy", ns.name);
+    assert_eq!(exec(2, &clone, "cat /home/notes.txt"), "my notes\n");
+    assert_eq!(
+        exec(2, &clone, "cat /usr/local/share/tool/VERSION"),
+        "installed\n"
+    );
+    assert_eq!(exec(2, &clone, "md5sum /home/noise | cut -d' ' -f1"), noise);
+    assert_eq!(copy["status"]["restoredFrom"]["snapshot"], "monday");
+    assert_eq!(copy["status"]["restoredFrom"]["checksum"], status["checksum"]);
+
+    // Someone else's server cannot start from it: it answers as a snapshot that does not exist.
+    server(
+        &ns.name,
+        "bobs",
+        &second.node,
+        "bob",
+        &format!("{SLEEPER}\nrestoreFrom: {{snapshot: monday}}"),
+    );
+    let refused = wait_phase(&ns.name, "bobs", "Failed");
+    assert_eq!(
+        refused["status"]["message"],
+        "snapshot monday does not exist in this namespace; `kubectl get csnap` lists the snapshots"
+    );
+    assert!(!exists(2, "container", &format!("csrv.{}.bobs", ns.name)));
+    // Nor may a snapshot of alice's server be bob's.
+    apply(
+        &ns.name,
+        "ComputeSnapshot",
+        "stolen",
+        "",
+        "server: src\nowner: bob",
+    );
+    let stolen = settled(&ns.name, "stolen");
+    assert_eq!(stolen["status"]["phase"], "Failed");
+    assert_eq!(
+        stolen["status"]["message"],
+        "server src belongs to someone else: a snapshot's owner must be its server's"
+    );
+
+    // A corrupted object: the restore is refused with the reason, and nothing is left running.
+    let (code, _) = s3(
+        "PUT",
+        &format!("{location}/data.tar.zst"),
+        Some(b"not what was stored"),
+    );
+    assert_eq!(code, 200);
+    server(
+        &ns.name,
+        "broken",
+        &second.node,
+        "alice",
+        &format!("{SLEEPER}\nrestoreFrom: {{snapshot: monday}}"),
+    );
+    let broken = wait_phase(&ns.name, "broken", "Failed");
+    let message = broken["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("snapshot monday cannot be restored: its data part (data.tar.zst)")
+            && message.ends_with("; nothing was started"),
+        "{message}"
+    );
+    let uid = broken["metadata"]["uid"].as_str().unwrap();
+    assert!(!exists(2, "container", &format!("csrv.{}.broken", ns.name)));
+    assert!(!exists(
+        2,
+        "volume",
+        &format!("csrv.{}.broken.{uid}.data", ns.name)
+    ));
+
+    // Deleting a snapshot removes its objects from the store.
+    kubectl_ok(
+        &["delete", "csnap", "-n", &ns.name, "monday", "--timeout=60s"],
+        None,
+    );
+    assert_eq!(s3("GET", &format!("{location}/manifest.json"), None).0, 404);
+    // The servers made from it keep their data.
+    assert_eq!(exec(2, &clone, "cat /home/notes.txt"), "my notes\n");
+    assert!(server_json(&ns.name, "copy").is_some());
+    drop((first, second));
+}
