@@ -69,3 +69,16 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks a command line's definition only when it parses one: every role's flags are
+    /// checked here, before any role is started.
+    #[test]
+    fn every_roles_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

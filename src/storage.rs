@@ -9,7 +9,7 @@ use object_store::path::Path;
 
 /// Flags of the roles that use the object store.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {
+pub struct SnapshotStore {
     /// Where snapshots are kept: s3://BUCKET[/PREFIX] (any S3-compatible store: give its address in
     /// AWS_ENDPOINT, and AWS_ALLOW_HTTP=true for plain HTTP), gs://BUCKET, az://CONTAINER or
     /// file:///PATH. Credentials come from the environment as each store reads them
@@ -33,7 +33,7 @@ pub struct Store {
 const PREFIXES: [&str; 3] = ["AWS_", "GOOGLE_", "AZURE_"];
 
 impl Store {
-    /// Opens the store at `url`, configured from the environment (see [`Args`]).
+    /// Opens the store at `url`, configured from the environment (see [`SnapshotStore`]).
     pub fn open(url: &url::Url) -> Result<Store, object_store::Error> {
         let options = std::env::vars()
             .filter(|(key, _)| PREFIXES.iter().any(|p| key.starts_with(p)))
@@ -47,7 +47,7 @@ impl Store {
     }
 
     /// Opens the store the flags name, if any.
-    pub fn from_args(args: &Args) -> Result<Option<Store>, object_store::Error> {
+    pub fn from_args(args: &SnapshotStore) -> Result<Option<Store>, object_store::Error> {
         args.snapshot_store.as_ref().map(Store::open).transpose()
     }
 

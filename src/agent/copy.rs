@@ -84,12 +84,17 @@ pub async fn take(
     let changes: Vec<(String, diff::Change)> = changes.into_iter().map(|c| (c.path, c.kind.into())).collect();
     let selection = diff::select(&changes, &[manifest.data_path.as_str()]);
     let data = [manifest.data_path.clone()];
-    let parts = [("data", &data[..]), ("system", &selection.copy[..])];
+    let data_path = manifest.data_path.clone();
+    // The data part holds all of the volume; the system part none of it, nor what is never copied.
+    let parts = [
+        ("data", &data[..], &[][..]),
+        ("system", &selection.copy[..], &[data_path.as_str()][..]),
+    ];
     manifest.parts.clear();
-    for (name, paths) in parts {
+    for (name, paths, skip) in parts {
         let object = format!("{name}.tar.zst");
         let path = store.path(&format!("{location}/{object}"));
-        let (size, stored, sha256) = put_tar(docker, store, container, paths, path, progress).await?;
+        let (size, stored, sha256) = put_tar(docker, store, container, paths, skip, path, progress).await?;
         manifest.parts.push(Part {
             name: name.into(),
             object,
@@ -123,6 +128,7 @@ async fn put_tar(
     store: &Store,
     container: &str,
     paths: &[String],
+    skip: &[&str],
     object: object_store::path::Path,
     progress: &Arc<Progress>,
 ) -> Result<(u64, u64, String), Error> {
@@ -153,6 +159,9 @@ async fn put_tar(
             let Some(path) = diff::rooted(copied, &entry.path()?) else {
                 continue;
             };
+            if !skip.is_empty() && diff::skipped(&format!("/{}", path.display()), skip) {
+                continue;
+            }
             let mut header = entry.header().clone();
             if header.entry_type() == tar::EntryType::Link
                 && let Some(target) = entry.link_name()?.and_then(|t| diff::rooted(copied, t.as_ref()))

@@ -105,6 +105,23 @@ pub fn pending_restore(server: &ComputeServer) -> Option<&str> {
     (done.map(|r| r.snapshot.as_str()) != Some(wanted)).then_some(wanted)
 }
 
+/// Whether the restore this server asks for was refused already for its current spec (its
+/// status says why): it is not tried again, nor anything made, until the server changes.
+pub fn restore_refused(server: &ComputeServer) -> bool {
+    let Some(status) = &server.status else {
+        return false;
+    };
+    status.phase == Some(crate::api::Phase::Failed)
+        && status.observed_generation == server.metadata.generation
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crate::api::CONDITION_READY && c.reason == RESTORE_REFUSED)
+}
+
+/// The reason of a server's Ready condition when its restore was refused.
+pub const RESTORE_REFUSED: &str = "RestoreRefused";
+
 /// How a container that is not running came to stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -355,6 +372,34 @@ status:
   containerID: abc
   conditions: [{type: Ready, status: 'True', reason: Running, message: running, lastTransitionTime: '2026-01-01T00:00:00Z', observedGeneration: 3}]
 ";
+
+    #[test]
+    fn a_restore_is_done_once_and_a_refused_one_waits_for_a_change() {
+        let made = |status: &str| {
+            server(&format!(
+                "{{apiVersion: computeserver.io/v1alpha1, kind: ComputeServer, metadata: {{name: c, generation: 1}}, \
+                 spec: {{owner: alice, image: busybox, restoreFrom: {{snapshot: monday}}}}, status: {status}}}"
+            ))
+        };
+        let fresh = made("{}");
+        assert_eq!(pending_restore(&fresh), Some("monday"));
+        assert!(!restore_refused(&fresh));
+        let done = made("{restoredFrom: {snapshot: monday, checksum: 'sha256:ab'}}");
+        assert_eq!(pending_restore(&done), None);
+        let refused = |generation: i64| {
+            made(&format!(
+                "{{phase: Failed, observedGeneration: {generation}, conditions: [{{type: Ready, status: 'False', \
+                 reason: RestoreRefused, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}}]}}"
+            ))
+        };
+        assert!(restore_refused(&refused(1)));
+        assert!(!restore_refused(&refused(0)), "a changed server is tried again");
+        assert_eq!(
+            pending_restore(&server(RUNNING)),
+            None,
+            "no restoreFrom: nothing to restore"
+        );
+    }
 
     fn exited(code: i64) -> ContainerState {
         ContainerState {

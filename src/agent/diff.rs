@@ -30,7 +30,7 @@ pub struct Selection {
 
 /// Paths that are never copied: the kernel's and Docker's own (made anew in every container),
 /// and what does not outlive a restart anyway.
-pub const NEVER: [&str; 9] = [
+pub const NEVER: [&str; 10] = [
     "/proc",
     "/sys",
     "/dev",
@@ -40,12 +40,18 @@ pub const NEVER: [&str; 9] = [
     "/etc/hosts",
     "/etc/hostname",
     "/etc/resolv.conf",
+    "/sbin/docker-init",
 ];
 
 /// Whether `path` is `root` or inside it.
 fn within(path: &str, root: &str) -> bool {
     let root = root.trim_end_matches('/');
     path == root || (path.starts_with(root) && path.as_bytes().get(root.len()) == Some(&b'/'))
+}
+
+/// Whether `path` (absolute) is never copied: inside `skip` or [`NEVER`].
+pub fn skipped(path: &str, skip: &[&str]) -> bool {
+    skip.iter().chain(NEVER.iter()).any(|root| within(path, root))
 }
 
 /// The fewest paths that copy every added and modified file once: an added directory is copied
@@ -55,7 +61,7 @@ pub fn select(changes: &[(String, Change)], skip: &[&str]) -> Selection {
     let kept: Vec<&(String, Change)> = changes
         .iter()
         .filter(|(path, _)| path.starts_with('/'))
-        .filter(|(path, _)| !skip.iter().chain(NEVER.iter()).any(|root| within(path, root)))
+        .filter(|(path, _)| !skipped(path, skip))
         .collect();
     let has_inside = |dir: &str| {
         kept.iter()
@@ -149,9 +155,15 @@ mod tests {
             ("/etc/hostname", Modified),
             ("/root/.ash_history", Added),
             ("/dev/console", Added),
+            ("/sbin", Added),
+            ("/sbin/docker-init", Added),
         ]);
         let selection = select(&seen, &["/home/"]);
-        assert_eq!(selection.copy, vec!["/homework", "/root/.ash_history"]);
+        assert_eq!(selection.copy, vec!["/homework", "/root/.ash_history", "/sbin"]);
+        // What an added directory holds is copied but for what is never copied.
+        assert!(skipped("/sbin/docker-init", &["/home"]));
+        assert!(skipped("/home/alice", &["/home"]));
+        assert!(!skipped("/sbin/init", &["/home"]));
         assert!(selection.removed.is_empty());
     }
 

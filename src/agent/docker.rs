@@ -357,7 +357,15 @@ async fn network_gone(docker: &Docker, container: &ContainerInspectResponse) -> 
             .inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
         {
-            Ok(network) if network.id.is_some() && network.id != endpoint.network_id => return Ok(true),
+            // A container made but never started (a restore fills it first) names its networks
+            // without their IDs yet: Docker looks them up by name when it starts.
+            Ok(network)
+                if network.id.is_some()
+                    && endpoint.network_id.as_deref().is_some_and(|id| !id.is_empty())
+                    && network.id != endpoint.network_id =>
+            {
+                return Ok(true);
+            }
             Ok(_) => {}
             Err(error) if not_found(&error) => return Ok(true),
             Err(error) => return Err(Error::Docker(error)),

@@ -148,7 +148,7 @@ pub struct Args {
     pub memory_allocation_ratio: String,
 
     #[command(flatten)]
-    pub storage: crate::storage::Args,
+    pub storage: crate::storage::SnapshotStore,
 }
 
 fn parse_ratio(text: &str) -> std::result::Result<String, crate::api::Invalid> {
@@ -426,8 +426,9 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     };
     // A server made from a snapshot gets its data before it first starts.
     let server = match decide::pending_restore(&server) {
+        Some(_) if decide::restore_refused(&server) => return Ok(Action::await_change()),
         Some(name) => match snapshot::restore(&server, &plan, name, ctx).await? {
-            snapshot::Restore::Done(restored) => restored,
+            snapshot::Restore::Done(restored) => *restored,
             snapshot::Restore::Refused => return Ok(Action::await_change()),
             snapshot::Restore::Wait => return Ok(Action::requeue(GPU_RETRY)),
         },

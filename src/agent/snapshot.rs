@@ -310,7 +310,7 @@ async fn remove_objects(
 /// What became of a restore the server asked for.
 pub enum Restore {
     /// Done: the server's status now says from what.
-    Done(ComputeServer),
+    Done(Box<ComputeServer>),
     /// Not possible now or ever; its status says why and nothing was started.
     Refused,
     /// The snapshot is not ready yet.
@@ -393,7 +393,7 @@ pub async fn restore(
             );
             status::write(&restored, ctx, status::creating(&restored, ctx, message.clone())).await?;
             ctx.event(server, EventType::Normal, "Restored", message).await;
-            Ok(Restore::Done(restored))
+            Ok(Restore::Done(Box::new(restored)))
         }
         Err(copy::Error::Corrupt(why)) => {
             super::docker::remove(server, ctx).await?;
@@ -413,13 +413,18 @@ pub async fn restore(
 
 async fn refuse(server: &ComputeServer, ctx: &Context, message: String) -> Result<Restore> {
     if status::differs(server, crate::api::Phase::Failed, &message) {
-        ctx.event(server, EventType::Warning, "RestoreRefused", message.clone())
-            .await;
+        ctx.event(
+            server,
+            EventType::Warning,
+            super::decide::RESTORE_REFUSED,
+            message.clone(),
+        )
+        .await;
     }
     status::write(
         server,
         ctx,
-        status::failed(server, ctx, "RestoreRefused", message),
+        status::failed(server, ctx, super::decide::RESTORE_REFUSED, message),
     )
     .await?;
     Ok(Restore::Refused)

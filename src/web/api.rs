@@ -2,6 +2,7 @@
 //! only (cookies are never read here, so a browser session cannot be ridden by another site),
 //! errors as `{"error": "...", "message": "..."}`.
 
+use super::snapshots::SnapshotView;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -27,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/servers/{name}/stop", post(stop))
         .route("/api/v1/servers/{name}/start", post(start))
         .route("/api/v1/servers/{name}/extend", post(extend))
+        .route("/api/v1/servers/{name}/snapshots", get(snapshots).post(snapshot))
         .route("/api/v1/profiles", get(profiles))
 }
 
@@ -227,6 +229,29 @@ struct ProfileView {
     default_resources: Resources,
     max_resources: Resources,
     max_servers_per_user: Option<i32>,
+}
+
+/// Takes a snapshot of the caller's server: 201 with the snapshot (Pending until its agent took
+/// it); 404 for a server that is not the caller's.
+async fn snapshot(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
+    ready(&state)?;
+    let taken = super::snapshots::take(&state.snapshots, &state.cache, &user, &name).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotView::of(&taken))))
+}
+
+/// The snapshots of the caller's server, newest first.
+async fn snapshots(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<SnapshotView>>, ApiError> {
+    ready(&state)?;
+    let list = super::snapshots::of_server(&state.snapshots, &state.cache, &user, &name).await?;
+    Ok(Json(list.iter().map(SnapshotView::of).collect()))
 }
 
 async fn profiles(

@@ -83,6 +83,7 @@ fn front(keycloak_down: bool) -> (Router, ApiServer, Arc<session::Cookies>) {
         cookies: cookies.clone(),
         servers: Api::namespaced(client.clone(), "compute"),
         leases: Api::namespaced(client.clone(), "compute"),
+        snapshots: Api::namespaced(client.clone(), "compute"),
         events: Api::namespaced(client, "compute"),
         public_url: "http://127.0.0.1:8080".into(),
         bastion: Some("127.0.0.1:2222".into()),
@@ -193,6 +194,17 @@ async fn another_users_server_is_not_found_on_its_page_and_in_the_api() {
         events.query
     );
     events.answer(&json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}));
+    // ... and its snapshots: only hers of this server, by field selector.
+    let snapshots = api.next().await.expect(
+        "GET",
+        "/apis/computeserver.io/v1alpha1/namespaces/compute/computesnapshots",
+    );
+    assert!(
+        snapshots.query.contains("spec.server%3Dlab%2Cspec.owner%3Dalice"),
+        "{}",
+        snapshots.query
+    );
+    snapshots.answer(&json!({"apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeSnapshotList", "metadata": {}, "items": []}));
     let own = own.await.unwrap();
     assert_eq!(own.status, StatusCode::OK);
     assert!(own.body.contains("<h1>lab <span"), "{}", own.body);
@@ -223,6 +235,14 @@ async fn another_users_server_is_not_found_on_its_page_and_in_the_api() {
     )
     .await;
     assert_eq!(stop.status, StatusCode::NOT_FOUND, "{}", stop.body);
+    for method in ["GET", "POST"] {
+        let snapshot = send(
+            &app,
+            api_call(method, "/api/v1/servers/lab/snapshots", "bob", Value::Null),
+        )
+        .await;
+        assert_eq!(snapshot.status, StatusCode::NOT_FOUND, "{}", snapshot.body);
+    }
     let own = send(&app, api_call("GET", "/api/v1/servers", "alice", Value::Null)).await;
     assert_eq!(own.json().as_array().map(|a| a.len()), Some(1), "{}", own.body);
     api.silent(Duration::from_millis(50)).await;
@@ -405,4 +425,28 @@ async fn ready_only_once_the_cache_and_keycloak_are() {
     let api_call = send(&app, api_call("GET", "/api/v1/servers", "alice", Value::Null)).await;
     assert_eq!(api_call.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(api_call.json()["error"], "unavailable", "{}", api_call.body);
+}
+
+#[tokio::test]
+async fn a_snapshot_through_the_api_is_one_create_owned_by_the_servers_owner() {
+    let (app, mut api, _) = front(false);
+    let app2 = app.clone();
+    let request = api_call("POST", "/api/v1/servers/lab/snapshots", "alice", Value::Null);
+    let taken = tokio::spawn(async move { send(&app2, request).await });
+    let call = api.next().await.expect(
+        "POST",
+        "/apis/computeserver.io/v1alpha1/namespaces/compute/computesnapshots",
+    );
+    assert_eq!(call.body["spec"], json!({"server": "lab", "owner": "alice"}));
+    assert_eq!(call.body["metadata"]["labels"]["computeserver.io/owner"], "alice");
+    let name = call.body["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("lab-2"), "{name}");
+    let mut created = call.body.clone();
+    created["metadata"]["creationTimestamp"] = json!("2026-12-04T10:15:02Z");
+    call.answer(&created);
+    let taken = taken.await.unwrap();
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.body);
+    assert_eq!(taken.json()["name"], name);
+    assert_eq!(taken.json()["phase"], "Pending");
+    api.silent(Duration::from_millis(50)).await;
 }

@@ -16,6 +16,7 @@ pub mod oidc;
 pub mod pages;
 pub mod servers;
 pub mod session;
+pub mod snapshots;
 pub mod ssh;
 pub mod terminal;
 
@@ -130,6 +131,8 @@ pub struct AppState {
     pub leases: Api<Lease>,
     /// Events of the namespace, for the detail page.
     pub events: Api<Event>,
+    /// ComputeSnapshots of the namespace: taken and listed for their owners.
+    pub snapshots: Api<crate::api::ComputeSnapshot>,
     /// The public URL without a trailing slash.
     pub public_url: Arc<str>,
     /// The bastion's address for SSH commands.
@@ -256,6 +259,7 @@ pub async fn run(args: Args) -> Result<()> {
         cookies: Arc::new(Cookies::new(session_key(session_text.as_deref())?, secure)),
         servers: Api::namespaced(client.clone(), &args.namespace),
         leases: Api::namespaced(client.clone(), &args.namespace),
+        snapshots: Api::namespaced(client.clone(), &args.namespace),
         events: Api::namespaced(client, &args.namespace),
         public_url: public_url.clone(),
         bastion: args.bastion_address.as_deref().map(Arc::from),

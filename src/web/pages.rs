@@ -512,6 +512,9 @@ async fn detail(
         Err(problem) => return problem_page(&session, problem),
     };
     let events = events_of(&state, &server).await;
+    let snapshots = super::snapshots::of_server(&state.snapshots, &state.cache, &session.user, &name)
+        .await
+        .unwrap_or_default();
     let status = server.status.clone().unwrap_or_default();
     let phase = servers::phase(&server);
     let ssh = servers::ssh_command(&server, state.bastion.as_deref(), &server.spec.owner);
@@ -587,6 +590,32 @@ async fn detail(
                         dt { "Apps" } dd {
                             @for app in &apps {
                                 a href=(crate::api::app_path(&name, &app.name)) { (app.name) } " (port " (app.container_port) ") "
+                            }
+                        }
+                    }
+                }
+            }
+            div.heading #snapshots {
+                h2 { "Snapshots" }
+                form method="post" action={ "/servers/" (name) "/snapshot" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button.button.secondary type="submit" { "Take snapshot" }
+                }
+            }
+            @if snapshots.is_empty() {
+                p.muted { "No snapshots yet. A snapshot copies this server's data and what changed in its system into the object store; a new server can start from it." }
+            } @else {
+                table.snapshots {
+                    thead { tr { th { "Name" } th { "Phase" } th { "Size" } th { "Taken" } th { "Message" } } }
+                    tbody {
+                        @for s in &snapshots {
+                            @let view = super::snapshots::SnapshotView::of(s);
+                            tr {
+                                td { code { (view.name) } }
+                                td { (phase_badge(&view.phase)) }
+                                td { (view.size.as_deref().unwrap_or("—")) }
+                                td { (view.taken_at.as_deref().unwrap_or("—")) }
+                                td { (view.message.as_deref().unwrap_or("")) }
                             }
                         }
                     }
@@ -724,6 +753,7 @@ async fn act(
         "start" => Action::Start,
         "delete" => Action::Delete,
         "extend" => return extend(state, session, name, form).await,
+        "snapshot" => return snapshot(state, session, name, form).await,
         _ => return problem_page(&session, Problem::NotFound(name)),
     };
     if !session.csrf_ok(&form.csrf) {
@@ -732,6 +762,17 @@ async fn act(
     match servers::act(&state.servers, &state.cache, &session.user, &name, action).await {
         Ok(_) if action == Action::Delete => Redirect::to("/").into_response(),
         Ok(_) => Redirect::to(&format!("/servers/{name}")).into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+/// Take a snapshot, from the page's button: back to the page, which lists it.
+async fn snapshot(state: AppState, session: Session, name: String, form: ActionForm) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    match super::snapshots::take(&state.snapshots, &state.cache, &session.user, &name).await {
+        Ok(_) => Redirect::to(&format!("/servers/{name}#snapshots")).into_response(),
         Err(problem) => problem_page(&session, problem),
     }
 }
