@@ -6,8 +6,8 @@ mod support;
 
 use serde_json::Value;
 use support::{
-    Agent, Stack, TestNamespace, eventually, install_crds, kubectl, kubectl_ok, server_json, unique,
-    wait_phase,
+    Agent, Scheduler, Stack, TestNamespace, TestProfile, eventually, install_crds, kubectl, kubectl_ok,
+    server_json, unique, wait_phase,
 };
 
 /// A busybox server of the `tiny` profile (data at /home) that sleeps until stopped.
@@ -240,6 +240,99 @@ fn a_snapshot_holds_home_and_installed_files_and_a_clone_on_another_node_has_the
     assert_eq!(exec(2, &clone, "cat /home/notes.txt"), "my notes\n");
     assert!(server_json(&ns.name, "copy").is_some());
     // The rest go while the agents that remove their objects still run.
+    kubectl_ok(
+        &["delete", "csnap", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+    drop((first, second));
+}
+
+#[test]
+fn a_stopped_server_is_archived_off_its_node_and_restored_on_another_when_started() {
+    install_crds();
+    let ns = TestNamespace::new("archive");
+    let profile = TestProfile::new("archiver", "lifecycle: {archiveAfterStopped: 2s}");
+    // Nodes of this test's own (its label), so its scheduler places nothing elsewhere.
+    let label = unique("archive");
+    let flags = ["--label", &format!("test={label}")];
+    let first = Agent::start_with(&unique("arch-a"), 1, &flags);
+    let second = Agent::start_with(&unique("arch-b"), 2, &flags);
+    let _scheduler = Scheduler::start(&unique("arch-sched"), &ns.name, "compute");
+    let spec = format!("profile: {}\nnodeSelector: {{test: {label}}}", profile.name);
+    server(&ns.name, "box", &first.node, "alice", &spec);
+    wait_phase(&ns.name, "box", "Running");
+    let container = format!("csrv.{}.box", ns.name);
+    exec(
+        1,
+        &container,
+        "echo work > /home/work.txt && mkdir -p /usr/local/bin && echo tool > /usr/local/bin/tool",
+    );
+
+    // Stopped, then archived: a snapshot, and nothing of it left on its node.
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "box",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"running":false}}"#,
+        ],
+        None,
+    );
+    let archived = wait_phase(&ns.name, "box", "Archived");
+    let snapshot = archived["status"]["archivedTo"].as_str().unwrap().to_string();
+    assert!(snapshot.starts_with("box-archive-"), "{snapshot}");
+    let message = archived["status"]["message"].as_str().unwrap();
+    assert!(message.contains("it reserves nothing"), "{message}");
+    let uid = archived["metadata"]["uid"].as_str().unwrap();
+    assert!(!exists(1, "container", &container));
+    assert!(!exists(1, "volume", &format!("{container}.{uid}.data")));
+    assert_eq!(
+        snapshot_json(&ns.name, &snapshot).unwrap()["status"]["phase"],
+        "Ready"
+    );
+
+    // Its node takes no more servers; started, it is placed on the other and restored there.
+    kubectl_ok(
+        &[
+            "patch",
+            "computenode",
+            &first.node,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "box",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"running":true}}"#,
+        ],
+        None,
+    );
+    let back = eventually("box to run again on the other node", 120, || {
+        server_json(&ns.name, "box")
+            .filter(|s| s["status"]["phase"] == "Running" && s["status"]["node"] == second.node.as_str())
+    });
+    assert_eq!(back["status"]["restoredFrom"]["snapshot"], snapshot.as_str());
+    assert!(back["status"]["archivedTo"].is_null());
+    assert_eq!(exec(2, &container, "cat /home/work.txt"), "work\n");
+    assert_eq!(exec(2, &container, "cat /usr/local/bin/tool"), "tool\n");
+
+    kubectl_ok(
+        &["delete", "csrv", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
     kubectl_ok(
         &["delete", "csnap", "-n", &ns.name, "--all", "--timeout=60s"],
         None,

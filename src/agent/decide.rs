@@ -97,12 +97,20 @@ pub fn volume(server: &ComputeServer, node: &str, found: Option<&Volume>) -> Vol
     ))
 }
 
-/// The snapshot the server's data must be restored from before it starts: the one it was
-/// created from (spec.restoreFrom), until its status says that restore was done.
+/// The snapshot the server's data must be restored from before it starts: its archive's while
+/// it is archived (status.archivedTo), else the one it was created from (spec.restoreFrom) until
+/// its status says a restore was done.
 pub fn pending_restore(server: &ComputeServer) -> Option<&str> {
+    let status = server.status.as_ref();
+    // An archived server's data is only in its archive's snapshot.
+    if let Some(archive) = status.and_then(|s| s.archived_to.as_deref()) {
+        return Some(archive);
+    }
     let wanted = server.spec.restore_from.as_ref()?.snapshot.as_str();
-    let done = server.status.as_ref().and_then(|s| s.restored_from.as_ref());
-    (done.map(|r| r.snapshot.as_str()) != Some(wanted)).then_some(wanted)
+    status
+        .and_then(|s| s.restored_from.as_ref())
+        .is_none()
+        .then_some(wanted)
 }
 
 /// Whether the restore this server asks for was refused already for its current spec (its
@@ -386,6 +394,9 @@ status:
         assert!(!restore_refused(&fresh));
         let done = made("{restoredFrom: {snapshot: monday, checksum: 'sha256:ab'}}");
         assert_eq!(pending_restore(&done), None);
+        let archived =
+            made("{archivedTo: c-archive-1, restoredFrom: {snapshot: monday, checksum: 'sha256:ab'}}");
+        assert_eq!(pending_restore(&archived), Some("c-archive-1"));
         let refused = |generation: i64| {
             made(&format!(
                 "{{phase: Failed, observedGeneration: {generation}, conditions: [{{type: Ready, status: 'False', \

@@ -385,6 +385,13 @@ fn retry_delay(failures: u32) -> Duration {
 }
 
 async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
+    // Archived and to stay stopped: nothing of it is here, and nothing is made.
+    if let Some(snapshot) = server.status.as_ref().and_then(|s| s.archived_to.as_deref())
+        && !server.spec.running
+    {
+        status::write(server, ctx, status::archived(server, ctx, snapshot)).await?;
+        return Ok(Action::await_change());
+    }
     let profile = match &server.spec.profile {
         Some(name) => Api::<ComputeProfile>::all(ctx.client.clone())
             .get_opt(name)
@@ -442,10 +449,26 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
             let now = k8s_openapi::jiff::Timestamp::now();
             let warning = crate::api::lifecycle::warning(server, &rules, now);
             let status = status::observed(server, ctx, &plan, &observed, warning.as_deref());
+            let stopped = status.phase == Some(Phase::Stopped);
             status::write(server, ctx, status).await?;
-            let next = crate::api::lifecycle::warning_starts(server, &rules, now)
-                .and_then(|t| std::time::Duration::try_from(t.duration_since(now)).ok())
-                .map_or(RESYNC, |until| until.min(RESYNC));
+            if stopped && crate::api::lifecycle::archive_due(server, &rules, now) {
+                return snapshot::archive(server, ctx).await;
+            }
+            // Looked at again when a stop's warning begins, or when it is due to be archived.
+            let archive_at = rules
+                .archive_after_stopped
+                .zip(crate::api::lifecycle::stopped_since(server))
+                .and_then(|(after, since)| since.checked_add(after).ok());
+            let next = [
+                crate::api::lifecycle::warning_starts(server, &rules, now),
+                archive_at,
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| std::time::Duration::try_from(t.duration_since(now)).ok())
+            .fold(RESYNC, |next, until| {
+                next.min(until.max(Duration::from_millis(200)))
+            });
             Ok(Action::requeue(next))
         }
         Err(error) => {

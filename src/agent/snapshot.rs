@@ -382,6 +382,7 @@ pub async fn restore(
         Ok(manifest) => {
             let mut restored = server.clone();
             let status = restored.status.get_or_insert_default();
+            status.archived_to = None;
             status.restored_from = Some(Restored {
                 snapshot: name.into(),
                 checksum: checksum.into(),
@@ -408,6 +409,60 @@ pub async fn restore(
             super::docker::remove(server, ctx).await?;
             Err(Error::Copy(error))
         }
+    }
+}
+
+/// Archives a stopped server: its archive snapshot (named after when it stopped) is asked for,
+/// and once it is Ready the container and data volume leave this node; the status then says
+/// Archived and names the snapshot. A snapshot that failed leaves the server as it is.
+pub async fn archive(server: &ComputeServer, ctx: &Context) -> Result<Action> {
+    let Some(since) = crate::api::lifecycle::stopped_since(server) else {
+        return Ok(Action::requeue(super::RESYNC));
+    };
+    let namespace = server.namespace().unwrap_or_default();
+    let name = crate::api::snapshot_name(&server.name_any(), Some("archive"), since);
+    let api: Api<ComputeSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(snapshot) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+        let mut snapshot = ComputeSnapshot::new(
+            &name,
+            crate::api::ComputeSnapshotSpec {
+                server: server.name_any(),
+                owner: server.spec.owner.clone(),
+            },
+        );
+        snapshot.labels_mut().insert(
+            crate::api::OWNER_LABEL.into(),
+            crate::api::owner_label(&server.spec.owner),
+        );
+        match api.create(&kube::api::PostParams::default(), &snapshot).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(Error::Kube(error)),
+        }
+        let note = format!("stopped long enough to be archived: taking snapshot {name} first");
+        ctx.event(server, EventType::Normal, "Archiving", note).await;
+        return Ok(Action::requeue(WAIT / 2));
+    };
+    match snapshot.status.as_ref().and_then(|s| s.phase) {
+        Some(SnapshotPhase::Ready) => {
+            super::docker::remove(server, ctx).await?;
+            let size = snapshot
+                .status
+                .as_ref()
+                .and_then(|s| s.size.clone())
+                .unwrap_or_default();
+            status::write(server, ctx, status::archived(server, ctx, &name)).await?;
+            let note = format!(
+                "archived to snapshot {name} ({size}); its container and data volume left node {}",
+                ctx.node
+            );
+            ctx.event(server, EventType::Normal, "Archived", note).await;
+            info!(snapshot = %name, "server archived");
+            Ok(Action::await_change())
+        }
+        // It stays stopped, with its data here; the next stop tries again.
+        Some(SnapshotPhase::Failed) => Ok(Action::requeue(super::RESYNC)),
+        _ => Ok(Action::requeue(WAIT / 2)),
     }
 }
 

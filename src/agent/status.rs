@@ -42,6 +42,7 @@ fn base(
             .map(|s| s.gpu_devices.clone())
             .unwrap_or_default(),
         restored_from: server.status.as_ref().and_then(|s| s.restored_from.clone()),
+        archived_to: server.status.as_ref().and_then(|s| s.archived_to.clone()),
         ..Default::default()
     }
 }
@@ -62,6 +63,19 @@ pub fn waiting(server: &ComputeServer, ctx: &Context, reason: &str, message: Str
     ComputeServerStatus {
         container_id: old.container_id,
         ..base(server, ctx, Phase::Pending, message, condition)
+    }
+}
+
+/// Archived: kept only as the snapshot `snapshot`; nothing of it on this node.
+pub fn archived(server: &ComputeServer, ctx: &Context, snapshot: &str) -> ComputeServerStatus {
+    let message = format!(
+        "archived to snapshot {snapshot}: nothing of it is on a node and it reserves nothing; start it \
+         to restore it on any node with room"
+    );
+    let condition = ready(server, false, "Archived", &message);
+    ComputeServerStatus {
+        archived_to: Some(snapshot.to_string()),
+        ..base(server, ctx, Phase::Archived, message, condition)
     }
 }
 

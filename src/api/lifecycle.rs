@@ -20,6 +20,7 @@ pub struct Rules {
     pub max_lifetime: Option<Duration>,
     pub max_extension: Option<Duration>,
     pub delete_after_stopped: Option<Duration>,
+    pub archive_after_stopped: Option<Duration>,
     pub idle_cpu_percent: i32,
 }
 
@@ -34,6 +35,7 @@ impl Rules {
             max_lifetime,
             max_extension,
             delete_after_stopped,
+            archive_after_stopped,
             idle_cpu_percent,
         } = &lifecycle;
         Rules {
@@ -41,6 +43,7 @@ impl Rules {
             max_lifetime: read(max_lifetime),
             max_extension: read(max_extension),
             delete_after_stopped: read(delete_after_stopped),
+            archive_after_stopped: read(archive_after_stopped),
             idle_cpu_percent: idle_cpu_percent.unwrap_or(DEFAULT_IDLE_CPU_PERCENT),
         }
     }
@@ -122,15 +125,28 @@ fn plus(time: Timestamp, duration: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-/// Since when a stopped server is stopped: the Ready condition's last turn to False.
-fn stopped_since(server: &ComputeServer) -> Option<Timestamp> {
+/// Since when a stopped (or archived) server is stopped: the Ready condition's last turn to False.
+pub fn stopped_since(server: &ComputeServer) -> Option<Timestamp> {
     let status = server.status.as_ref()?;
-    (status.phase == Some(Phase::Stopped)).then_some(())?;
+    matches!(status.phase, Some(Phase::Stopped | Phase::Archived)).then_some(())?;
     status
         .conditions
         .iter()
         .find(|c| c.type_ == CONDITION_READY && c.status == "False")
         .map(|c| c.last_transition_time.0)
+}
+
+/// Whether a stopped server is due to be archived at `now`: its profile archives after
+/// `archiveAfterStopped`, it is asked to stay stopped, and it has been so that long.
+pub fn archive_due(server: &ComputeServer, rules: &Rules, now: Timestamp) -> bool {
+    let (Some(after), Some(since)) = (rules.archive_after_stopped, stopped_since(server)) else {
+        return false;
+    };
+    let archived = server.status.as_ref().is_some_and(|s| s.archived_to.is_some());
+    !server.spec.running
+        && !archived
+        && server.metadata.deletion_timestamp.is_none()
+        && plus(since, after) <= now
 }
 
 /// The lifecycle's verdict on `server` with the rules of its profile, at `now`.
@@ -311,6 +327,7 @@ mod tests {
             max_lifetime: life.map(|l| parse_duration(l).unwrap()),
             max_extension: extension.map(|e| parse_duration(e).unwrap()),
             delete_after_stopped: None,
+            archive_after_stopped: None,
             idle_cpu_percent: 5,
         }
     }
@@ -447,6 +464,37 @@ mod tests {
             verdict(&server, &r, at("2026-12-08T12:00:00Z")).act,
             Act::Delete(_)
         ));
+    }
+
+    #[test]
+    fn a_stopped_server_is_archived_after_archive_after_stopped_once() {
+        let mut server = running("2026-12-01T10:00:00Z");
+        server.spec.running = false;
+        let status = server.status.as_mut().unwrap();
+        status.phase = Some(Phase::Stopped);
+        status.conditions = vec![Condition {
+            type_: CONDITION_READY.into(),
+            status: "False".into(),
+            reason: "Stopped".into(),
+            message: "stopped".into(),
+            observed_generation: None,
+            last_transition_time: Time(at("2026-12-01T12:00:00Z")),
+        }];
+        let r = Rules {
+            archive_after_stopped: parse_duration("1d").ok(),
+            ..Rules::default()
+        };
+        assert!(!archive_due(&server, &r, at("2026-12-02T11:59:59Z")));
+        assert!(archive_due(&server, &r, at("2026-12-02T12:00:00Z")));
+        assert!(
+            !archive_due(&server, &Rules::default(), at("2027-01-01T00:00:00Z")),
+            "not archived without the rule"
+        );
+        server.status.as_mut().unwrap().archived_to = Some("x".into());
+        assert!(
+            !archive_due(&server, &r, at("2026-12-03T00:00:00Z")),
+            "archived once"
+        );
     }
 
     #[test]

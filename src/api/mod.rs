@@ -23,7 +23,7 @@ pub use server::{
 };
 pub use snapshot::{
     ComputeSnapshot, ComputeSnapshotSpec, ComputeSnapshotStatus, Manifest, Part, RestoreFrom, RestoreRefusal,
-    SnapshotPhase, checksum, hex, human_bytes, location, restorable,
+    SnapshotPhase, checksum, hex, human_bytes, location, restorable, snapshot_name,
 };
 
 /// The API group.

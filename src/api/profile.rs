@@ -138,6 +138,14 @@ pub struct Lifecycle {
     #[schemars(schema_with = "super::duration_schema")]
     pub delete_after_stopped: Option<String>,
 
+    /// Archive servers that have been stopped this long: a snapshot is taken into the object
+    /// store, then their container and data volume leave the node and they reserve nothing
+    /// (phase Archived). Starting one restores it on any node with room. Needs the agents'
+    /// snapshot store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::duration_schema")]
+    pub archive_after_stopped: Option<String>,
+
     /// CPU use (percent of the server's CPU limit) above which a server counts as busy.
     /// Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]

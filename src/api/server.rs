@@ -255,6 +255,10 @@ pub enum Phase {
     Terminating,
     /// The node's agent stopped reporting; the server may still run there.
     NodeLost,
+    /// Stopped and kept only as a snapshot in the object store (status.archivedTo): no
+    /// container or data volume on any node, nothing reserved. Starting it restores it on any
+    /// node with room.
+    Archived,
 }
 
 /// What the system last saw of the server.
@@ -262,7 +266,7 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct ComputeServerStatus {
     /// Where the server is in its life: Pending, Scheduled, Creating, Running, Stopped,
-    /// Failed, Terminating or NodeLost.
+    /// Failed, Terminating, NodeLost or Archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
@@ -327,6 +331,11 @@ pub struct ComputeServerStatus {
     /// snapshot's checksum as verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<Restored>,
+
+    /// The snapshot the server was archived to (by its profile's lifecycle.archiveAfterStopped):
+    /// while set, its data is only there; its next start restores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_to: Option<String>,
 }
 
 /// A restore done.

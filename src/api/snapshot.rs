@@ -197,6 +197,18 @@ impl Manifest {
     }
 }
 
+/// A snapshot's name: its server's, a word, and a time ("dev-20261204-101502",
+/// "dev-archive-20261204-101502"), shortened so it stays a valid object name.
+pub fn snapshot_name(server: &str, word: Option<&str>, at: k8s_openapi::jiff::Timestamp) -> String {
+    let stamp = match word {
+        Some(word) => format!("{word}-{}", at.strftime("%Y%m%d-%H%M%S")),
+        None => at.strftime("%Y%m%d-%H%M%S").to_string(),
+    };
+    let room = 253 - stamp.len() - 1;
+    let base: String = server.chars().take(room).collect();
+    format!("{}-{stamp}", base.trim_end_matches(['-', '.']))
+}
+
 /// "sha256:HEX" of some bytes: a snapshot's checksum is this of its manifest's bytes.
 pub fn checksum(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -328,6 +340,19 @@ mod tests {
                 .to_string(),
             "snapshot snap failed and cannot be restored: Docker refused"
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_named_after_its_server_and_the_time() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-04T10:15:02Z".parse().unwrap();
+        assert_eq!(snapshot_name("dev", None, now), "dev-20261204-101502");
+        assert_eq!(
+            snapshot_name("dev", Some("archive"), now),
+            "dev-archive-20261204-101502"
+        );
+        let name = snapshot_name(&"a".repeat(253), None, now);
+        assert_eq!(name.len(), 253);
+        assert!(name.ends_with("-20261204-101502"));
     }
 
     #[test]

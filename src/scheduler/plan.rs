@@ -120,6 +120,15 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     let mut pending = Vec::new();
     let mut unlabelled = HashSet::new();
     for server in servers {
+        // An archived server is on no node: it reserves nothing, and once it is to run again it
+        // is placed anew (its label, if any, names the node it left).
+        if server.status.as_ref().is_some_and(|s| s.archived_to.is_some()) {
+            if server.spec.running && server.meta().deletion_timestamp.is_none() {
+                unlabelled.insert(server.uid().unwrap_or_default());
+                pending.push(server.clone());
+            }
+            continue;
+        }
         match server.labels().get(NODE_LABEL) {
             Some(node) => {
                 let deleting = server.meta().deletion_timestamp.is_some();
@@ -378,6 +387,32 @@ mod tests {
         gone.metadata.finalizers = Some(vec![CONTAINER_FINALIZER.into()]);
         let snapshot = snapshot(vec![gone], vec![], vec![]);
         assert_eq!(summary(&plan(&snapshot, &mut Assumed::new())), ["release lab n9"]);
+    }
+
+    #[test]
+    fn an_archived_server_reserves_nothing_and_is_placed_anew_when_started() {
+        let now = Timestamp::now();
+        let mut big = server("big", "1", "1Gi");
+        big.labels_mut().insert(NODE_LABEL.into(), "n1".into());
+        big.spec.running = false;
+        big.status = Some(crate::api::ComputeServerStatus {
+            phase: Some(Phase::Archived),
+            archived_to: Some("big-archive-1".into()),
+            ..Default::default()
+        });
+        let fresh = server("fresh", "1", "1Gi");
+        let nodes = vec![node("n1", "1", "1Gi")];
+        let both = snapshot(vec![big.clone(), fresh], nodes.clone(), vec![lease("n1", now)]);
+        let placed = plan(&both, &mut Assumed::new());
+        assert_eq!(
+            summary(&placed),
+            ["place fresh n1"],
+            "the archived one holds no room"
+        );
+        big.spec.running = true;
+        let started = snapshot(vec![big], nodes, vec![lease("n1", now)]);
+        let placed = plan(&started, &mut Assumed::new());
+        assert_eq!(summary(&placed), ["place big n1"], "started: placed anew");
     }
 
     #[test]

@@ -11,15 +11,6 @@ use super::oidc::User;
 use super::servers::{self, Problem};
 use crate::api::{ComputeSnapshot, ComputeSnapshotSpec, OWNER_LABEL, owner_label};
 
-/// A snapshot's name: its server's, then when it was asked for ("dev-20261204-101502"),
-/// shortened so it stays a valid object name.
-pub fn name_for(server: &str, now: jiff::Timestamp) -> String {
-    let stamp = now.strftime("%Y%m%d-%H%M%S").to_string();
-    let room = 253 - stamp.len() - 1;
-    let base: String = server.chars().take(room).collect();
-    format!("{}-{stamp}", base.trim_end_matches(['-', '.']))
-}
-
 /// Takes a snapshot of `user`'s server `server` (admins: anyone's, owned by the server's owner).
 pub async fn take(
     api: &Api<ComputeSnapshot>,
@@ -30,7 +21,7 @@ pub async fn take(
     let found = servers::visible(cache, user, server)?;
     let owner = found.spec.owner.clone();
     let mut snapshot = ComputeSnapshot::new(
-        &name_for(server, jiff::Timestamp::now()),
+        &crate::api::snapshot_name(server, None, jiff::Timestamp::now()),
         ComputeSnapshotSpec {
             server: server.to_string(),
             owner: owner.clone(),
@@ -98,20 +89,5 @@ impl SnapshotView {
             message: status.message.clone(),
             status: snapshot.status.clone(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_snapshot_is_named_after_its_server_and_the_time() {
-        let now: jiff::Timestamp = "2026-12-04T10:15:02Z".parse().unwrap();
-        assert_eq!(name_for("dev", now), "dev-20261204-101502");
-        let long = "a".repeat(253);
-        let name = name_for(&long, now);
-        assert_eq!(name.len(), 253);
-        assert!(name.ends_with("-20261204-101502"));
     }
 }
