@@ -41,7 +41,7 @@ check:
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo test --locked --lib --bins --test invariants --test docs --test crds
 
-## bench: every benchmark (release build) against real components, with a summary line each; BENCH=NAME for one (agent, scheduler, web, bastion, browser)
+## bench: every benchmark (release build) against real components, with a summary line each; BENCH=NAME for one (agent, scheduler, web, bastion, browser, snapshot)
 bench:
 	@bash $(STACK) bench $(BENCH)
 

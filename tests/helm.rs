@@ -690,12 +690,15 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
         })
         .chain(names("user", &["clusterrole.rbac.authorization.k8s.io"]))
         .chain(admission.split(',').flat_map(|kind| {
-            let policy = if kind.starts_with("mutating") {
-                "owner-label"
+            let policies: &[&str] = if kind.starts_with("mutating") {
+                &["owner-label"]
             } else {
-                "identity"
+                &["identity", "snapshots"]
             };
-            [format!("{kind}/{}-compute-server-{policy}", release.name)]
+            policies
+                .iter()
+                .map(|policy| format!("{kind}/{}-compute-server-{policy}", release.name))
+                .collect::<Vec<_>>()
         }))
         .chain([format!("computeprofile.computeserver.io/{profile}")])
         .collect();
@@ -1213,7 +1216,7 @@ fn the_first_install_makes_the_crds_and_the_profiles_and_uninstall_keeps_the_crd
     // Uninstall removes the release but keeps the CRDs, and with them everyone's servers.
     helm(&["uninstall", "cs", "-n", "compute", "--wait"]);
     let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"], None);
-    assert_eq!(crds.matches("computeserver.io").count(), 3, "{crds}");
+    assert_eq!(crds.matches("computeserver.io").count(), 4, "{crds}");
     assert!(
         cluster
             .kubectl_ok(&["get", "computeprofiles", "-o", "name"], None)

@@ -339,3 +339,148 @@ fn a_stopped_server_is_archived_off_its_node_and_restored_on_another_when_starte
     );
     drop((first, second));
 }
+
+/// `make bench BENCH=snapshot`: snapshot and restore throughput of 256 MiB in a server's /home
+/// (random: it does not compress, so the store gets all of it), against a floor measured in the
+/// same run: the same number of bytes put into the same store as one plain upload, and read back
+/// as one plain download (curl). Also the agent's peak memory while it copies.
+#[test]
+#[ignore = "a benchmark: make bench BENCH=snapshot"]
+fn bench_snapshot() {
+    const MIB: u64 = 256;
+    install_crds();
+    let ns = TestNamespace::new("bench-snap");
+    let first = Agent::start_with(&unique("bsnap-a"), 1, &[]);
+    let second = Agent::start_with(&unique("bsnap-b"), 2, &[]);
+    server(
+        &ns.name,
+        "src",
+        &first.node,
+        "alice",
+        &format!("{SLEEPER}\nresources: {{memory: 512Mi}}"),
+    );
+    wait_phase(&ns.name, "src", "Running");
+    let container = format!("csrv.{}.src", ns.name);
+    exec(
+        1,
+        &container,
+        &format!("dd if=/dev/urandom of=/home/blob bs=1048576 count={MIB} 2>/dev/null"),
+    );
+    let rss_before = support::status_kib(first.pid(), "VmRSS");
+
+    let started = std::time::Instant::now();
+    apply(
+        &ns.name,
+        "ComputeSnapshot",
+        "bench",
+        "",
+        "server: src\nowner: alice",
+    );
+    let snap = settled(&ns.name, "bench");
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(snap["status"]["phase"], "Ready", "{}", snap["status"]);
+    let peak = support::status_kib(first.pid(), "VmHWM");
+
+    let started = std::time::Instant::now();
+    server(
+        &ns.name,
+        "copy",
+        &second.node,
+        "alice",
+        &format!("{SLEEPER}\nrestoreFrom: {{snapshot: bench}}"),
+    );
+    wait_phase(&ns.name, "copy", "Running");
+    let restored = started.elapsed().as_secs_f64();
+
+    // The floor: the same bytes as one plain upload and one plain download.
+    let bytes = snap["status"]["storedBytes"].as_i64().unwrap() as usize;
+    let blob = vec![7u8; bytes];
+    let started = std::time::Instant::now();
+    assert_eq!(s3("PUT", "bench/floor", Some(&blob)).0, 200);
+    let put = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    assert_eq!(s3("GET", "bench/floor", None).0, 200);
+    let get = started.elapsed().as_secs_f64();
+    s3("DELETE", "bench/floor", None);
+
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    let rate = |seconds: f64| mib / seconds;
+    println!(
+        "snapshot: {MIB} MiB of /home ({mib:.0} MiB stored) on {}; agent RSS {} MiB before, peak {} MiB",
+        support::machine(),
+        rss_before / 1024,
+        peak / 1024
+    );
+    println!(
+        "snapshot: snapshot_mib_s={:.0} restore_mib_s={:.0} floor_put_mib_s={:.0} floor_get_mib_s={:.0} \
+         snapshot_ratio={:.2} restore_ratio={:.2}",
+        rate(took),
+        rate(restored),
+        rate(put),
+        rate(get),
+        put / took,
+        get / restored
+    );
+    kubectl_ok(
+        &["delete", "csrv", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+    kubectl_ok(
+        &["delete", "csnap", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+    drop((first, second));
+}
+
+#[test]
+fn a_profiles_schedule_takes_snapshots_by_itself_and_keeps_the_newest() {
+    install_crds();
+    let ns = TestNamespace::new("sched-snap");
+    let profile = TestProfile::new("every3s", "snapshots: {every: 3s, keep: 2}");
+    let agent = Agent::start_with(&unique("ssnap"), 1, &[]);
+    server(
+        &ns.name,
+        "box",
+        &agent.node,
+        "alice",
+        &format!("profile: {}", profile.name),
+    );
+    wait_phase(&ns.name, "box", "Running");
+    // Within 20 s: at least three were taken (one every 3 s), and only the newest two are kept.
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let kept = eventually("three scheduled snapshots, two kept", 30, || {
+        let out = kubectl_ok(
+            &[
+                "get",
+                "csnap",
+                "-n",
+                &ns.name,
+                "-l",
+                "computeserver.io/scheduled=true",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let list: Value = serde_json::from_str(&out).unwrap();
+        let names: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["metadata"]["deletionTimestamp"].is_null())
+            .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(names.len() <= 2, "more than keep: {names:?}");
+        seen.borrow_mut().extend(names.iter().cloned());
+        (seen.borrow().len() >= 3 && names.len() == 2).then_some(names)
+    });
+    assert!(kept.iter().all(|n| n.starts_with("box-auto-")), "{kept:?}");
+    kubectl_ok(
+        &["delete", "csrv", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+    kubectl_ok(
+        &["delete", "csnap", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+}

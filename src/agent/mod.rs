@@ -181,6 +181,8 @@ pub struct Context {
     pub metrics: metrics::Metrics,
     /// This node's servers, as the controller's watch sees them.
     pub servers: Store<ComputeServer>,
+    /// Every ComputeSnapshot, as the snapshots' controller sees them.
+    pub snapshots: Store<crate::api::ComputeSnapshot>,
     /// Failed reconciles in a row per server uid, for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The last CPU sample of each container, for the lifecycle's activity.
@@ -241,11 +243,16 @@ pub async fn run(args: Args) -> Result<()> {
         watcher::Config::default().labels(&selector),
     );
     let servers = controller.store();
+    let snapshot_controller = Controller::new(
+        Api::<crate::api::ComputeSnapshot>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let gpus = gpu::inventory(&args.gpu_devices).await;
     let ctx = Arc::new(Context {
         gpus,
         claims: Default::default(),
         servers: servers.clone(),
+        snapshots: snapshot_controller.store(),
         metrics,
         events: crate::runtime::events::Events::new(
             client.clone(),
@@ -298,17 +305,14 @@ pub async fn run(args: Args) -> Result<()> {
                 warn!(%error, "reconcile failed");
             }
         });
-    let snapshots = Controller::new(
-        Api::<crate::api::ComputeSnapshot>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(crate::runtime::health::shutdown())
-    .run(snapshot::reconcile, snapshot_error_policy, ctx.clone())
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            warn!(%error, "snapshot reconcile failed");
-        }
-    });
+    let snapshots = snapshot_controller
+        .graceful_shutdown_on(crate::runtime::health::shutdown())
+        .run(snapshot::reconcile, snapshot_error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "snapshot reconcile failed");
+            }
+        });
     let controller = async {
         futures::future::join(controller, snapshots).await;
     };
@@ -450,10 +454,16 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
             let warning = crate::api::lifecycle::warning(server, &rules, now);
             let status = status::observed(server, ctx, &plan, &observed, warning.as_deref());
             let stopped = status.phase == Some(Phase::Stopped);
+            let running = status.phase == Some(Phase::Running);
             status::write(server, ctx, status).await?;
             if stopped && crate::api::lifecycle::archive_due(server, &rules, now) {
                 return snapshot::archive(server, ctx).await;
             }
+            // A running server's scheduled snapshots, if its profile has a schedule.
+            let scheduled = match running {
+                true => snapshot::schedule(server, profile.as_ref(), ctx).await?,
+                false => None,
+            };
             // Looked at again when a stop's warning begins, or when it is due to be archived.
             let archive_at = rules
                 .archive_after_stopped
@@ -466,6 +476,7 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
             .into_iter()
             .flatten()
             .filter_map(|t| std::time::Duration::try_from(t.duration_since(now)).ok())
+            .chain(scheduled)
             .fold(RESYNC, |next, until| {
                 next.min(until.max(Duration::from_millis(200)))
             });

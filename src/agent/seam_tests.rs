@@ -33,6 +33,7 @@ fn context_with(docker: bollard::Docker) -> (Arc<Context>, ApiServer) {
         gpus: Vec::new(),
         claims: Default::default(),
         servers: crate::runtime::watch::filled(Vec::new()),
+        snapshots: crate::runtime::watch::filled(Vec::new()),
         metrics: metrics::Metrics::register(&mut prometheus_client::registry::Registry::default()),
         events: crate::runtime::events::Events::new(
             client.clone(),

@@ -466,6 +466,83 @@ pub async fn archive(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// Keeps a running server's scheduled snapshots (its profile's `snapshots: {every, keep}`): takes
+/// one when due (named after its period, so a second agent pass makes no twin), deletes those
+/// beyond `keep`. Returns how long until the next is due.
+pub async fn schedule(
+    server: &ComputeServer,
+    profile: Option<&ComputeProfile>,
+    ctx: &Context,
+) -> Result<Option<Duration>> {
+    let Some(schedule) = profile.and_then(|p| p.spec.snapshots.as_ref()) else {
+        return Ok(None);
+    };
+    let (Ok(every), Some(_)) = (crate::api::parse_duration(&schedule.every), &ctx.store) else {
+        return Ok(None);
+    };
+    let namespace = server.namespace().unwrap_or_default();
+    let name = server.name_any();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let existing: Vec<(String, k8s_openapi::jiff::Timestamp)> = ctx
+        .snapshots
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()) && s.spec.server == name)
+        .filter(|s| s.labels().get(crate::api::SCHEDULED_LABEL).map(String::as_str) == Some("true"))
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter_map(|s| Some((s.name_any(), s.creation_timestamp()?.0)))
+        .collect();
+    let keep = usize::try_from(schedule.keep).unwrap_or(1).max(1);
+    let (due, delete) = crate::api::scheduled(every, keep, &existing, now);
+    let api: Api<ComputeSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
+    for old in &delete {
+        match api.delete(old, &Default::default()).await {
+            Ok(_) => info!(snapshot = %old, "scheduled snapshot beyond the profile's keep: deleted"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(Error::Kube(error)),
+        }
+    }
+    if !due {
+        let newest = existing.iter().map(|(_, t)| *t).max().unwrap_or(now);
+        let next = newest
+            .checked_add(k8s_openapi::jiff::SignedDuration::try_from(every).unwrap_or_default())
+            .unwrap_or(now);
+        return Ok(Some(
+            Duration::try_from(next.duration_since(now)).unwrap_or_default(),
+        ));
+    }
+    // Named after the start of its period: a pass that does not see it yet makes no twin.
+    let period = i64::try_from(every.as_secs().max(1)).unwrap_or(i64::MAX);
+    let slot = k8s_openapi::jiff::Timestamp::from_second(now.as_second() / period * period).unwrap_or(now);
+    let snapshot_name = crate::api::snapshot_name(&name, Some("auto"), slot);
+    let mut snapshot = ComputeSnapshot::new(
+        &snapshot_name,
+        crate::api::ComputeSnapshotSpec {
+            server: name.clone(),
+            owner: server.spec.owner.clone(),
+        },
+    );
+    let labels = snapshot.labels_mut();
+    labels.insert(
+        crate::api::OWNER_LABEL.into(),
+        crate::api::owner_label(&server.spec.owner),
+    );
+    labels.insert(crate::api::SCHEDULED_LABEL.into(), "true".into());
+    match api.create(&kube::api::PostParams::default(), &snapshot).await {
+        Ok(_) => {
+            let note = format!(
+                "scheduled snapshot {snapshot_name} (every {}, the newest {keep} kept)",
+                schedule.every
+            );
+            ctx.event(server, EventType::Normal, "SnapshotScheduled", note)
+                .await;
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(Error::Kube(error)),
+    }
+    Ok(Some(every))
+}
+
 async fn refuse(server: &ComputeServer, ctx: &Context, message: String) -> Result<Restore> {
     if status::differs(server, crate::api::Phase::Failed, &message) {
         ctx.event(

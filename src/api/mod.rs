@@ -23,7 +23,8 @@ pub use server::{
 };
 pub use snapshot::{
     ComputeSnapshot, ComputeSnapshotSpec, ComputeSnapshotStatus, Manifest, Part, RestoreFrom, RestoreRefusal,
-    SnapshotPhase, checksum, hex, human_bytes, location, restorable, snapshot_name,
+    SCHEDULED_LABEL, SnapshotPhase, SnapshotSchedule, checksum, hex, human_bytes, location, restorable,
+    scheduled, snapshot_name,
 };
 
 /// The API group.

@@ -109,6 +109,11 @@ pub struct ComputeProfileSpec {
     /// server's own nodeSelector: `{gpu: "true"}` keeps GPU servers on GPU nodes.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub node_selector: std::collections::BTreeMap<String, String>,
+
+    /// Snapshots taken by themselves while a server runs: one every `every`, the newest `keep`
+    /// kept (older ones are deleted with their objects). Needs the agents' snapshot store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<super::SnapshotSchedule>,
 }
 
 /// When a profile's servers stop and go by themselves. Durations such as "30s", "90m", "2h",

@@ -146,6 +146,50 @@ pub struct RestoreFrom {
     pub snapshot: String,
 }
 
+/// A profile's snapshot schedule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSchedule {
+    /// How often, such as "6h" or "1d".
+    #[schemars(schema_with = "super::duration_schema")]
+    pub every: String,
+    /// How many of the scheduled snapshots to keep, newest first (1 to 100).
+    #[schemars(range(min = 1, max = 100))]
+    pub keep: i32,
+}
+
+/// Label on the snapshots a schedule took: only those are deleted by it.
+pub const SCHEDULED_LABEL: &str = "computeserver.io/scheduled";
+
+/// What a server's schedule asks for at `now`, from its scheduled snapshots (name and creation
+/// time): whether to take one (none yet, or the newest is `every` old) and which to delete
+/// (all but the newest `keep`).
+pub fn scheduled(
+    every: std::time::Duration,
+    keep: usize,
+    existing: &[(String, k8s_openapi::jiff::Timestamp)],
+    now: k8s_openapi::jiff::Timestamp,
+) -> (bool, Vec<String>) {
+    let mut newest_first = existing.to_vec();
+    newest_first.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    let due = newest_first.first().is_none_or(|(_, taken)| {
+        taken
+            .checked_add(
+                k8s_openapi::jiff::SignedDuration::try_from(every)
+                    .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX),
+            )
+            .is_ok_and(|next| next <= now)
+    });
+    // Room for the one about to be taken.
+    let kept = if due { keep.saturating_sub(1) } else { keep };
+    let delete = newest_first
+        .iter()
+        .skip(kept)
+        .map(|(name, _)| name.clone())
+        .collect();
+    (due, delete)
+}
+
 /// The manifest a snapshot stores beside its objects: what each holds and its checksum.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -353,6 +397,31 @@ mod tests {
         let name = snapshot_name(&"a".repeat(253), None, now);
         assert_eq!(name.len(), 253);
         assert!(name.ends_with("-20261204-101502"));
+    }
+
+    #[test]
+    fn a_schedule_takes_one_every_period_and_keeps_the_newest() {
+        let at = |t: &str| -> k8s_openapi::jiff::Timestamp { t.parse().unwrap() };
+        let six_hours = std::time::Duration::from_secs(6 * 3600);
+        assert_eq!(
+            scheduled(six_hours, 2, &[], at("2026-12-04T10:00:00Z")),
+            (true, vec![])
+        );
+        let existing = vec![
+            ("a".to_string(), at("2026-12-04T00:00:00Z")),
+            ("c".to_string(), at("2026-12-04T12:00:00Z")),
+            ("b".to_string(), at("2026-12-04T06:00:00Z")),
+        ];
+        assert_eq!(
+            scheduled(six_hours, 2, &existing, at("2026-12-04T17:59:59Z")),
+            (false, vec!["a".to_string()]),
+            "not due yet: the newest two stay"
+        );
+        assert_eq!(
+            scheduled(six_hours, 2, &existing, at("2026-12-04T18:00:00Z")),
+            (true, vec!["b".to_string(), "a".to_string()]),
+            "due: room is made for the new one"
+        );
     }
 
     #[test]

@@ -362,13 +362,14 @@ run_tests() {
 }
 
 # The benchmarks by name: a cargo bench, or an ignored test run in a release build.
-BENCHES="agent scheduler web bastion browser"
+BENCHES="agent scheduler web bastion browser snapshot"
 bench_command() {
   case "$1" in
     agent|scheduler) echo "cargo bench --locked --bench $1" ;;
     web) echo "cargo test --locked --release --test web -- --ignored --nocapture bench_my_servers" ;;
     bastion) echo "cargo test --locked --release --test bastion -- --ignored --nocapture bench_time_to_first_byte" ;;
     browser) echo "cargo test --locked --release --test browser -- --ignored --nocapture bench_terminal_echo" ;;
+    snapshot) echo "cargo test --locked --release --test snapshot -- --ignored --nocapture bench_snapshot" ;;
     *) die "no benchmark named $1; there are: $BENCHES" ;;
   esac
 }
