@@ -36,7 +36,7 @@ locals {
       ["system:masters"],
       flatten([for g in var.admission.admin_groups : [g, "${var.admission.username_prefix}${g}"]]),
     ))
-    username_prefix = var.admission.username_prefix
+    username_prefix             = var.admission.username_prefix
     snapshot_store              = var.snapshots.store
     snapshot_credentials_secret = var.snapshots.credentials_secret
   }
