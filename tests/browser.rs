@@ -147,6 +147,29 @@ async fn alice_requests_a_server_in_chromium_sees_it_running_stops_and_deletes_i
     assert!(events.contains("Started"), "{events}");
     screenshot(&alice, "3-server-detail").await;
 
+    // Take snapshot: the page lists it, Pending, then Ready with its size (after a reload).
+    alice
+        .find(Locator::Css("form[action$='/snapshot'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = text(&alice, "table.snapshots").await;
+        if listed.contains("Ready") || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        alice.refresh().await.unwrap();
+    };
+    assert!(
+        listed.contains("e2e-2") && listed.contains("Ready") && listed.contains("holds /home"),
+        "{listed}"
+    );
+    screenshot(&alice, "4-server-snapshot").await;
+
     // The SSH command shown works, with the key given in the form.
     let port = command
         .strip_prefix("ssh -p ")

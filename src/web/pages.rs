@@ -239,6 +239,16 @@ fn size(server: &ComputeServer, profiles: &[Arc<ComputeProfile>]) -> String {
     text
 }
 
+/// A snapshot's phase, coloured as a server's (Ready as Running); not updated live.
+fn snapshot_badge(phase: &str) -> Markup {
+    let colour = match phase {
+        "Ready" => "running",
+        "Failed" => "failed",
+        _ => "pending",
+    };
+    html! { span class={ "phase phase-" (colour) } { (phase) } }
+}
+
 fn phase_badge(phase: &str) -> Markup {
     html! { span class={ "phase phase-" (phase.to_lowercase()) } data-field="phase" { (phase) } }
 }
@@ -612,7 +622,7 @@ async fn detail(
                             @let view = super::snapshots::SnapshotView::of(s);
                             tr {
                                 td { code { (view.name) } }
-                                td { (phase_badge(&view.phase)) }
+                                td { (snapshot_badge(&view.phase)) }
                                 td { (view.size.as_deref().unwrap_or("—")) }
                                 td { (view.taken_at.as_deref().unwrap_or("—")) }
                                 td { (view.message.as_deref().unwrap_or("")) }
