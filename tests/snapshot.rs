@@ -352,13 +352,7 @@ fn bench_snapshot() {
     let ns = TestNamespace::new("bench-snap");
     let first = Agent::start_with(&unique("bsnap-a"), 1, &[]);
     let second = Agent::start_with(&unique("bsnap-b"), 2, &[]);
-    server(
-        &ns.name,
-        "src",
-        &first.node,
-        "alice",
-        &format!("{SLEEPER}\nresources: {{memory: 512Mi}}"),
-    );
+    server(&ns.name, "src", &first.node, "alice", SLEEPER);
     wait_phase(&ns.name, "src", "Running");
     let container = format!("csrv.{}.src", ns.name);
     exec(
@@ -366,7 +360,7 @@ fn bench_snapshot() {
         &container,
         &format!("dd if=/dev/urandom of=/home/blob bs=1048576 count={MIB} 2>/dev/null"),
     );
-    let rss_before = support::status_kib(first.pid(), "VmRSS");
+    let rss_before = support::status_kib(first.pid(), "VmRSS:");
 
     let started = std::time::Instant::now();
     apply(
@@ -379,7 +373,7 @@ fn bench_snapshot() {
     let snap = settled(&ns.name, "bench");
     let took = started.elapsed().as_secs_f64();
     assert_eq!(snap["status"]["phase"], "Ready", "{}", snap["status"]);
-    let peak = support::status_kib(first.pid(), "VmHWM");
+    let peak = support::status_kib(first.pid(), "VmHWM:");
 
     let started = std::time::Instant::now();
     server(
