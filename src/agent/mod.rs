@@ -388,6 +388,17 @@ fn retry_delay(failures: u32) -> Duration {
         .min(Duration::from_secs(60))
 }
 
+/// The server's profile, read from the API server (None: it names none, or none of that name).
+async fn profile_of(server: &ComputeServer, ctx: &Context) -> Result<Option<ComputeProfile>> {
+    match &server.spec.profile {
+        Some(name) => Api::<ComputeProfile>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube),
+        None => Ok(None),
+    }
+}
+
 async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     // Archived and to stay stopped: nothing of it is here, and nothing is made.
     if let Some(snapshot) = server.status.as_ref().and_then(|s| s.archived_to.as_deref())
@@ -396,13 +407,7 @@ async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
         status::write(server, ctx, status::archived(server, ctx, snapshot)).await?;
         return Ok(Action::await_change());
     }
-    let profile = match &server.spec.profile {
-        Some(name) => Api::<ComputeProfile>::all(ctx.client.clone())
-            .get_opt(name)
-            .await
-            .map_err(Error::Kube)?,
-        None => None,
-    };
+    let profile = profile_of(server, ctx).await?;
     let plan = match plan::plan(server, profile.as_ref()) {
         Ok(plan) => plan,
         Err(refusal) => {

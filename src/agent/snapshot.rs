@@ -88,13 +88,7 @@ async fn take(
     api: &Api<ComputeSnapshot>,
     ctx: &Context,
 ) -> Result<Action> {
-    let profile = match &server.spec.profile {
-        Some(name) => Api::<ComputeProfile>::all(ctx.client.clone())
-            .get_opt(name)
-            .await
-            .map_err(Error::Kube)?,
-        None => None,
-    };
+    let profile = super::profile_of(server, ctx).await?;
     let plan = match plan::plan(server, profile.as_ref()) {
         Ok(plan) => plan,
         Err(refusal) => {
@@ -423,17 +417,7 @@ pub async fn archive(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     let name = crate::api::snapshot_name(&server.name_any(), Some("archive"), since);
     let api: Api<ComputeSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(snapshot) = api.get_opt(&name).await.map_err(Error::Kube)? else {
-        let mut snapshot = ComputeSnapshot::new(
-            &name,
-            crate::api::ComputeSnapshotSpec {
-                server: server.name_any(),
-                owner: server.spec.owner.clone(),
-            },
-        );
-        snapshot.labels_mut().insert(
-            crate::api::OWNER_LABEL.into(),
-            crate::api::owner_label(&server.spec.owner),
-        );
+        let snapshot = ComputeSnapshot::of(&name, &server.name_any(), &server.spec.owner);
         match api.create(&kube::api::PostParams::default(), &snapshot).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {}
@@ -515,19 +499,10 @@ pub async fn schedule(
     let period = i64::try_from(every.as_secs().max(1)).unwrap_or(i64::MAX);
     let slot = k8s_openapi::jiff::Timestamp::from_second(now.as_second() / period * period).unwrap_or(now);
     let snapshot_name = crate::api::snapshot_name(&name, Some("auto"), slot);
-    let mut snapshot = ComputeSnapshot::new(
-        &snapshot_name,
-        crate::api::ComputeSnapshotSpec {
-            server: name.clone(),
-            owner: server.spec.owner.clone(),
-        },
-    );
-    let labels = snapshot.labels_mut();
-    labels.insert(
-        crate::api::OWNER_LABEL.into(),
-        crate::api::owner_label(&server.spec.owner),
-    );
-    labels.insert(crate::api::SCHEDULED_LABEL.into(), "true".into());
+    let mut snapshot = ComputeSnapshot::of(&snapshot_name, &name, &server.spec.owner);
+    snapshot
+        .labels_mut()
+        .insert(crate::api::SCHEDULED_LABEL.into(), "true".into());
     match api.create(&kube::api::PostParams::default(), &snapshot).await {
         Ok(_) => {
             let note = format!(

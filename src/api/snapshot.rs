@@ -146,6 +146,22 @@ pub struct RestoreFrom {
     pub snapshot: String,
 }
 
+impl ComputeSnapshot {
+    /// A snapshot named `name` of server `server`, owned (and labelled) as `owner`.
+    pub fn of(name: &str, server: &str, owner: &str) -> ComputeSnapshot {
+        let mut snapshot = ComputeSnapshot::new(
+            name,
+            ComputeSnapshotSpec {
+                server: server.to_string(),
+                owner: owner.to_string(),
+            },
+        );
+        kube::ResourceExt::labels_mut(&mut snapshot)
+            .insert(super::OWNER_LABEL.into(), super::owner_label(owner));
+        snapshot
+    }
+}
+
 /// A profile's snapshot schedule.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

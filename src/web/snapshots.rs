@@ -9,7 +9,7 @@ use tracing::error;
 use super::cache::Cache;
 use super::oidc::User;
 use super::servers::{self, Problem};
-use crate::api::{ComputeSnapshot, ComputeSnapshotSpec, OWNER_LABEL, owner_label};
+use crate::api::ComputeSnapshot;
 
 /// Takes a snapshot of `user`'s server `server` (admins: anyone's, owned by the server's owner).
 pub async fn take(
@@ -20,16 +20,8 @@ pub async fn take(
 ) -> Result<ComputeSnapshot, Problem> {
     let found = servers::visible(cache, user, server)?;
     let owner = found.spec.owner.clone();
-    let mut snapshot = ComputeSnapshot::new(
-        &crate::api::snapshot_name(server, None, jiff::Timestamp::now()),
-        ComputeSnapshotSpec {
-            server: server.to_string(),
-            owner: owner.clone(),
-        },
-    );
-    snapshot
-        .labels_mut()
-        .insert(OWNER_LABEL.into(), owner_label(&owner));
+    let name = crate::api::snapshot_name(server, None, jiff::Timestamp::now());
+    let snapshot = ComputeSnapshot::of(&name, server, &owner);
     match api.create(&PostParams::default(), &snapshot).await {
         Ok(created) => Ok(created),
         Err(kube::Error::Api(e)) if e.code == 409 => Err(Problem::Exists(
