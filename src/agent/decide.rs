@@ -98,8 +98,8 @@ pub fn volume(server: &ComputeServer, node: &str, found: Option<&Volume>) -> Vol
 }
 
 /// The snapshot the server's data must be restored from before it starts: its archive's while
-/// it is archived (status.archivedTo), else the one it was created from (spec.restoreFrom) until
-/// its status says a restore was done.
+/// it is archived (status.archivedTo), else the one spec.restoreFrom names (when it was created,
+/// or moved off a lost node) until its status says that one was restored.
 pub fn pending_restore(server: &ComputeServer) -> Option<&str> {
     let status = server.status.as_ref();
     // An archived server's data is only in its archive's snapshot.
@@ -107,10 +107,24 @@ pub fn pending_restore(server: &ComputeServer) -> Option<&str> {
         return Some(archive);
     }
     let wanted = server.spec.restore_from.as_ref()?.snapshot.as_str();
-    status
+    let restored = status
         .and_then(|s| s.restored_from.as_ref())
-        .is_none()
-        .then_some(wanted)
+        .map(|r| r.snapshot.as_str());
+    (restored != Some(wanted)).then_some(wanted)
+}
+
+/// Whether this node holds data of the server that a restore would overwrite: a container of
+/// it that has run, or its data volume without a container (a restore makes both, and a
+/// restore that did not finish leaves a container that never ran). A restore never overwrites
+/// data: that goes only with its server's deletion.
+pub fn holds_data(container: Option<&ContainerState>, volume: bool) -> bool {
+    match container {
+        Some(state) => state
+            .started_at
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && !t.starts_with("0001-01-01")),
+        None => volume,
+    }
 }
 
 /// Whether the restore this server asks for was refused already for its current spec (its
@@ -394,6 +408,12 @@ status:
         assert!(!restore_refused(&fresh));
         let done = made("{restoredFrom: {snapshot: monday, checksum: 'sha256:ab'}}");
         assert_eq!(pending_restore(&done), None);
+        let moved = made("{restoredFrom: {snapshot: sunday, checksum: 'sha256:ab'}}");
+        assert_eq!(
+            pending_restore(&moved),
+            Some("monday"),
+            "moved off a lost node: restored from the snapshot named now"
+        );
         let archived =
             made("{archivedTo: c-archive-1, restoredFrom: {snapshot: monday, checksum: 'sha256:ab'}}");
         assert_eq!(pending_restore(&archived), Some("c-archive-1"));
@@ -410,6 +430,22 @@ status:
             None,
             "no restoreFrom: nothing to restore"
         );
+    }
+
+    #[test]
+    fn a_restore_overwrites_only_what_a_restore_made() {
+        let never = ContainerState {
+            started_at: Some("0001-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let ran = ContainerState {
+            started_at: Some("2026-12-04T10:00:00.1Z".into()),
+            ..Default::default()
+        };
+        assert!(!holds_data(None, false), "nothing here");
+        assert!(!holds_data(Some(&never), true), "a restore that did not finish");
+        assert!(holds_data(Some(&ran), true), "a server that ran here");
+        assert!(holds_data(None, true), "a data volume left behind");
     }
 
     fn exited(code: i64) -> ContainerState {

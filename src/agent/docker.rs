@@ -418,6 +418,21 @@ async fn remove_volume(docker: &Docker, name: &str) -> Result<()> {
     )
 }
 
+/// Whether this node holds data of the server that a restore must not overwrite (see
+/// [`decide::holds_data`]).
+pub async fn holds_data(server: &ComputeServer, ctx: &Context) -> Result<bool> {
+    let container = inspect(&ctx.docker, &plan::container_name(server)).await?;
+    let volume = match ctx.docker.inspect_volume(&plan::volume_name(server)).await {
+        Ok(_) => true,
+        Err(error) if not_found(&error) => false,
+        Err(error) => return Err(Error::Docker(error)),
+    };
+    Ok(decide::holds_data(
+        container.as_ref().and_then(|c| c.state.as_ref()),
+        volume,
+    ))
+}
+
 /// Removes the server's container and its data volume; what is already gone is fine.
 pub async fn remove(server: &ComputeServer, ctx: &Context) -> Result<()> {
     remove_container(&ctx.docker, &plan::container_name(server)).await?;

@@ -343,7 +343,26 @@ pub async fn restore(
     let taken_at = snapshot
         .as_ref()
         .and_then(|s| s.status.as_ref()?.taken_at.clone());
-    // A restore that did not finish left a container and volume that were never started.
+    let taken = taken_at
+        .as_ref()
+        .map(|t| {
+            format!(
+                " (taken at {})",
+                crate::api::lifecycle::clock(t.0, k8s_openapi::jiff::Timestamp::now())
+            )
+        })
+        .unwrap_or_default();
+    // A restore never overwrites data this node holds of the server (a stale copy, after a move
+    // off this node); a restore that did not finish left a container that never ran, and goes.
+    if super::docker::holds_data(server, ctx).await? {
+        let message = format!(
+            "it is to be restored from snapshot {name}, but node {} holds data of it (its container ran \
+             here, or its data volume is here without one), and a restore never overwrites data. An admin \
+             can look at the volume (docker volume inspect {}) and move it away; nothing was started",
+            ctx.node, plan.volume_name
+        );
+        return refuse(server, ctx, message).await;
+    }
     super::docker::remove(server, ctx).await?;
     super::docker::prepare(server, plan, ctx).await?;
     let total = AtomicU64::new(0);
@@ -360,7 +379,7 @@ pub async fn restore(
     let say = |bytes: u64| {
         let total = total.load(std::sync::atomic::Ordering::Relaxed);
         format!(
-            "restoring {} of {} from snapshot {name}",
+            "restoring {} of {} from snapshot {name}{taken}",
             human_bytes(bytes),
             human_bytes(total)
         )

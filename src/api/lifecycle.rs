@@ -21,6 +21,7 @@ pub struct Rules {
     pub max_extension: Option<Duration>,
     pub delete_after_stopped: Option<Duration>,
     pub archive_after_stopped: Option<Duration>,
+    pub move_after_node_lost: Option<Duration>,
     pub idle_cpu_percent: i32,
 }
 
@@ -36,6 +37,7 @@ impl Rules {
             max_extension,
             delete_after_stopped,
             archive_after_stopped,
+            move_after_node_lost,
             idle_cpu_percent,
         } = &lifecycle;
         Rules {
@@ -44,6 +46,7 @@ impl Rules {
             max_extension: read(max_extension),
             delete_after_stopped: read(delete_after_stopped),
             archive_after_stopped: read(archive_after_stopped),
+            move_after_node_lost: read(move_after_node_lost),
             idle_cpu_percent: idle_cpu_percent.unwrap_or(DEFAULT_IDLE_CPU_PERCENT),
         }
     }
@@ -133,6 +136,17 @@ pub fn stopped_since(server: &ComputeServer) -> Option<Timestamp> {
         .conditions
         .iter()
         .find(|c| c.type_ == CONDITION_READY && c.status == "False")
+        .map(|c| c.last_transition_time.0)
+}
+
+/// Since when a server's node is lost: its Ready condition's turn to False for NodeLost.
+pub fn lost_since(server: &ComputeServer) -> Option<Timestamp> {
+    let status = server.status.as_ref()?;
+    (status.phase == Some(Phase::NodeLost)).then_some(())?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY && c.status == "False" && c.reason == "NodeLost")
         .map(|c| c.last_transition_time.0)
 }
 
@@ -328,6 +342,7 @@ mod tests {
             max_extension: extension.map(|e| parse_duration(e).unwrap()),
             delete_after_stopped: None,
             archive_after_stopped: None,
+            move_after_node_lost: None,
             idle_cpu_percent: 5,
         }
     }

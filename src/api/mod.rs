@@ -23,8 +23,8 @@ pub use server::{
 };
 pub use snapshot::{
     ComputeSnapshot, ComputeSnapshotSpec, ComputeSnapshotStatus, Manifest, Part, RestoreFrom, RestoreRefusal,
-    SCHEDULED_LABEL, SnapshotPhase, SnapshotSchedule, checksum, hex, human_bytes, location, restorable,
-    scheduled, snapshot_name,
+    SCHEDULED_LABEL, SnapshotPhase, SnapshotSchedule, checksum, hex, human_bytes, location, newest_ready,
+    restorable, scheduled, snapshot_name,
 };
 
 /// The API group.
@@ -239,8 +239,8 @@ mod tests {
         }
     }
 
-    /// The admission policy lets the scheduler change spec.running alone by naming every other
-    /// field of the spec: a field added to the spec must be added there too.
+    /// The admission policy lets the scheduler change spec.running (or spec.restoreFrom) alone by
+    /// naming every other field of the spec: a field added to the spec must be added there too.
     #[test]
     fn the_admission_policy_names_every_spec_field_but_running() {
         let policy = include_str!(concat!(
@@ -249,9 +249,10 @@ mod tests {
         ));
         let line = policy
             .lines()
-            .find(|l| l.contains("range list \"owner\""))
-            .expect("the onlyStopped field list");
+            .find(|l| l.contains("$specFields := list \"owner\""))
+            .expect("the spec's field list");
         let mut named: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        named.push("restoreFrom");
         named.sort();
         let crd = serde_json::to_value(ComputeServer::crd()).unwrap();
         let spec =

@@ -151,6 +151,13 @@ pub struct Lifecycle {
     #[schemars(schema_with = "super::duration_schema")]
     pub archive_after_stopped: Option<String>,
 
+    /// Move a server whose node has been lost this long to another node, restored from its
+    /// newest Ready snapshot (what changed since that snapshot is lost). Unset: a lost node's
+    /// servers wait for it to come back, or for their owner to move them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::duration_schema")]
+    pub move_after_node_lost: Option<String>,
+
     /// CPU use (percent of the server's CPU limit) above which a server counts as busy.
     /// Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -71,7 +71,7 @@ use super::Resources;
     ),
     selectable = ".spec.owner"
 )]
-#[x_kube(validation = Rule::new("has(self.restoreFrom) == has(oldSelf.restoreFrom) && (!has(self.restoreFrom) || self.restoreFrom == oldSelf.restoreFrom)").message("spec.restoreFrom is set when the server is created and cannot be changed; to start from another snapshot, create a new server"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.restoreFrom) || has(self.restoreFrom)").message("spec.restoreFrom cannot be removed once set"))]
 #[x_kube(validation = Rule::new("has(self.profile) || has(self.image)").message("set spec.profile (the name of a ComputeProfile) or spec.image (a container image)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeServerSpec {
@@ -143,8 +143,10 @@ pub struct ComputeServerSpec {
     /// Start from this snapshot (a ComputeSnapshot of the same owner in this namespace): its
     /// data and the system changes it holds are restored into the server's new data volume
     /// before it first starts, on whichever node it is placed: a clone of another of your
-    /// servers, or yesterday's state of this one. It counts when the data volume is made: when
-    /// the server is created, or when it moves to another node.
+    /// servers, or yesterday's state of this one. Set when the server is created; changed later
+    /// only to move a server off a lost node (phase NodeLost: the admission policy holds to
+    /// that), which restores it from that snapshot on another node. A restore never overwrites
+    /// data a node holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<super::RestoreFrom>,
 }

@@ -206,6 +206,29 @@ pub fn scheduled(
     (due, delete)
 }
 
+/// The newest Ready snapshot of `server` (same namespace, server name and owner) among
+/// `snapshots`: what it is moved from when its node is lost.
+pub fn newest_ready<'a>(
+    server: &super::ComputeServer,
+    snapshots: impl IntoIterator<Item = &'a ComputeSnapshot>,
+) -> Option<&'a ComputeSnapshot> {
+    use kube::ResourceExt;
+    snapshots
+        .into_iter()
+        .filter(|s| {
+            s.namespace() == server.namespace()
+                && s.spec.server == server.name_any()
+                && s.spec.owner == server.spec.owner
+                && s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Ready)
+        })
+        .max_by_key(|s| {
+            (
+                s.status.as_ref().and_then(|st| st.taken_at.clone()).map(|t| t.0),
+                s.name_any(),
+            )
+        })
+}
+
 /// The manifest a snapshot stores beside its objects: what each holds and its checksum.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

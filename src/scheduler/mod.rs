@@ -8,6 +8,7 @@
 //! and places the pending servers oldest first.
 
 mod lifecycle;
+mod moving;
 pub mod placement;
 mod plan;
 
@@ -34,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::api::{
     CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeServer,
-    NODE_LABEL, Phase,
+    ComputeSnapshot, NODE_LABEL, Phase,
 };
 use crate::runtime::events::Events;
 use crate::runtime::{status, watch};
@@ -147,6 +148,7 @@ struct Caches {
     nodes: Store<ComputeNode>,
     leases: Store<Lease>,
     profiles: Store<ComputeProfile>,
+    snapshots: Store<ComputeSnapshot>,
 }
 
 impl Caches {
@@ -165,6 +167,14 @@ impl Caches {
                 changed,
             ),
             profiles: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
+            snapshots: match &args.namespace {
+                Some(ns) => reflect(
+                    Api::namespaced(client.clone(), ns),
+                    watcher::Config::default(),
+                    changed,
+                ),
+                None => reflect(Api::all(client.clone()), watcher::Config::default(), changed),
+            },
         }
     }
 
@@ -180,6 +190,7 @@ impl Caches {
                 .map(|l| (l.name_any(), l))
                 .collect(),
             profiles: self.profiles.state().into_iter().collect(),
+            snapshots: self.snapshots.state(),
             now,
         }
     }
@@ -376,18 +387,28 @@ impl Scheduler {
                 }
                 None
             }
-            plan::Write::ServerLost { server, node, reason } => {
-                let message = format!(
-                    "node {node} is lost ({reason}); the server's state is unknown. It reports again by \
-                     itself when the node comes back; it is not moved to another node"
-                );
+            plan::Write::ServerLost {
+                server,
+                node,
+                message,
+            } => {
                 let status = serde_json::json!({
                     "phase": Phase::NodeLost,
                     "message": message,
                     "conditions": [crate::api::server_condition(&server, CONDITION_READY, false, "NodeLost", &message)],
                 });
                 if let Err(error) = self.apply_status(&server, status).await {
-                    warn!(%error, server = %server.name_any(), "could not mark the server NodeLost");
+                    warn!(%error, server = %server.name_any(), %node, "could not mark the server NodeLost");
+                }
+                None
+            }
+            plan::Write::Move {
+                server,
+                node,
+                decided,
+            } => {
+                if let Err(error) = self.move_off(&server, &node, decided).await {
+                    warn!(%error, server = %server.name_any(), %node, "could not move the server off its lost node; retrying");
                 }
                 None
             }
@@ -412,6 +433,48 @@ impl Scheduler {
             .await
             .map_err(Error::Kube)?;
         info!(server = %server.name_any(), namespace = server.namespace(), %node, fitting, "placed");
+        Ok(())
+    }
+
+    /// Moves a server off its lost node: its status says so (still NodeLost, so a move that
+    /// fails halfway is decided again), then one write of its metadata and spec removes its node
+    /// label and names the snapshot in spec.restoreFrom. From then on the lost node's agent no
+    /// longer sees it (nor starts its stale container), and the next pass places it.
+    async fn move_off(&self, server: &ComputeServer, node: &str, decided: moving::Move) -> Result<()> {
+        let status = serde_json::json!({
+            "phase": Phase::NodeLost,
+            "message": decided.message,
+            "conditions": [crate::api::server_condition(server, CONDITION_READY, false, "NodeLost", &decided.message)],
+        });
+        let written = status::apply(
+            &self.api(server),
+            &server.name_any(),
+            FIELD_MANAGER,
+            &serde_json::json!({
+                "apiVersion": ComputeServer::api_version(&()),
+                "kind": ComputeServer::kind(&()),
+                "metadata": { "resourceVersion": server.resource_version() },
+                "status": status,
+            }),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        let mut patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": written.resource_version(),
+                "labels": { NODE_LABEL: null },
+            }
+        });
+        if decided.set_restore_from {
+            patch["spec"] = serde_json::json!({ "restoreFrom": { "snapshot": decided.snapshot } });
+        }
+        self.api(server)
+            .patch(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        info!(server = %server.name_any(), namespace = server.namespace(), %node, snapshot = %decided.snapshot, "moving off a lost node");
+        self.event(server, EventType::Warning, "Moving", decided.message)
+            .await;
         Ok(())
     }
 
@@ -646,6 +709,7 @@ pub(super) mod tests {
             nodes: watch::filled(vec![node("n1", "2", "4Gi")]),
             leases: watch::filled(vec![lease("n1", Timestamp::now())]),
             profiles: watch::filled(Vec::new()),
+            snapshots: watch::filled(Vec::new()),
         };
         let scheduler = Scheduler {
             events: Events::new(client.clone(), FIELD_MANAGER, None),
@@ -746,5 +810,57 @@ pub(super) mod tests {
         let answer = event.body.clone();
         event.answer(&answer);
         assert_eq!(running.await.unwrap().metrics.unschedulable.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_moved_off_its_lost_node_is_unlabelled_in_one_write_after_its_status() {
+        let mut lab = server("lab", "1", "1Gi");
+        lab.labels_mut().insert(NODE_LABEL.into(), "gone".into());
+        lab.spec.restore_from = Some(crate::api::RestoreFrom {
+            snapshot: "lab-1".into(),
+        });
+        lab.status = Some(crate::api::ComputeServerStatus {
+            phase: Some(Phase::NodeLost),
+            ..Default::default()
+        });
+        let (scheduler, mut api) = scheduler(vec![lab.clone()]);
+        let running = pass(scheduler, true);
+        let call = api.next().await.expect("PATCH", &format!("{SERVERS}/lab/status"));
+        assert_eq!(
+            call.body["status"]["phase"], "NodeLost",
+            "still lost until placed anew"
+        );
+        let message = call.body["status"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.starts_with(
+                "node gone is lost; its owner asked: it moves to another node, restored from snapshot lab-1"
+            ),
+            "{message}"
+        );
+        let mut written = lab.clone();
+        written.metadata.resource_version = Some("8".into());
+        call.answer(&written);
+        let call = api.next().await.expect("PATCH", &format!("{SERVERS}/lab"));
+        assert_eq!(
+            call.body["metadata"]["labels"][NODE_LABEL],
+            serde_json::Value::Null,
+            "{}",
+            call.body
+        );
+        assert_eq!(
+            call.body["metadata"]["resourceVersion"], "8",
+            "on the version its status was written to"
+        );
+        assert!(
+            call.body.get("spec").is_none(),
+            "its owner named the snapshot: {}",
+            call.body
+        );
+        call.answer(&written);
+        let event = api.next().await;
+        assert_eq!(event.body["reason"], "Moving");
+        let answer = event.body.clone();
+        event.answer(&answer);
+        running.await.unwrap();
     }
 }

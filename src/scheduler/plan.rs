@@ -10,11 +10,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
-use super::{lifecycle, placement};
+use super::{lifecycle, moving, placement};
+use crate::api::lifecycle::Rules;
 use crate::api::size::{self, Request};
 use crate::api::{
-    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeServer, NODE_LABEL, Phase,
-    Profiles,
+    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeServer, ComputeSnapshot,
+    NODE_LABEL, Phase, Profiles,
 };
 
 /// What a pass looks at: the watch caches at one moment.
@@ -24,6 +25,8 @@ pub struct Snapshot {
     /// The nodes' heartbeat Leases, by name.
     pub leases: HashMap<String, Arc<Lease>>,
     pub profiles: Profiles,
+    /// Every ComputeSnapshot: what a lost node's servers move from.
+    pub snapshots: Vec<Arc<ComputeSnapshot>>,
     pub now: Timestamp,
 }
 
@@ -59,7 +62,13 @@ pub enum Write {
     ServerLost {
         server: Arc<ComputeServer>,
         node: String,
-        reason: String,
+        message: String,
+    },
+    /// Off its lost node `node`: unlabelled (and spec.restoreFrom set), to be placed anew.
+    Move {
+        server: Arc<ComputeServer>,
+        node: String,
+        decided: moving::Move,
     },
     /// What the lifecycle controller writes.
     Lifecycle(lifecycle::Write),
@@ -149,13 +158,26 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
                 }
                 if let Some(reason) = lost.get(node)
                     && server.meta().deletion_timestamp.is_none()
-                    && server.status.as_ref().and_then(|s| s.phase) != Some(Phase::NodeLost)
                 {
-                    writes.push(Write::ServerLost {
-                        server: server.clone(),
-                        node: node.clone(),
-                        reason: reason.clone(),
-                    });
+                    let rules = Rules::of(snapshot.profiles.of(server));
+                    let snapshots = snapshot.snapshots.iter().map(|s| s.as_ref());
+                    if server.status.as_ref().and_then(|s| s.phase) != Some(Phase::NodeLost) {
+                        let message =
+                            moving::lost_message(server, node, reason, snapshots, &rules, snapshot.now);
+                        writes.push(Write::ServerLost {
+                            server: server.clone(),
+                            node: node.clone(),
+                            message,
+                        });
+                    } else if let Some(decided) =
+                        moving::decide(server, node, snapshots, &rules, snapshot.now)
+                    {
+                        writes.push(Write::Move {
+                            server: server.clone(),
+                            node: node.clone(),
+                            decided,
+                        });
+                    }
                 }
             }
             None if server.meta().deletion_timestamp.is_none() => {
@@ -326,6 +348,7 @@ mod tests {
             nodes: nodes.into_iter().map(Arc::new).collect(),
             leases: leases.into_iter().map(|l| (l.name_any(), Arc::new(l))).collect(),
             profiles: Profiles::default(),
+            snapshots: vec![],
             now: Timestamp::now(),
         }
     }
@@ -339,6 +362,9 @@ mod tests {
                 Write::Unschedulable { server, .. } => format!("unschedulable {}", server.name_any()),
                 Write::NodeLost { node, .. } => format!("node-lost {}", node.name_any()),
                 Write::ServerLost { server, node, .. } => format!("server-lost {} {node}", server.name_any()),
+                Write::Move { server, decided, .. } => {
+                    format!("move {} {}", server.name_any(), decided.snapshot)
+                }
                 Write::Lifecycle(_) => "lifecycle".into(),
                 Write::Release { server, node } => format!("release {} {node}", server.name_any()),
             })

@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/servers/{name}/start", post(start))
         .route("/api/v1/servers/{name}/extend", post(extend))
         .route("/api/v1/servers/{name}/snapshots", get(snapshots).post(snapshot))
+        .route("/api/v1/servers/{name}/move", post(move_off))
         .route("/api/v1/profiles", get(profiles))
 }
 
@@ -241,6 +242,35 @@ async fn snapshot(
     ready(&state)?;
     let taken = super::snapshots::take(&state.snapshots, &state.cache, &user, &name).await?;
     Ok((StatusCode::CREATED, Json(SnapshotView::of(&taken))))
+}
+
+/// What a move asks for: the snapshot to restore from (by default the newest Ready one).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    snapshot: Option<String>,
+}
+
+/// Moves the caller's server off its lost node, restored from a snapshot: 202 with the server
+/// (the scheduler places it anew, its agent restores it); 409 when its node is not lost.
+async fn move_off(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+    body: Option<Json<MoveRequest>>,
+) -> Result<(StatusCode, Json<ServerView>), ApiError> {
+    ready(&state)?;
+    let asked = body.map(|Json(b)| b).unwrap_or_default();
+    let moved = super::snapshots::move_off(
+        &state.servers,
+        &state.snapshots,
+        &state.cache,
+        &user,
+        &name,
+        asked.snapshot.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &moved))))
 }
 
 /// The snapshots of the caller's server, newest first.

@@ -538,6 +538,7 @@ async fn detail(
     let apps = super::apps::apps(&server, &profiles);
     let browser = state.ssh.is_some();
     let reachable = super::terminal::reachable(&server).is_ok();
+    let lost = status.phase == Some(crate::api::Phase::NodeLost);
     page(
         StatusCode::OK,
         &name,
@@ -607,9 +608,24 @@ async fn detail(
             }
             div.heading #snapshots {
                 h2 { "Snapshots" }
-                form method="post" action={ "/servers/" (name) "/snapshot" } {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    button.button.secondary type="submit" { "Take snapshot" }
+                div.actions {
+                    @if lost && snapshots.iter().any(|s| s.status.as_ref().and_then(|st| st.phase) == Some(crate::api::SnapshotPhase::Ready)) {
+                        form method="post" action={ "/servers/" (name) "/move" } {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            button.button type="submit" title="Restore it on another node from its newest Ready snapshot; what changed since is lost" { "Move to another node" }
+                        }
+                    }
+                    form method="post" action={ "/servers/" (name) "/snapshot" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button.button.secondary type="submit" { "Take snapshot" }
+                    }
+                }
+            }
+            @if let Some(restored) = &status.restored_from {
+                p.muted data-field="restored" {
+                    "Restored from snapshot " code { (restored.snapshot) }
+                    @if let Some(taken) = &restored.taken_at { " (taken " (taken.0.strftime("%Y-%m-%d %H:%M UTC")) ")" }
+                    "."
                 }
             }
             @if snapshots.is_empty() {
@@ -764,6 +780,7 @@ async fn act(
         "delete" => Action::Delete,
         "extend" => return extend(state, session, name, form).await,
         "snapshot" => return snapshot(state, session, name, form).await,
+        "move" => return move_off(state, session, name, form).await,
         _ => return problem_page(&session, Problem::NotFound(name)),
     };
     if !session.csrf_ok(&form.csrf) {
@@ -783,6 +800,26 @@ async fn snapshot(state: AppState, session: Session, name: String, form: ActionF
     }
     match super::snapshots::take(&state.snapshots, &state.cache, &session.user, &name).await {
         Ok(_) => Redirect::to(&format!("/servers/{name}#snapshots")).into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+/// Move off a lost node, from the page's button: restored from the newest Ready snapshot.
+async fn move_off(state: AppState, session: Session, name: String, form: ActionForm) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    let moved = super::snapshots::move_off(
+        &state.servers,
+        &state.snapshots,
+        &state.cache,
+        &session.user,
+        &name,
+        None,
+    )
+    .await;
+    match moved {
+        Ok(_) => Redirect::to(&format!("/servers/{name}")).into_response(),
         Err(problem) => problem_page(&session, problem),
     }
 }

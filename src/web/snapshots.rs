@@ -1,7 +1,7 @@
 //! Snapshots as a person sees them at the web front: take one of a server of theirs, list a
 //! server's. The agents take them; this only creates the ComputeSnapshot, owned by the caller.
 
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use tracing::error;
@@ -9,7 +9,7 @@ use tracing::error;
 use super::cache::Cache;
 use super::oidc::User;
 use super::servers::{self, Problem};
-use crate::api::ComputeSnapshot;
+use crate::api::{ComputeServer, ComputeSnapshot, Phase, SnapshotPhase};
 
 /// Takes a snapshot of `user`'s server `server` (admins: anyone's, owned by the server's owner).
 pub async fn take(
@@ -52,6 +52,60 @@ pub async fn of_server(
     };
     list.sort_by_key(|s| std::cmp::Reverse(s.creation_timestamp()));
     Ok(list)
+}
+
+/// Moves `user`'s server off its lost node: spec.restoreFrom names `snapshot` (by default its
+/// newest Ready one); the scheduler then unlabels it and places it anew, and the agent there
+/// restores it. Only a server whose node is lost (phase NodeLost) moves.
+pub async fn move_off(
+    servers_api: &Api<ComputeServer>,
+    api: &Api<ComputeSnapshot>,
+    cache: &Cache,
+    user: &User,
+    server: &str,
+    snapshot: Option<&str>,
+) -> Result<ComputeServer, Problem> {
+    let found = servers::visible(cache, user, server)?;
+    let phase = found.status.as_ref().and_then(|s| s.phase);
+    if phase != Some(Phase::NodeLost) {
+        let now = phase
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "Pending".into());
+        return Err(Problem::Conflict(format!(
+            "only a server whose node is lost (NodeLost) is moved; {server} is {now}"
+        )));
+    }
+    let list = of_server(api, cache, user, server).await?;
+    let chosen = match snapshot {
+        Some(name) => {
+            let named = list
+                .iter()
+                .find(|s| s.name_any() == name)
+                .ok_or_else(|| Problem::NotFound(format!("snapshot {name} of server {server}")))?;
+            if named.status.as_ref().and_then(|s| s.phase) != Some(SnapshotPhase::Ready) {
+                return Err(Problem::Conflict(format!(
+                    "snapshot {name} is not Ready: a server moves only from a Ready snapshot"
+                )));
+            }
+            named
+        }
+        None => crate::api::newest_ready(&found, &list).ok_or_else(|| {
+            Problem::Conflict(format!(
+                "{server} has no Ready snapshot to be restored from, so it cannot be moved; it runs again when its node comes back"
+            ))
+        })?,
+    };
+    let patch = serde_json::json!([
+        {"op": "test", "path": "/spec/owner", "value": found.spec.owner},
+        {"op": "add", "path": "/spec/restoreFrom", "value": {"snapshot": chosen.name_any()}},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+    let moved = servers_api
+        .patch(server, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|e| servers::change_failed(server, e))?;
+    tracing::info!(user = %user.name, %server, snapshot = %chosen.name_any(), "moving off a lost node");
+    Ok(moved)
 }
 
 /// A snapshot as the JSON API shows it.
