@@ -651,3 +651,102 @@ fn the_bastion_and_the_web_front_apply_their_activity_entries_past_the_policy() 
     assert_eq!(activity, [("ssh", "from bastion"), ("web", "from web")]);
     assert_eq!(after["spec"], before["spec"]);
 }
+
+/// spec.restoreFrom is set when a server is made, and changed later only to move a server off a
+/// lost node: by its owner, or by the scheduler (with the node label) when its profile says so.
+#[test]
+fn spec_restore_from_changes_only_to_move_a_server_off_a_lost_node() {
+    let ns = namespace_for_people("id-move");
+    let n = &ns.name;
+    kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "scheduler",
+            "--clusterrole=compute-server-user",
+            "--serviceaccount=compute:compute-server-scheduler",
+            "-n",
+            n,
+        ],
+        None,
+    );
+    let (alice, scheduler) = (As::person("alice"), As::role("scheduler"));
+    let node = "computeserver.io/node: n1";
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&server(n, "box", node, "owner: alice, profile: tiny")),
+    );
+    let rule = "changed only to move a server off a lost node (phase NodeLost)";
+    let moving = r#"{"spec":{"restoreFrom":{"snapshot":"box-1"}}}"#;
+    refused(alice.patch(n, "box", moving), rule);
+    refused(
+        scheduler.patch(
+            n,
+            "box",
+            r#"{"metadata":{"labels":{"computeserver.io/node":null}},"spec":{"restoreFrom":{"snapshot":"box-1"}}}"#,
+        ),
+        "the scheduler's service account may change only",
+    );
+    assert!(
+        stored(n, "box").unwrap()["spec"]["restoreFrom"].is_null(),
+        "unchanged"
+    );
+
+    // Its node is lost (the scheduler says so in its status): now it may be moved.
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "box",
+            "-n",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"NodeLost"}}"#,
+        ],
+        None,
+    );
+    // Not by someone else, nor with another change on the way.
+    refused(
+        As::person("mallory").patch(n, "box", moving),
+        "this server is alice's: only its owner or a compute-server admin may change its spec",
+    );
+    refused(
+        scheduler.patch(
+            n,
+            "box",
+            r#"{"spec":{"restoreFrom":{"snapshot":"box-1"},"profile":"big"}}"#,
+        ),
+        "the scheduler's service account may change only",
+    );
+    scheduler
+        .patch(
+            n,
+            "box",
+            r#"{"metadata":{"labels":{"computeserver.io/node":null}},"spec":{"restoreFrom":{"snapshot":"box-1"}}}"#,
+        )
+        .unwrap();
+    alice
+        .patch(n, "box", r#"{"spec":{"restoreFrom":{"snapshot":"box-2"}}}"#)
+        .unwrap();
+    let moved = stored(n, "box").unwrap();
+    assert_eq!(moved["spec"]["restoreFrom"]["snapshot"], "box-2");
+    assert!(moved["metadata"]["labels"]["computeserver.io/node"].is_null());
+    refused(
+        outcome(alice.kubectl(
+            &[
+                "patch",
+                "csrv",
+                "box",
+                "-n",
+                n,
+                "--type=json",
+                "-p",
+                r#"[{"op":"remove","path":"/spec/restoreFrom"}]"#,
+            ],
+            None,
+        )),
+        "spec.restoreFrom cannot be removed once set",
+    );
+}

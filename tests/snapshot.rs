@@ -340,6 +340,126 @@ fn a_stopped_server_is_archived_off_its_node_and_restored_on_another_when_starte
     drop((first, second));
 }
 
+/// `docker` on local engine `daemon`: its output, or panics.
+fn docker(daemon: usize, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", Stack::get().node_docker_host(daemon))
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_server_on_a_lost_node_moves_by_itself_from_its_newest_snapshot_and_the_node_back_starts_nothing() {
+    install_crds();
+    let ns = TestNamespace::new("move");
+    let profile = TestProfile::new("mover", "lifecycle: {moveAfterNodeLost: 3s}");
+    let label = unique("move");
+    let flags = ["--label", &format!("test={label}")];
+    let mut first = Agent::start_with(&unique("move-a"), 1, &flags);
+    let _scheduler = Scheduler::start(&unique("move-sched"), &ns.name, "compute");
+    let spec = format!("profile: {}\nnodeSelector: {{test: {label}}}", profile.name);
+    server(&ns.name, "box", &first.node, "alice", &spec);
+    let running = wait_phase(&ns.name, "box", "Running");
+    let uid = running["metadata"]["uid"].as_str().unwrap().to_string();
+    let container = format!("csrv.{}.box", ns.name);
+    let volume = format!("{container}.{uid}.data");
+    exec(
+        1,
+        &container,
+        "echo kept > /home/kept.txt && mkdir -p /usr/local/bin && echo tool > /usr/local/bin/tool",
+    );
+    apply(
+        &ns.name,
+        "ComputeSnapshot",
+        "box-monday",
+        "",
+        "server: box\nowner: alice",
+    );
+    let snapshot = settled(&ns.name, "box-monday");
+    // A second node, where it can go.
+    let second = Agent::start_with(&unique("move-b"), 2, &flags);
+    assert_eq!(snapshot["status"]["phase"], "Ready", "{snapshot}");
+    exec(1, &container, "echo after > /home/after.txt");
+
+    // The host dies: its agent and its container with it.
+    first.kill();
+    docker(1, &["stop", "-t", "1", &container]);
+    let lost = wait_phase(&ns.name, "box", "NodeLost");
+    let message = lost["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("it moves to another node, restored from its newest snapshot (box-monday of "),
+        "{message}"
+    );
+
+    // It moves by itself: restored on the second node from the snapshot, what came after lost.
+    let moved = eventually("box to run on the second node", 120, || {
+        server_json(&ns.name, "box")
+            .filter(|s| s["status"]["phase"] == "Running" && s["status"]["node"] == second.node.as_str())
+    });
+    assert_eq!(moved["metadata"]["uid"], uid.as_str(), "the same server");
+    assert_eq!(moved["spec"]["restoreFrom"]["snapshot"], "box-monday");
+    assert_eq!(moved["status"]["restoredFrom"]["snapshot"], "box-monday");
+    assert_eq!(
+        exec(2, &container, "cat /home/kept.txt /usr/local/bin/tool"),
+        "kept\ntool\n"
+    );
+    assert_eq!(
+        exec(2, &container, "ls /home/after.txt 2>/dev/null || echo lost"),
+        "lost\n"
+    );
+    let events = support::events(&ns.name, "box");
+    let taken = snapshot["status"]["takenAt"].as_str().unwrap();
+    let clock = &taken[11..16];
+    assert!(events.contains("Moving"), "{events}");
+    assert!(
+        events.contains(&format!("restored from snapshot box-monday taken at {clock} UTC")),
+        "the move names when the snapshot was taken ({clock}):\n{events}"
+    );
+
+    // The first host comes back: its agent never starts the stale container, and keeps its
+    // volume as an orphan for the admin.
+    let back = Agent::start_with(&first.node, 1, &flags);
+    eventually("the stale volume listed as orphaned", 60, || {
+        let out = kubectl(&["get", "computenode", &first.node, "-o", "json"], None);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        node["status"]["orphanedVolumes"]
+            .as_array()?
+            .iter()
+            .any(|o| o["volume"] == volume.as_str())
+            .then_some(())
+    });
+    let state = docker(1, &["inspect", "-f", "{{.State.Running}}", &container]);
+    assert_eq!(state.trim(), "false", "the stale container is not started");
+    assert_eq!(
+        docker(1, &["volume", "inspect", "-f", "{{.Name}}", &volume]).trim(),
+        volume
+    );
+    assert_eq!(
+        server_json(&ns.name, "box").unwrap()["status"]["node"],
+        second.node.as_str(),
+        "the server stays where it moved"
+    );
+
+    kubectl_ok(
+        &["delete", "csrv", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+    kubectl_ok(
+        &["delete", "csnap", "-n", &ns.name, "--all", "--timeout=60s"],
+        None,
+    );
+    let _ = docker(1, &["rm", "-f", &container]);
+    let _ = docker(1, &["volume", "rm", &volume]);
+    drop((back, first, second));
+}
+
 /// `make bench BENCH=snapshot`: snapshot and restore throughput of 256 MiB in a server's /home
 /// (random: it does not compress, so the store gets all of it), against a floor measured in the
 /// same run: the same number of bytes put into the same store as one plain upload, and read back
