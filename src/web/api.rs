@@ -257,10 +257,15 @@ async fn move_off(
     State(state): State<AppState>,
     Bearer(user): Bearer,
     Path(name): Path<String>,
-    body: Option<Json<MoveRequest>>,
+    body: Result<Json<Option<MoveRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ServerView>), ApiError> {
     ready(&state)?;
-    let asked = body.map(|Json(b)| b).unwrap_or_default();
+    // No body (or null): the newest Ready snapshot.
+    let asked = match body {
+        Ok(Json(asked)) => asked.unwrap_or_default(),
+        Err(JsonRejection::MissingJsonContentType(_)) => MoveRequest::default(),
+        Err(e) => return Err(ApiError(Problem::BadRequest(e.body_text()))),
+    };
     let moved = super::snapshots::move_off(
         &state.servers,
         &state.snapshots,

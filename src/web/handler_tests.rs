@@ -235,6 +235,12 @@ async fn another_users_server_is_not_found_on_its_page_and_in_the_api() {
     )
     .await;
     assert_eq!(stop.status, StatusCode::NOT_FOUND, "{}", stop.body);
+    let moved = send(
+        &app,
+        api_call("POST", "/api/v1/servers/lab/move", "bob", Value::Null),
+    )
+    .await;
+    assert_eq!(moved.status, StatusCode::NOT_FOUND, "{}", moved.body);
     for method in ["GET", "POST"] {
         let snapshot = send(
             &app,
@@ -448,5 +454,45 @@ async fn a_snapshot_through_the_api_is_one_create_owned_by_the_servers_owner() {
     assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.body);
     assert_eq!(taken.json()["name"], name);
     assert_eq!(taken.json()["phase"], "Pending");
+    api.silent(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn only_a_server_whose_node_is_lost_is_moved_and_that_changes_nothing_else() {
+    let (app, mut api, _) = front(false);
+    let running = send(
+        &app,
+        api_call("POST", "/api/v1/servers/lab/move", "alice", Value::Null),
+    )
+    .await;
+    assert_eq!(running.status, StatusCode::CONFLICT, "{}", running.body);
+    assert_eq!(
+        running.json(),
+        json!({"error": "conflict", "message": "only a server whose node is lost (NodeLost) is moved; lab is Running"})
+    );
+    let unknown = send(
+        &app,
+        api_call(
+            "POST",
+            "/api/v1/servers/lab/move",
+            "alice",
+            json!({"snapshot": "x", "node": "n2"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused: {}",
+        unknown.body
+    );
+    assert!(
+        unknown.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `node`"),
+        "{}",
+        unknown.body
+    );
     api.silent(Duration::from_millis(50)).await;
 }
