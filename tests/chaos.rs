@@ -1,8 +1,10 @@
 //! Faults on purpose: the real stack with three nodes, two schedulers, the web front and the
 //! bastion, a workload of users creating, stopping, starting and deleting servers (through
-//! the web front's JSON API and kubectl), and a fault injector that, at random, SIGKILLs and
-//! restarts each role, restarts a node's dockerd and the API server, and pauses processes.
-//! Then the faults stop and the invariants are checked: nothing lost, nothing twice.
+//! the web front's JSON API and kubectl), taking snapshots and cloning servers from them, and a
+//! fault injector that, at random, SIGKILLs and restarts each role (an agent preferably while it
+//! copies a snapshot or restores one), restarts a node's dockerd, the API server and the S3
+//! store, and pauses processes. Then the faults stop and the invariants are checked: nothing
+//! lost, nothing twice, and every snapshot that says Ready restores with its checksum.
 //!
 //! `make test` runs it for 60 s with seed 1; `make chaos` for CHAOS_SECONDS (default 300)
 //! with CHAOS_SEED (default: a new one, printed, so a failing run can be replayed).
@@ -198,6 +200,58 @@ fn restart_apiserver(after: Duration) {
     });
 }
 
+/// The S3 store of the stack (SeaweedFS): SIGKILL of its process group, then started again on
+/// the same port with the same keys and data, by the project's script.
+fn restart_s3(after: Duration) {
+    let state = Stack::get().kubeconfig().parent().unwrap().to_path_buf();
+    let pid = std::fs::read_to_string(state.join("seaweedfs/weed.pid")).expect("SeaweedFS runs");
+    let _ = Command::new("kill")
+        .args(["-KILL", &format!("-{}", pid.trim())])
+        .status();
+    std::thread::sleep(after);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/seaweedfs.sh");
+    let out = Command::new("bash")
+        .args([script, "start"])
+        .arg(&state)
+        .output()
+        .expect("seaweedfs.sh");
+    assert!(
+        out.status.success(),
+        "SeaweedFS did not start again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The agents copying now: (index, " mid-snapshot of X" or " mid-restore of X").
+fn copying(cluster: &Cluster) -> Vec<(usize, String)> {
+    let servers = server_list(&cluster.ns).unwrap_or_default();
+    let node_of = |name: &str| {
+        let server = servers.iter().find(|s| s["metadata"]["name"] == name)?;
+        let node = server["metadata"]["labels"]["computeserver.io/node"].as_str()?;
+        cluster.nodes.iter().position(|n| n == node)
+    };
+    let mut busy = vec![];
+    for snapshot in snapshot_list(&cluster.ns).unwrap_or_default() {
+        // Pending: being copied, or about to be.
+        if !matches!(snapshot["status"]["phase"].as_str(), Some("Ready" | "Failed"))
+            && let Some(i) = node_of(snapshot["spec"]["server"].as_str().unwrap_or(""))
+        {
+            busy.push((i, format!(" mid-snapshot of {}", snapshot["spec"]["server"])));
+        }
+    }
+    for server in &servers {
+        let name = server["metadata"]["name"].as_str().unwrap_or("");
+        if server["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("restoring"))
+            && let Some(i) = node_of(name)
+        {
+            busy.push((i, format!(" mid-restore of {name}")));
+        }
+    }
+    busy
+}
+
 /// One server the workload made.
 #[derive(Clone, Debug, Default)]
 struct Made {
@@ -217,6 +271,8 @@ struct Made {
 #[derive(Default)]
 struct Record {
     made: Vec<Made>,
+    /// Snapshots asked for (acknowledged).
+    snapshots: Vec<String>,
     requests: usize,
     acknowledged: usize,
 }
@@ -262,8 +318,16 @@ fn web_api(web: &str, token: &str, method: &str, path: &str, body: Option<&Value
 }
 
 fn server_list(ns: &str) -> Option<Vec<Value>> {
+    list(ns, "csrv")
+}
+
+fn snapshot_list(ns: &str) -> Option<Vec<Value>> {
+    list(ns, "csnap")
+}
+
+fn list(ns: &str, kind: &str) -> Option<Vec<Value>> {
     let out = kubectl(
-        &["get", "csrv", "-n", ns, "-o", "json", "--request-timeout=10s"],
+        &["get", kind, "-n", ns, "-o", "json", "--request-timeout=10s"],
         None,
     );
     let list: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -414,6 +478,76 @@ fn workload(
                     record.lock().unwrap().made[i].deleted = true;
                 }
                 ok
+            }
+            0..88 if !live.is_empty() => {
+                // A snapshot of a server, by its owner.
+                let i = live[rng.random_range(0..live.len())];
+                let name = record.lock().unwrap().made[i].name.clone();
+                let Some(owner) = owner_of(&ns, &name) else {
+                    continue;
+                };
+                let taken = if via_web {
+                    let path = format!("/api/v1/servers/{name}/snapshots");
+                    let (code, answer) = web_api(&web_url, &tokens.get(&owner), "POST", &path, None);
+                    answer["name"]
+                        .as_str()
+                        .filter(|_| (200..300).contains(&code))
+                        .map(String::from)
+                } else {
+                    let snapshot = format!("{name}-s{}", rng.random_range(0..1_000_000));
+                    let yaml = format!(
+                        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeSnapshot\nmetadata: {{name: {snapshot}, namespace: {ns}}}\n\
+                         spec: {{server: {name}, owner: {owner}}}\n"
+                    );
+                    kubectl(&["create", "-f", "-", "--request-timeout=10s"], Some(&yaml))
+                        .status
+                        .success()
+                        .then_some(snapshot)
+                };
+                if let Some(snapshot) = &taken {
+                    record.lock().unwrap().snapshots.push(snapshot.clone());
+                }
+                taken.is_some()
+            }
+            0..92 if live.len() < MOST_SERVERS => {
+                // A clone of a Ready snapshot, by the snapshot's owner, through the web front.
+                let ready: Vec<(String, String)> = snapshot_list(&ns)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|s| s["status"]["phase"] == "Ready")
+                    .filter_map(|s| {
+                        Some((
+                            s["metadata"]["name"].as_str()?.to_string(),
+                            s["spec"]["owner"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
+                if ready.is_empty() {
+                    continue;
+                }
+                let (snapshot, owner) = &ready[rng.random_range(0..ready.len())];
+                count += 1;
+                let name = format!("w{count:03}");
+                let body = serde_json::json!({
+                    "name": name, "profile": "tiny", "restoreFrom": {"snapshot": snapshot}
+                });
+                let (code, answer) = web_api(
+                    &web_url,
+                    &tokens.get(owner),
+                    "POST",
+                    "/api/v1/servers",
+                    Some(&body),
+                );
+                let made = Made {
+                    name,
+                    running: Some(true),
+                    acknowledged: (200..300).contains(&code),
+                    uid: answer["uid"].as_str().map(String::from),
+                    ..Default::default()
+                };
+                let ack = made.acknowledged;
+                record.lock().unwrap().made.push(made);
+                ack
             }
             _ => {
                 // Leave a mark in the data volume of a running server, to find it again at the end.
@@ -631,9 +765,77 @@ fn violations(cluster: &Cluster, record: &Record, twice: &[String]) -> Vec<Strin
             }
         }
     }
+    match snapshot_list(ns) {
+        Some(snapshots) => {
+            for snapshot in snapshots {
+                if !matches!(snapshot["status"]["phase"].as_str(), Some("Ready" | "Failed")) {
+                    found.push(format!(
+                        "snapshot {} is {}: {}",
+                        snapshot["metadata"]["name"],
+                        snapshot["status"]["phase"],
+                        snapshot["status"]["message"]
+                    ));
+                }
+            }
+        }
+        None => found.push("the API server does not list the snapshots".into()),
+    }
     for role in cluster.not_ready() {
         found.push(format!("{role} is not ready"));
     }
+    found
+}
+
+/// Every snapshot that says Ready restores with its checksum: a new server from each (as its
+/// owner would make it) runs, and says it was restored with that checksum. The violations.
+fn restores(ns: &str) -> Vec<String> {
+    let ready: Vec<Value> = snapshot_list(ns)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s["status"]["phase"] == "Ready")
+        .collect();
+    let mut checks = vec![];
+    for (i, snapshot) in ready.iter().enumerate() {
+        let (name, owner) = (
+            snapshot["metadata"]["name"].as_str().unwrap_or("?"),
+            snapshot["spec"]["owner"].as_str().unwrap_or("?"),
+        );
+        let clone = format!("r{i:03}");
+        let yaml = format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {{name: {clone}, namespace: {ns}}}\n\
+             spec: {{owner: {owner}, profile: tiny, restoreFrom: {{snapshot: {name}}}}}\n"
+        );
+        if kubectl(&["create", "-f", "-"], Some(&yaml)).status.success() {
+            checks.push((clone, name.to_string(), snapshot["status"]["checksum"].clone()));
+        }
+    }
+    let mut found = vec![];
+    let deadline = Instant::now() + SETTLE;
+    for (clone, snapshot, checksum) in &checks {
+        let server = loop {
+            let server = support::server_json(ns, clone);
+            let phase = server
+                .as_ref()
+                .and_then(|s| s["status"]["phase"].as_str().map(String::from));
+            if phase.as_deref() == Some("Running") || Instant::now() > deadline {
+                break server;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let server = server.unwrap_or_default();
+        if server["status"]["phase"] != "Running" || server["status"]["restoredFrom"]["checksum"] != *checksum
+        {
+            found.push(format!(
+                "snapshot {snapshot} says Ready with checksum {checksum}, and a server from it is {} ({}), restored with {}",
+                server["status"]["phase"], server["status"]["message"], server["status"]["restoredFrom"]["checksum"]
+            ));
+        }
+    }
+    println!(
+        "{} Ready snapshots restored, {} violations",
+        checks.len(),
+        found.len()
+    );
     found
 }
 
@@ -689,12 +891,17 @@ fn chaos_loses_nothing_and_places_nothing_twice() {
         std::thread::sleep(Duration::from_millis(rng.random_range(2000..6000)));
         let after = Duration::from_millis(rng.random_range(0..4000));
         faults += 1;
-        let what = match rng.random_range(0..12) {
+        let what = match rng.random_range(0..13) {
             0..3 => {
-                let i = rng.random_range(0..NODES);
+                // An agent copying a snapshot, or restoring one, when there is one.
+                let busy = copying(&cluster);
+                let (i, doing) = match busy.is_empty() {
+                    true => (rng.random_range(0..NODES), String::new()),
+                    false => busy[rng.random_range(0..busy.len())].clone(),
+                };
                 cluster.restart_agent(i, after);
                 format!(
-                    "SIGKILL agent {} (started again {:.1} s later)",
+                    "SIGKILL agent {}{doing} (started again {:.1} s later)",
                     cluster.nodes[i],
                     after.as_secs_f64()
                 )
@@ -738,6 +945,13 @@ fn chaos_loses_nothing_and_places_nothing_twice() {
                 std::thread::sleep(pause);
                 let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
                 format!("SIGSTOP {what} for {:.1} s, then SIGCONT", pause.as_secs_f64())
+            }
+            11 => {
+                restart_s3(after);
+                format!(
+                    "SIGKILL the S3 store (started again {:.1} s later)",
+                    after.as_secs_f64()
+                )
             }
             _ => {
                 restart_apiserver(after);
@@ -789,10 +1003,20 @@ fn chaos_loses_nothing_and_places_nothing_twice() {
         "{} violations (seed {seed}): {found:#?}",
         found.len()
     );
+    println!(
+        "{} snapshots asked for; restoring every Ready one",
+        record.snapshots.len()
+    );
+    let found = restores(&ns.name);
+    assert!(found.is_empty(), "{found:#?}");
 
     // Clean up while the agents run: their finalizers remove the containers and volumes.
     let _ = kubectl(
         &["delete", "csrv", "-n", &ns.name, "--all", "--timeout=120s"],
+        None,
+    );
+    let _ = kubectl(
+        &["delete", "csnap", "-n", &ns.name, "--all", "--timeout=120s"],
         None,
     );
 }

@@ -252,12 +252,20 @@ fn a_stopped_server_is_archived_off_its_node_and_restored_on_another_when_starte
     install_crds();
     let ns = TestNamespace::new("archive");
     let profile = TestProfile::new("archiver", "lifecycle: {archiveAfterStopped: 2s}");
-    // Nodes of this test's own (its label), so its scheduler places nothing elsewhere.
     let label = unique("archive");
-    let flags = ["--label", &format!("test={label}")];
+    // Its own nodes (their label), Leases and scheduler: other tests' schedulers never lead here.
+    let test_label = format!("test={label}");
+    let flags = [
+        "--label",
+        &test_label,
+        "--lease-namespace",
+        &ns.name,
+        "--lease-seconds",
+        "6",
+    ];
     let first = Agent::start_with(&unique("arch-a"), 1, &flags);
     let second = Agent::start_with(&unique("arch-b"), 2, &flags);
-    let _scheduler = Scheduler::start(&unique("arch-sched"), &ns.name, "compute");
+    let _scheduler = Scheduler::start(&unique("arch-sched"), &ns.name, &ns.name);
     let spec = format!("profile: {}\nnodeSelector: {{test: {label}}}", profile.name);
     server(&ns.name, "box", &first.node, "alice", &spec);
     wait_phase(&ns.name, "box", "Running");
@@ -361,9 +369,18 @@ fn a_server_on_a_lost_node_moves_by_itself_from_its_newest_snapshot_and_the_node
     let ns = TestNamespace::new("move");
     let profile = TestProfile::new("mover", "lifecycle: {moveAfterNodeLost: 3s}");
     let label = unique("move");
-    let flags = ["--label", &format!("test={label}")];
+    // Its own nodes (their label), Leases and scheduler: other tests' schedulers never lead here.
+    let test_label = format!("test={label}");
+    let flags = [
+        "--label",
+        &test_label,
+        "--lease-namespace",
+        &ns.name,
+        "--lease-seconds",
+        "6",
+    ];
     let mut first = Agent::start_with(&unique("move-a"), 1, &flags);
-    let _scheduler = Scheduler::start(&unique("move-sched"), &ns.name, "compute");
+    let _scheduler = Scheduler::start(&unique("move-sched"), &ns.name, &ns.name);
     let spec = format!("profile: {}\nnodeSelector: {{test: {label}}}", profile.name);
     server(&ns.name, "box", &first.node, "alice", &spec);
     let running = wait_phase(&ns.name, "box", "Running");
