@@ -17,7 +17,7 @@ use support::chromium::{
 };
 use support::{
     Agent, Scheduler, TestNamespace, TestProfile, WebFront, eventually, eventually_async, free_port,
-    install_crds, kubectl, ssh, ssh_keypair, unique,
+    install_crds, kubectl, kubectl_ok, ssh, ssh_keypair, unique,
 };
 
 /// Waits until the detail page (not reloaded) shows `phase`; returns the phases it saw.
@@ -169,6 +169,46 @@ async fn alice_requests_a_server_in_chromium_sees_it_running_stops_and_deletes_i
         "{listed}"
     );
     screenshot(&alice, "4-server-snapshot").await;
+
+    // Clone: the snapshot's link opens the form set to start from it; the clone runs with it.
+    alice
+        .find(Locator::Css("table.snapshots a[href^='/servers/new?from=e2e-2']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = text(&alice, "[data-field=restore-from]").await;
+    assert!(notice.starts_with("Starts from snapshot e2e-2"), "{notice}");
+    alice
+        .find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys("e2e-copy")
+        .await
+        .unwrap();
+    alice
+        .find(Locator::Css("form.request button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice
+        .wait()
+        .for_url(&format!("{}/servers/e2e-copy", web.url).parse().unwrap())
+        .await
+        .unwrap();
+    wait_for_phase(&alice, "Running", 120).await;
+    alice.refresh().await.unwrap();
+    let restored = text(&alice, "[data-field=restored]").await;
+    assert!(restored.starts_with("Restored from snapshot e2e-2"), "{restored}");
+    screenshot(&alice, "4-server-clone").await;
+    kubectl_ok(
+        &["delete", "csrv", "-n", &ns.name, "e2e-copy", "--wait=false"],
+        None,
+    );
+    alice.goto(&format!("{}/servers/e2e", web.url)).await.unwrap();
 
     // The SSH command shown works, with the key given in the form.
     let port = command

@@ -30,6 +30,8 @@ use crate::storage::Store;
 /// about three parts' worth of memory whatever the snapshot's size.
 const PART_BYTES: usize = 8 * 1024 * 1024;
 const UPLOADS_IN_FLIGHT: usize = 2;
+/// The chunks a restore streams into Docker: large, so few frames and wake-ups per MiB.
+const STREAM_BYTES: usize = 1024 * 1024;
 
 /// What can go wrong while copying a server to or from the store.
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +250,7 @@ async fn put_part(
     let decoder = ZstdDecoder::new(StreamReader::new(compressed));
     let counted = {
         let body_failed = body_failed.clone();
-        ReaderStream::new(decoder)
+        ReaderStream::with_capacity(decoder, STREAM_BYTES)
             .inspect_err(move |error| *body_failed.lock().expect("error lock") = Some(error.to_string()))
     };
     // The body must be 'static: progress is read through a channel of counts instead.

@@ -343,6 +343,9 @@ struct RequestForm {
     memory: String,
     #[serde(default)]
     ssh_keys: String,
+    /// A snapshot of the person's to start from (a clone): `?from=NAME` on the form.
+    #[serde(default, alias = "from")]
+    restore_from: String,
 }
 
 fn field_error(errors: &[FieldError], field: &str) -> Markup {
@@ -369,7 +372,18 @@ fn request_page(
     };
     let others: Vec<&FieldError> = errors
         .iter()
-        .filter(|e| !["name", "profile", "cpu", "memory", "gpus", "sshAuthorizedKeys"].contains(&e.field))
+        .filter(|e| {
+            ![
+                "name",
+                "profile",
+                "cpu",
+                "memory",
+                "gpus",
+                "sshAuthorizedKeys",
+                "restoreFrom",
+            ]
+            .contains(&e.field)
+        })
         .collect();
     page(
         status,
@@ -384,6 +398,13 @@ fn request_page(
             } @else {
                 form.request method="post" action="/servers" novalidate {
                     input type="hidden" name="csrf" value=(session.csrf);
+                    @if !form.restore_from.is_empty() {
+                        input type="hidden" name="restore_from" value=(form.restore_from);
+                        p.notice data-field="restore-from" {
+                            "Starts from snapshot " code { (form.restore_from) } ": its data and the software installed in it."
+                        }
+                        (field_error(errors, "restoreFrom"))
+                    }
                     fieldset {
                         legend { "Profile" }
                         @for p in &profiles {
@@ -435,15 +456,18 @@ fn fmt_res(r: &crate::api::Resources) -> String {
     format!("{cpu} CPU, {mem}")
 }
 
-async fn new_form(State(state): State<AppState>, SignedIn(session): SignedIn) -> Response {
-    request_page(
-        &state,
-        &session,
-        &RequestForm::default(),
-        &[],
-        None,
-        StatusCode::OK,
-    )
+async fn new_form(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Query(form): Query<RequestForm>,
+) -> Response {
+    // A link may preset the profile and the snapshot to start from, nothing else.
+    let form = RequestForm {
+        profile: form.profile,
+        restore_from: form.restore_from,
+        ..RequestForm::default()
+    };
+    request_page(&state, &session, &form, &[], None, StatusCode::OK)
 }
 
 async fn create(
@@ -464,7 +488,11 @@ async fn create(
         },
         ssh_authorized_keys: form.ssh_keys.lines().map(str::to_string).collect(),
         env: Vec::<EnvVar>::new(),
-        restore_from: None,
+        restore_from: Some(form.restore_from.trim())
+            .filter(|s| !s.is_empty())
+            .map(|snapshot| crate::api::RestoreFrom {
+                snapshot: snapshot.to_string(),
+            }),
     };
     match servers::create(&state.servers, &state.leases, &state.cache, &session.user, new).await {
         Ok(server) => Redirect::to(&format!("/servers/{}", server.name_any())).into_response(),
@@ -632,7 +660,7 @@ async fn detail(
                 p.muted { "No snapshots yet. A snapshot copies this server's data and what changed in its system into the object store; a new server can start from it." }
             } @else {
                 table.snapshots {
-                    thead { tr { th { "Name" } th { "Phase" } th { "Size" } th { "Taken" } th { "Message" } } }
+                    thead { tr { th { "Name" } th { "Phase" } th { "Size" } th { "Taken" } th { "Message" } th {} } }
                     tbody {
                         @for s in &snapshots {
                             @let view = super::snapshots::SnapshotView::of(s);
@@ -642,6 +670,11 @@ async fn detail(
                                 td { (view.size.as_deref().unwrap_or("—")) }
                                 td { (view.taken_at.as_deref().unwrap_or("—")) }
                                 td { (view.message.as_deref().unwrap_or("")) }
+                                td {
+                                    @if view.phase == "Ready" {
+                                        a href={ "/servers/new?from=" (view.name) "&profile=" (server.spec.profile.as_deref().unwrap_or("")) } title="A new server that starts with this snapshot's data and software" { "Clone" }
+                                    }
+                                }
                             }
                         }
                     }
