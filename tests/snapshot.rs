@@ -477,6 +477,61 @@ fn a_server_on_a_lost_node_moves_by_itself_from_its_newest_snapshot_and_the_node
     drop((back, first, second));
 }
 
+/// A tar of one `bytes`-long file at `home/blob`, as a file in `dir`.
+fn floor_tar(dir: &std::path::Path, bytes: usize) -> std::path::PathBuf {
+    std::fs::create_dir(dir.join("home")).unwrap();
+    std::fs::write(dir.join("home/blob"), vec![7u8; bytes]).unwrap();
+    let tar = dir.join("floor.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("home")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
+}
+
+/// Seconds Docker's archive API (`PUT /containers/ID/archive`, as `docker cp` and a restore use
+/// it) takes to extract what `source` (a shell command) writes into a new container's data
+/// volume on local engine `daemon`.
+fn docker_archive_floor(daemon: usize, source: &str) -> f64 {
+    let name = unique("floor");
+    let volume = format!("{name}:/home");
+    docker(
+        daemon,
+        &[
+            "create",
+            "--name",
+            &name,
+            "-v",
+            &volume,
+            "computeserver/busybox:local",
+            "true",
+        ],
+    );
+    let socket = Stack::get()
+        .node_docker_host(daemon)
+        .trim_start_matches("unix://")
+        .to_string();
+    let pipeline = format!(
+        "set -o pipefail; {source} | curl -sf -o /dev/null -X PUT --unix-socket {socket} -T - \
+         'http://docker/containers/{name}/archive?path=/'"
+    );
+    let started = std::time::Instant::now();
+    let ok = std::process::Command::new("bash")
+        .args(["-c", &pipeline])
+        .status()
+        .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert!(ok.success(), "{pipeline}");
+    docker(daemon, &["rm", "-f", &name]);
+    docker(daemon, &["volume", "rm", &name]);
+    took
+}
+
 /// `make bench BENCH=snapshot`: snapshot and restore throughput of 256 MiB in a server's /home
 /// (random: it does not compress, so the store gets all of it), against a floor measured in the
 /// same run: the same number of bytes put into the same store as one plain upload, and read back
@@ -522,16 +577,36 @@ fn bench_snapshot() {
     );
     wait_phase(&ns.name, "copy", "Running");
     let restored = started.elapsed().as_secs_f64();
+    // What a server takes to run on that node without a restore: placement, container, start.
+    let started = std::time::Instant::now();
+    server(&ns.name, "plain", &second.node, "alice", SLEEPER);
+    wait_phase(&ns.name, "plain", "Running");
+    let fixed = started.elapsed().as_secs_f64();
+    let copying = (restored - fixed).max(0.001);
 
     // The floor: the same bytes as one plain upload and one plain download.
     let bytes = snap["status"]["storedBytes"].as_i64().unwrap() as usize;
-    let blob = vec![7u8; bytes];
+    let dir = tempfile::tempdir().unwrap();
+    let tar = floor_tar(dir.path(), bytes);
+    let blob = std::fs::read(&tar).unwrap();
     let started = std::time::Instant::now();
     assert_eq!(s3("PUT", "bench/floor", Some(&blob)).0, 200);
     let put = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     assert_eq!(s3("GET", "bench/floor", None).0, 200);
     let get = started.elapsed().as_secs_f64();
+    // Docker's archive API, which a restore writes through: the tar from a file, and the tar
+    // as it comes from the store (GET piped into it): what a restore does, without checking.
+    let docker_put = docker_archive_floor(2, &format!("cat {}", tar.display()));
+    let stack = Stack::get();
+    let get_command = format!(
+        "curl -sf --aws-sigv4 aws:amz:us-east-1:s3 --user {}:{} {}/{}/bench/floor",
+        stack.var("S3_ACCESS_KEY"),
+        stack.var("S3_SECRET_KEY"),
+        stack.var("S3_ENDPOINT"),
+        stack.var("S3_BUCKET")
+    );
+    let piped = docker_archive_floor(2, &get_command);
     s3("DELETE", "bench/floor", None);
 
     let mib = bytes as f64 / (1024.0 * 1024.0);
@@ -544,13 +619,19 @@ fn bench_snapshot() {
     );
     println!(
         "snapshot: snapshot_mib_s={:.0} restore_mib_s={:.0} floor_put_mib_s={:.0} floor_get_mib_s={:.0} \
-         snapshot_ratio={:.2} restore_ratio={:.2}",
+         floor_docker_put_mib_s={:.0} floor_get_into_docker_mib_s={:.0} snapshot_ratio={:.2} restore_ratio={:.2}",
         rate(took),
-        rate(restored),
+        rate(copying),
         rate(put),
         rate(get),
+        rate(docker_put),
+        rate(piped),
         put / took,
-        get / restored
+        piped / copying
+    );
+    println!(
+        "snapshot: a server from it ran {restored:.2} s after its create, one without a restore {fixed:.2} s: \
+         the restore's own {copying:.2} s give restore_mib_s"
     );
     kubectl_ok(
         &["delete", "csrv", "-n", &ns.name, "--all", "--timeout=60s"],

@@ -32,6 +32,8 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const UPLOADS_IN_FLIGHT: usize = 2;
 /// The chunks a restore streams into Docker: large, so few frames and wake-ups per MiB.
 const STREAM_BYTES: usize = 1024 * 1024;
+/// How many of those chunks a restore reads ahead of Docker.
+const CHUNKS_AHEAD: usize = 4;
 
 /// What can go wrong while copying a server to or from the store.
 #[derive(Debug, thiserror::Error)]
@@ -255,8 +257,22 @@ async fn put_part(
     };
     // The body must be 'static: progress is read through a channel of counts instead.
     let (sizes, mut seen) = futures::channel::mpsc::unbounded::<usize>();
-    let body = counted.inspect_ok(move |chunk| {
+    let counted = counted.inspect_ok(move |chunk| {
         let _ = sizes.unbounded_send(chunk.len());
+    });
+    // Reading the store (and hashing and decompressing) runs beside Docker's writing, a few
+    // chunks ahead, instead of taking turns with it.
+    let (chunks, ahead) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let _reading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        tokio::pin!(counted);
+        while let Some(chunk) = counted.next().await {
+            if chunks.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    }));
+    let body = futures::stream::unfold(ahead, |mut ahead| async move {
+        ahead.recv().await.map(|chunk| (chunk, ahead))
     });
     let options = UploadToContainerOptionsBuilder::default().path("/").build();
     let upload = docker.upload_to_container(container, Some(options), bollard::body_try_stream(body));

@@ -30,9 +30,14 @@ start() {
   mkdir -p "$dir/data"
   stop "$state"
   port="$(state_port "$state" S3_PORT "${S3_PORT:-}")"
-  # Its other ports (master, volume, filer and their gRPC ports) are its own business: free ones.
-  local master volume filer
-  master="$(free_port)"; volume="$(free_port)"; filer="$(free_port)"
+  # Its other ports (master, volume, filer and their gRPC ports) are kept too: the master keeps
+  # its state in a folder named after its port, and a master that restarts with another one has
+  # lost its state (then SeaweedFS freezes volume growth, and uploads fail once volumes fill).
+  local -A p
+  local name
+  for name in master master_grpc volume volume_grpc filer filer_grpc s3_grpc iceberg lance; do
+    p[$name]="$(state_port "$state" "S3_${name^^}_PORT")"
+  done
   # Credentials made once per state and kept in it (mode 0600); never printed.
   key="$(setting "$state" S3_ACCESS_KEY "" "cs$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')")"
   [[ -s $dir/secret ]] || (umask 077; head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_' >"$dir/secret")
@@ -45,11 +50,11 @@ JSON
   step "Starting SeaweedFS on 127.0.0.1:$port (S3; log: $dir/weed.log)"
   start_group "$dir/weed.pid" "$dir/weed.log" "$CS_BIN/weed" server -dir="$dir/data" \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -master.port="$master" -master.port.grpc="$(free_port)" -master.volumeSizeLimitMB=256 \
-    -volume.port="$volume" -volume.port.grpc="$(free_port)" -volume.max=64 \
-    -filer -filer.port="$filer" -filer.port.grpc="$(free_port)" \
-    -s3 -s3.port="$port" -s3.port.grpc="$(free_port)" -s3.port.iceberg="$(free_port)" \
-    -s3.port.lance="$(free_port)" -s3.config="$dir/s3.json"
+    -master.port="${p[master]}" -master.port.grpc="${p[master_grpc]}" -master.volumeSizeLimitMB=256 \
+    -volume.port="${p[volume]}" -volume.port.grpc="${p[volume_grpc]}" -volume.max=64 \
+    -filer -filer.port="${p[filer]}" -filer.port.grpc="${p[filer_grpc]}" \
+    -s3 -s3.port="$port" -s3.port.grpc="${p[s3_grpc]}" -s3.port.iceberg="${p[iceberg]}" \
+    -s3.port.lance="${p[lance]}" -s3.config="$dir/s3.json"
   await_ready SeaweedFS "$(<"$dir/weed.pid")" "$dir/weed.log" 120 \
     curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"
   # The bucket (an S3 request signed with the keys; "already yours" is fine).
