@@ -392,7 +392,7 @@ run_benches() {
       || info "benchmark $name failed (its output is above and in $log)"
   done
   step "Summary (each ratio is against a floor measured in the same run; all output in $log)"
-  grep -E '^(agent|scheduler|web|bastion|browser-terminal|browser-app): ' "$log" || info "no summary lines: see $log"
+  grep -E '^(agent|scheduler|web|bastion|browser-terminal|browser-app|snapshot): ' "$log" || info "no summary lines: see $log"
 }
 
 case "${1:-}" in
