@@ -3,7 +3,7 @@
 //! errors as `{"error": "...", "message": "..."}`.
 
 use super::snapshots::SnapshotView;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -212,12 +212,43 @@ async fn extend(
     Ok(Json(view(&state, &server)))
 }
 
+/// `?snapshots=true`: the server's snapshots go with it (else they are kept).
+#[derive(serde::Deserialize, Default)]
+struct DeleteQuery {
+    #[serde(default)]
+    snapshots: bool,
+}
+
 async fn delete(
     State(state): State<AppState>,
     Bearer(user): Bearer,
     Path(name): Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    change(&state, &user, &name, Action::Delete).await
+    ready(&state)?;
+    let Query(query) = query.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
+    let deleted = super::snapshots::delete_server(
+        &state.servers,
+        &state.snapshots,
+        &state.cache,
+        &user,
+        &name,
+        query.snapshots,
+    )
+    .await?;
+    let message = match query.snapshots {
+        true => format!(
+            "deleting: the server is gone once its container is removed; {deleted} snapshot(s) of it deleted"
+        ),
+        false => {
+            "deleting: the server is gone once its container is removed; its snapshots are kept".to_string()
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"name": name, "message": message})),
+    )
+        .into_response())
 }
 
 /// A profile as the API shows it.

@@ -496,3 +496,73 @@ async fn only_a_server_whose_node_is_lost_is_moved_and_that_changes_nothing_else
     );
     api.silent(Duration::from_millis(50)).await;
 }
+
+#[tokio::test]
+async fn a_server_deleted_with_its_snapshots_takes_only_its_own_along() {
+    let (app, mut api, _) = front(false);
+    let app2 = app.clone();
+    let request = api_call(
+        "DELETE",
+        "/api/v1/servers/lab?snapshots=true",
+        "alice",
+        Value::Null,
+    );
+    let deleting = tokio::spawn(async move { send(&app2, request).await });
+    const SNAPSHOTS: &str = "/apis/computeserver.io/v1alpha1/namespaces/compute/computesnapshots";
+    let list = api.next().await.expect("GET", SNAPSHOTS);
+    assert!(
+        list.query.contains("spec.server%3Dlab%2Cspec.owner%3Dalice"),
+        "{}",
+        list.query
+    );
+    list.answer(
+        &json!({"apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeSnapshotList", "metadata": {},
+        "items": [{"apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeSnapshot",
+                   "metadata": {"name": "lab-1", "namespace": "compute", "uid": "uid-snap"},
+                   "spec": {"server": "lab", "owner": "alice"}}]}),
+    );
+    let server = api.next().await.expect(
+        "DELETE",
+        "/apis/computeserver.io/v1alpha1/namespaces/compute/computeservers/lab",
+    );
+    assert_eq!(server.body["preconditions"]["uid"], "uid-lab");
+    server.answer(&lab());
+    let snapshot = api.next().await.expect("DELETE", &format!("{SNAPSHOTS}/lab-1"));
+    assert_eq!(
+        snapshot.body["preconditions"]["uid"], "uid-snap",
+        "the one listed, not a new one of that name"
+    );
+    snapshot.status(404, "NotFound");
+    let deleted = deleting.await.unwrap();
+    assert_eq!(deleted.status, StatusCode::ACCEPTED, "{}", deleted.body);
+    assert!(
+        deleted.json()["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("1 snapshot(s) of it deleted"),
+        "{}",
+        deleted.body
+    );
+
+    // Without asking, they are kept: one DELETE, of the server.
+    let app2 = app.clone();
+    let request = api_call("DELETE", "/api/v1/servers/lab", "alice", Value::Null);
+    let deleting = tokio::spawn(async move { send(&app2, request).await });
+    api.next()
+        .await
+        .expect(
+            "DELETE",
+            "/apis/computeserver.io/v1alpha1/namespaces/compute/computeservers/lab",
+        )
+        .answer(&lab());
+    let deleted = deleting.await.unwrap();
+    assert!(
+        deleted.json()["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("its snapshots are kept"),
+        "{}",
+        deleted.body
+    );
+    api.silent(Duration::from_millis(50)).await;
+}

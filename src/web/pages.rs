@@ -585,6 +585,12 @@ async fn detail(
                     }
                     form method="post" action={ "/servers/" (name) "/delete" } data-confirm={ "Delete " (name) " and its data?" } {
                         input type="hidden" name="csrf" value=(session.csrf);
+                        @if !snapshots.is_empty() {
+                            label.inline title="Unticked, its snapshots are kept: a new server can start from them" {
+                                input type="checkbox" name="snapshots" value="true";
+                                " and its " (snapshots.len()) " snapshot(s)"
+                            }
+                        }
                         button.button.danger type="submit" { "Delete" }
                     }
                 }
@@ -799,6 +805,9 @@ struct ActionForm {
     /// How long to keep running (extend only).
     #[serde(default, rename = "for")]
     keep_for: Option<String>,
+    /// Delete only: its snapshots go too ("true").
+    #[serde(default)]
+    snapshots: Option<String>,
 }
 
 async fn act(
@@ -819,8 +828,23 @@ async fn act(
     if !session.csrf_ok(&form.csrf) {
         return bad_csrf();
     }
+    if action == Action::Delete {
+        let snapshots = form.snapshots.as_deref() == Some("true");
+        let deleted = super::snapshots::delete_server(
+            &state.servers,
+            &state.snapshots,
+            &state.cache,
+            &session.user,
+            &name,
+            snapshots,
+        )
+        .await;
+        return match deleted {
+            Ok(_) => Redirect::to("/").into_response(),
+            Err(problem) => problem_page(&session, problem),
+        };
+    }
     match servers::act(&state.servers, &state.cache, &session.user, &name, action).await {
-        Ok(_) if action == Action::Delete => Redirect::to("/").into_response(),
         Ok(_) => Redirect::to(&format!("/servers/{name}")).into_response(),
         Err(problem) => problem_page(&session, problem),
     }

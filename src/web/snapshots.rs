@@ -1,7 +1,7 @@
 //! Snapshots as a person sees them at the web front: take one of a server of theirs, list a
 //! server's. The agents take them; this only creates the ComputeSnapshot, owned by the caller.
 
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use tracing::error;
@@ -106,6 +106,41 @@ pub async fn move_off(
         .map_err(|e| servers::change_failed(server, e))?;
     tracing::info!(user = %user.name, %server, snapshot = %chosen.name_any(), "moving off a lost node");
     Ok(moved)
+}
+
+/// Deletes `user`'s server `server`, and with `snapshots` its snapshots too (a server's deletion
+/// keeps them unless asked): how many snapshots were deleted.
+pub async fn delete_server(
+    servers_api: &Api<ComputeServer>,
+    api: &Api<ComputeSnapshot>,
+    cache: &Cache,
+    user: &User,
+    server: &str,
+    snapshots: bool,
+) -> Result<usize, Problem> {
+    let listed = match snapshots {
+        true => of_server(api, cache, user, server).await?,
+        false => vec![],
+    };
+    servers::act(servers_api, cache, user, server, servers::Action::Delete).await?;
+    for snapshot in &listed {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: snapshot.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&snapshot.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => {
+                error!("delete snapshot: {e}");
+                return Err(Problem::Internal);
+            }
+        }
+    }
+    Ok(listed.len())
 }
 
 /// A snapshot as the JSON API shows it.
