@@ -94,6 +94,21 @@ fn s3(method: &str, key: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
     (code, out.stdout[..split].to_vec())
 }
 
+/// A label for a test's own nodes and the agent flags that give it, with Leases in the test's
+/// namespace (its scheduler's too): other tests' schedulers never lead there.
+fn own_nodes(ns: &TestNamespace, prefix: &str) -> (String, Vec<String>) {
+    let label = unique(prefix);
+    let flags = [
+        "--label",
+        &format!("test={label}"),
+        "--lease-namespace",
+        &ns.name,
+        "--lease-seconds",
+        "6",
+    ];
+    (label, flags.map(String::from).to_vec())
+}
+
 #[test]
 fn a_snapshot_holds_home_and_installed_files_and_a_clone_on_another_node_has_them() {
     install_crds();
@@ -252,17 +267,8 @@ fn a_stopped_server_is_archived_off_its_node_and_restored_on_another_when_starte
     install_crds();
     let ns = TestNamespace::new("archive");
     let profile = TestProfile::new("archiver", "lifecycle: {archiveAfterStopped: 2s}");
-    let label = unique("archive");
-    // Its own nodes (their label), Leases and scheduler: other tests' schedulers never lead here.
-    let test_label = format!("test={label}");
-    let flags = [
-        "--label",
-        &test_label,
-        "--lease-namespace",
-        &ns.name,
-        "--lease-seconds",
-        "6",
-    ];
+    let (label, flags) = own_nodes(&ns, "archive");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let first = Agent::start_with(&unique("arch-a"), 1, &flags);
     let second = Agent::start_with(&unique("arch-b"), 2, &flags);
     let _scheduler = Scheduler::start(&unique("arch-sched"), &ns.name, &ns.name);
@@ -368,17 +374,8 @@ fn a_server_on_a_lost_node_moves_by_itself_from_its_newest_snapshot_and_the_node
     install_crds();
     let ns = TestNamespace::new("move");
     let profile = TestProfile::new("mover", "lifecycle: {moveAfterNodeLost: 3s}");
-    let label = unique("move");
-    // Its own nodes (their label), Leases and scheduler: other tests' schedulers never lead here.
-    let test_label = format!("test={label}");
-    let flags = [
-        "--label",
-        &test_label,
-        "--lease-namespace",
-        &ns.name,
-        "--lease-seconds",
-        "6",
-    ];
+    let (label, flags) = own_nodes(&ns, "move");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut first = Agent::start_with(&unique("move-a"), 1, &flags);
     let _scheduler = Scheduler::start(&unique("move-sched"), &ns.name, &ns.name);
     let spec = format!("profile: {}\nnodeSelector: {{test: {label}}}", profile.name);
