@@ -304,6 +304,12 @@ fn a_stopped_server_is_archived_off_its_node_and_restored_on_another_when_starte
     let uid = archived["metadata"]["uid"].as_str().unwrap();
     assert!(!exists(1, "container", &container));
     assert!(!exists(1, "volume", &format!("{container}.{uid}.data")));
+    // Its node counts nothing of it any more (its label still names the node it left).
+    eventually("the first node to count nothing of it", 60, || {
+        let out = kubectl(&["get", "computenode", &first.node, "-o", "json"], None);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (node["status"]["allocated"]["cpu"] == "0" && node["status"]["servers"] == 0).then_some(())
+    });
     assert_eq!(
         snapshot_json(&ns.name, &snapshot).unwrap()["status"]["phase"],
         "Ready"

@@ -103,7 +103,7 @@ pub fn volume(server: &ComputeServer, node: &str, found: Option<&Volume>) -> Vol
 pub fn pending_restore(server: &ComputeServer) -> Option<&str> {
     let status = server.status.as_ref();
     // An archived server's data is only in its archive's snapshot.
-    if let Some(archive) = status.and_then(|s| s.archived_to.as_deref()) {
+    if let Some(archive) = server.archived_to() {
         return Some(archive);
     }
     let wanted = server.spec.restore_from.as_ref()?.snapshot.as_str();

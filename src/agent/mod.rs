@@ -401,7 +401,7 @@ async fn profile_of(server: &ComputeServer, ctx: &Context) -> Result<Option<Comp
 
 async fn apply(server: &ComputeServer, ctx: &Context) -> Result<Action> {
     // Archived and to stay stopped: nothing of it is here, and nothing is made.
-    if let Some(snapshot) = server.status.as_ref().and_then(|s| s.archived_to.as_deref())
+    if let Some(snapshot) = server.archived_to()
         && !server.spec.running
     {
         status::write(server, ctx, status::archived(server, ctx, snapshot)).await?;

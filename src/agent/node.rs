@@ -266,8 +266,14 @@ async fn status(
     profiles: &Profiles,
     firewall: Result<()>,
 ) -> Result<ComputeNodeStatus> {
+    // An archived server is on no node, whatever its label says: it reserves nothing here.
+    let servers: Vec<Arc<ComputeServer>> = servers
+        .iter()
+        .filter(|s| s.archived_to().is_none())
+        .cloned()
+        .collect();
     let mut used = Request::default();
-    for server in servers {
+    for server in &servers {
         let profile = profiles.of(server);
         if let Ok(request) = size::request(server, profile) {
             used += request;
@@ -317,7 +323,7 @@ async fn status(
         docker_version,
         conditions: vec![condition],
         orphaned_volumes: vec![],
-        gpus: super::gpu::listed(&ctx.gpus, servers),
+        gpus: super::gpu::listed(&ctx.gpus, &servers),
     })
 }
 

@@ -156,7 +156,7 @@ pub fn archive_due(server: &ComputeServer, rules: &Rules, now: Timestamp) -> boo
     let (Some(after), Some(since)) = (rules.archive_after_stopped, stopped_since(server)) else {
         return false;
     };
-    let archived = server.status.as_ref().is_some_and(|s| s.archived_to.is_some());
+    let archived = server.archived_to().is_some();
     !server.spec.running
         && !archived
         && server.metadata.deletion_timestamp.is_none()

@@ -340,6 +340,14 @@ pub struct ComputeServerStatus {
     pub archived_to: Option<String>,
 }
 
+impl ComputeServer {
+    /// The snapshot it is archived to, while it is: then nothing of it is on a node and it
+    /// reserves nothing there (its node label, if any, names the node it left).
+    pub fn archived_to(&self) -> Option<&str> {
+        self.status.as_ref()?.archived_to.as_deref()
+    }
+}
+
 /// A restore done.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

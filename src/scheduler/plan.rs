@@ -131,7 +131,7 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     for server in servers {
         // An archived server is on no node: it reserves nothing, and once it is to run again it
         // is placed anew (its label, if any, names the node it left).
-        if server.status.as_ref().is_some_and(|s| s.archived_to.is_some()) {
+        if server.archived_to().is_some() {
             if server.spec.running && server.meta().deletion_timestamp.is_none() {
                 unlabelled.insert(server.uid().unwrap_or_default());
                 pending.push(server.clone());
