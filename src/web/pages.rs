@@ -674,7 +674,12 @@ async fn detail(
                                 td { code { (view.name) } }
                                 td { (snapshot_badge(&view.phase)) }
                                 td { (view.size.as_deref().unwrap_or("—")) }
-                                td { (view.taken_at.as_deref().unwrap_or("—")) }
+                                td {
+                                    @match s.status.as_ref().and_then(|st| st.taken_at.as_ref()) {
+                                        Some(taken) => time datetime=(taken.0.to_string()) { (taken.0.strftime("%Y-%m-%d %H:%M UTC")) },
+                                        None => "—",
+                                    }
+                                }
                                 td { (view.message.as_deref().unwrap_or("")) }
                                 td {
                                     @if view.phase == "Ready" {
