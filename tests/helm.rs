@@ -1302,18 +1302,23 @@ fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
         all.extend(args);
         kubectl_at(&kubeconfig, &all, stdin)
     };
-    // Policies take effect once the API server has loaded them.
-    let refusal = eventually("the policy to refuse mallory's server for alice", 30, || {
+    // Policies take effect once the API server has loaded them: until then it is asked with
+    // dry runs, so a request let through before stores nothing (then an apply of the same
+    // object would be a change of nothing, which the policy allows).
+    let for_alice = server("for-alice", "owner: alice, profile: tiny");
+    eventually("the policy to refuse mallory's server for alice", 60, || {
         let out = as_person(
             "oidc:mallory",
-            &["apply", "-f", "-"],
-            Some(&server("for-alice", "owner: alice, profile: tiny")),
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&for_alice),
         );
         let error = text(&out.stderr);
         (!out.status.success() && error.contains("ValidatingAdmissionPolicy")).then_some(error)
     });
+    let out = as_person("oidc:mallory", &["apply", "-f", "-"], Some(&for_alice));
+    let refusal = text(&out.stderr);
     assert!(
-        refusal.contains("spec.owner must be your own user name (mallory)"),
+        !out.status.success() && refusal.contains("spec.owner must be your own user name (mallory)"),
         "{refusal}"
     );
     eventually("the owner label policy to be loaded", 30, || {
