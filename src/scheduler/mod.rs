@@ -308,6 +308,15 @@ fn default_identity() -> String {
     format!("{host}_{}", std::process::id())
 }
 
+/// The status of a server whose node is lost: NodeLost, with `message` (why, and whether it moves).
+fn lost_status(server: &ComputeServer, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "phase": Phase::NodeLost,
+        "message": message,
+        "conditions": [crate::api::server_condition(server, CONDITION_READY, false, "NodeLost", message)],
+    })
+}
+
 struct Scheduler {
     client: Client,
     events: Events,
@@ -392,12 +401,7 @@ impl Scheduler {
                 node,
                 message,
             } => {
-                let status = serde_json::json!({
-                    "phase": Phase::NodeLost,
-                    "message": message,
-                    "conditions": [crate::api::server_condition(&server, CONDITION_READY, false, "NodeLost", &message)],
-                });
-                if let Err(error) = self.apply_status(&server, status).await {
+                if let Err(error) = self.apply_status(&server, lost_status(&server, &message)).await {
                     warn!(%error, server = %server.name_any(), %node, "could not mark the server NodeLost");
                 }
                 None
@@ -441,24 +445,9 @@ impl Scheduler {
     /// label and names the snapshot in spec.restoreFrom. From then on the lost node's agent no
     /// longer sees it (nor starts its stale container), and the next pass places it.
     async fn move_off(&self, server: &ComputeServer, node: &str, decided: moving::Move) -> Result<()> {
-        let status = serde_json::json!({
-            "phase": Phase::NodeLost,
-            "message": decided.message,
-            "conditions": [crate::api::server_condition(server, CONDITION_READY, false, "NodeLost", &decided.message)],
-        });
-        let written = status::apply(
-            &self.api(server),
-            &server.name_any(),
-            FIELD_MANAGER,
-            &serde_json::json!({
-                "apiVersion": ComputeServer::api_version(&()),
-                "kind": ComputeServer::kind(&()),
-                "metadata": { "resourceVersion": server.resource_version() },
-                "status": status,
-            }),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        let written = self
+            .apply_status(server, lost_status(server, &decided.message))
+            .await?;
         let mut patch = serde_json::json!({
             "metadata": {
                 "resourceVersion": written.resource_version(),
@@ -623,7 +612,7 @@ impl Scheduler {
     /// place, or phase, message and Ready of a server on a lost node. The agent takes them over
     /// when it reports the server; these writes happen only while it cannot. Based on the
     /// resourceVersion decided on.
-    async fn apply_status(&self, server: &ComputeServer, status: serde_json::Value) -> Result<()> {
+    async fn apply_status(&self, server: &ComputeServer, status: serde_json::Value) -> Result<ComputeServer> {
         let patch = serde_json::json!({
             "apiVersion": ComputeServer::api_version(&()),
             "kind": ComputeServer::kind(&()),
@@ -632,8 +621,7 @@ impl Scheduler {
         });
         status::apply(&self.api(server), &server.name_any(), FIELD_MANAGER, &patch)
             .await
-            .map_err(Error::Kube)?;
-        Ok(())
+            .map_err(Error::Kube)
     }
 
     fn api(&self, server: &ComputeServer) -> Api<ComputeServer> {

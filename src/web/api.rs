@@ -144,24 +144,26 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, &server))))
 }
 
-async fn change(state: &AppState, user: &User, name: &str, action: Action) -> Result<Response, ApiError> {
+/// Stops or starts a server: the server as it is now.
+async fn change(
+    state: &AppState,
+    user: &User,
+    name: &str,
+    action: Action,
+) -> Result<Json<ServerView>, ApiError> {
     ready(state)?;
-    let changed = servers::act(&state.servers, &state.cache, user, name, action).await?;
-    Ok(match changed {
-        Some(server) => Json(view(state, &server)).into_response(),
-        None => (
-            StatusCode::ACCEPTED,
-            Json(json!({"name": name, "message": "deleting: the server is gone once its container is removed"})),
-        )
-            .into_response(),
-    })
+    // Only a delete leaves no server to show.
+    let changed = servers::act(&state.servers, &state.cache, user, name, action)
+        .await?
+        .ok_or(ApiError(Problem::Internal))?;
+    Ok(Json(view(state, &changed)))
 }
 
 async fn stop(
     State(state): State<AppState>,
     Bearer(user): Bearer,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ServerView>, ApiError> {
     change(&state, &user, &name, Action::Stop).await
 }
 
@@ -169,7 +171,7 @@ async fn start(
     State(state): State<AppState>,
     Bearer(user): Bearer,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ServerView>, ApiError> {
     change(&state, &user, &name, Action::Start).await
 }
 
