@@ -87,7 +87,13 @@ fn an_idle_server_stops_with_the_reason_and_keeps_its_data() {
     );
     assert!(!wide.contains("<invalid>"), "{wide}");
 
-    let stopped = wait_phase(&ns.name, "quiet", "Stopped");
+    // The agent may report Stopped a moment before the lifecycle's stopReason lands (the stop
+    // is written first, then why): wait for both, as a person refreshing the page would.
+    wait_phase(&ns.name, "quiet", "Stopped");
+    let stopped = eventually("the stop's reason", 30, || {
+        server_json(&ns.name, "quiet").filter(|s| s["status"]["stopReason"].is_string())
+    });
+    assert_eq!(stopped["status"]["phase"], "Stopped");
     assert_eq!(stopped["spec"]["running"], false);
     let reason = stopped["status"]["stopReason"].as_str().unwrap();
     assert!(
