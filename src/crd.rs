@@ -9,7 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::{CustomResourceExt, ResourceExt};
 
-use crate::api::{ComputeNode, ComputeProfile, ComputeServer, ComputeSnapshot};
+use crate::api::{ComputeNode, ComputeProfile, ComputeQuota, ComputeServer, ComputeSnapshot, ComputeUsage};
 use crate::{Error, Result};
 
 /// All CRDs, in the order they are documented.
@@ -19,6 +19,8 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         ComputeProfile::crd(),
         ComputeNode::crd(),
         ComputeSnapshot::crd(),
+        ComputeQuota::crd(),
+        ComputeUsage::crd(),
     ]
 }
 

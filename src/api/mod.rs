@@ -9,6 +9,7 @@
 pub mod lifecycle;
 mod node;
 mod profile;
+pub mod quota;
 mod resources;
 mod server;
 pub mod size;
@@ -16,6 +17,7 @@ mod snapshot;
 
 pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeGpu, OrphanedVolume};
 pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, Profiles, RestartPolicy};
+pub use quota::{ComputeQuota, ComputeQuotaSpec, ComputeQuotaStatus, ComputeUsage, ComputeUsageSpec};
 pub use resources::{Amounts, Resources, quantity_schema};
 pub use server::{
     Activity, AppProtocol, ComputeServer, ComputeServerSpec, ComputeServerStatus, Endpoint, EnvVar, Phase,

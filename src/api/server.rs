@@ -84,6 +84,15 @@ pub struct ComputeServerSpec {
     #[schemars(length(max = 253))]
     pub owner: String,
 
+    /// The owner's Keycloak groups when the server was made: what group budgets (ComputeQuota)
+    /// count it against. Set by the web front from the owner's token, and by the API server's
+    /// admission policy from the groups of whoever creates their own server with kubectl; only
+    /// compute-server admins set it for others. Cannot be changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.ownerGroups cannot be changed"))]
+    pub owner_groups: Vec<String>,
+
     /// The ComputeProfile this server is made from: it gives the image, default and
     /// maximum sizes, and who may use it (`kubectl get computeprofiles`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,6 +301,11 @@ pub struct ComputeServerStatus {
     /// What is happening, or what is wrong and what to do, in plain words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// While it waits for a node: its place in line among the servers waiting for the same
+    /// thing (room for a GPU, room for CPU and memory, or the same budget), 1 being next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
 
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

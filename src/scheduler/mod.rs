@@ -7,10 +7,13 @@
 //! where (including its own placements the caches do not show yet), which nodes are Ready,
 //! and places the pending servers oldest first.
 
+mod budget;
 mod lifecycle;
 mod moving;
 pub mod placement;
 mod plan;
+mod queue;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,8 +37,8 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::api::{
-    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeServer,
-    ComputeSnapshot, NODE_LABEL, Phase,
+    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeQuota,
+    ComputeServer, ComputeSnapshot, ComputeUsage, NODE_LABEL, Phase,
 };
 use crate::runtime::events::Events;
 use crate::runtime::{status, watch};
@@ -68,6 +71,11 @@ pub struct Args {
     /// Place only the servers of this namespace (default: every namespace).
     #[arg(long, env = "COMPUTE_SERVER_NAMESPACE")]
     pub namespace: Option<String>,
+
+    /// Seconds between two counts of the running servers' hours into the day's ComputeUsage
+    /// (what CPU- and GPU-hour budgets count from).
+    #[arg(long, env = "COMPUTE_SERVER_USAGE_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub usage_interval_seconds: u64,
 
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
@@ -149,6 +157,8 @@ struct Caches {
     leases: Store<Lease>,
     profiles: Store<ComputeProfile>,
     snapshots: Store<ComputeSnapshot>,
+    quotas: Store<ComputeQuota>,
+    usage: Store<ComputeUsage>,
 }
 
 impl Caches {
@@ -175,11 +185,13 @@ impl Caches {
                 ),
                 None => reflect(Api::all(client.clone()), watcher::Config::default(), changed),
             },
+            quotas: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
+            usage: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
         }
     }
 
     /// What the caches hold now, for a pass.
-    fn snapshot(&self, now: Timestamp) -> plan::Snapshot {
+    fn snapshot(&self, now: Timestamp, count_usage: bool) -> plan::Snapshot {
         plan::Snapshot {
             servers: self.servers.state(),
             nodes: self.nodes.state(),
@@ -191,6 +203,9 @@ impl Caches {
                 .collect(),
             profiles: self.profiles.state().into_iter().collect(),
             snapshots: self.snapshots.state(),
+            quotas: self.quotas.state(),
+            usage: self.usage.state(),
+            count_usage,
             now,
         }
     }
@@ -201,6 +216,8 @@ impl Caches {
             && watch::synced(&self.nodes)
             && watch::synced(&self.leases)
             && watch::synced(&self.profiles)
+            && watch::synced(&self.quotas)
+            && watch::synced(&self.usage)
     }
 }
 
@@ -258,6 +275,8 @@ pub async fn run(args: Args) -> Result<()> {
         caches,
         metrics,
         assumed: HashMap::new(),
+        usage_every: Duration::from_secs(args.usage_interval_seconds),
+        usage_counted: None,
     };
     let mut leading = false;
     let shutdown = crate::runtime::health::shutdown();
@@ -324,6 +343,18 @@ struct Scheduler {
     metrics: Arc<Metrics>,
     /// Placements written that the cache does not show yet.
     assumed: plan::Assumed,
+    /// How often hours are counted, and when they last were by this leader (the ledger's own
+    /// countedUntil says from when; this only keeps a pass on a stale cache from trying again).
+    usage_every: Duration,
+    usage_counted: Option<std::time::Instant>,
+}
+
+/// A write that failed and is to be tried again.
+enum Failed {
+    /// A placement: the server's uid, forgotten from the assumed placements.
+    Placement(String),
+    /// A count of hours: counted again at the next pass.
+    Usage,
 }
 
 impl Scheduler {
@@ -331,18 +362,29 @@ impl Scheduler {
     /// are forgotten, so the next pass tries them again).
     async fn pass(&mut self, leader: &tokio::sync::watch::Receiver<bool>) {
         let started = std::time::Instant::now();
-        let snapshot = self.caches.snapshot(Timestamp::now());
+        let count_usage = self
+            .usage_counted
+            .is_none_or(|at| at.elapsed() >= self.usage_every);
+        if count_usage {
+            self.usage_counted = Some(std::time::Instant::now());
+        }
+        let snapshot = self.caches.snapshot(Timestamp::now(), count_usage);
         let plan = plan::plan(&snapshot, &mut self.assumed);
         self.metrics.pending.set(plan.pending as i64);
         self.metrics.unschedulable.set(plan.unschedulable as i64);
-        let failed: Vec<String> = futures::stream::iter(plan.writes)
+        let failed: Vec<Failed> = futures::stream::iter(plan.writes)
             .map(|write| self.write(write, leader))
             .buffer_unordered(CONCURRENT_WRITES)
             .filter_map(|failed| async move { failed })
             .collect()
             .await;
-        for uid in failed {
-            self.assumed.remove(&uid);
+        for failed in failed {
+            match failed {
+                Failed::Placement(uid) => {
+                    self.assumed.remove(&uid);
+                }
+                Failed::Usage => self.usage_counted = None,
+            }
         }
         self.metrics
             .pass_duration
@@ -350,7 +392,7 @@ impl Scheduler {
     }
 
     /// Makes one write; the uid of a server whose placement failed (it is retried next pass).
-    async fn write(&self, write: plan::Write, leader: &tokio::sync::watch::Receiver<bool>) -> Option<String> {
+    async fn write(&self, write: plan::Write, leader: &tokio::sync::watch::Receiver<bool>) -> Option<Failed> {
         if !*leader.borrow() {
             return None;
         }
@@ -368,13 +410,37 @@ impl Scheduler {
                     }
                     Err(error) => {
                         warn!(%error, server = %server.name_any(), %node, "placement not written; retrying");
-                        Some(uid)
+                        Some(Failed::Placement(uid))
                     }
                 }
             }
-            plan::Write::Unschedulable { server, reason } => {
-                if let Err(error) = self.unschedulable(&server, &reason).await {
+            plan::Write::Unschedulable {
+                server,
+                reason,
+                position,
+                message,
+            } => {
+                if let Err(error) = self.unschedulable(&server, &reason, position, &message).await {
                     warn!(%error, server = %server.name_any(), "could not write why the server waits");
+                }
+                None
+            }
+            plan::Write::Usage(day) => match self.count_usage(&day).await {
+                Ok(()) => None,
+                Err(error) => {
+                    warn!(%error, day = %day.name, "could not count the hours into the day's ComputeUsage; counting again");
+                    Some(Failed::Usage)
+                }
+            },
+            plan::Write::QuotaStatus { name, status } => {
+                let patch = serde_json::json!({
+                    "apiVersion": ComputeQuota::api_version(&()),
+                    "kind": ComputeQuota::kind(&()),
+                    "status": status,
+                });
+                let quotas: Api<ComputeQuota> = Api::all(self.client.clone());
+                if let Err(error) = status::apply(&quotas, &name, FIELD_MANAGER, &patch).await {
+                    warn!(%error, quota = %name, "could not write the quota's status");
                 }
                 None
             }
@@ -437,6 +503,17 @@ impl Scheduler {
             .await
             .map_err(Error::Kube)?;
         info!(server = %server.name_any(), namespace = server.namespace(), %node, fitting, "placed");
+        if server.status.as_ref().is_some_and(|s| s.queue_position.is_some()) {
+            // No longer in line. The agent takes over phase and message when it reports.
+            let patch = serde_json::json!({ "status": { "queuePosition": null } });
+            if let Err(error) = self
+                .api(server)
+                .patch_status(&server.name_any(), &self.params(), &Patch::Merge(&patch))
+                .await
+            {
+                warn!(%error, server = %server.name_any(), "could not clear the place in line of a placed server");
+            }
+        }
         Ok(())
     }
 
@@ -576,16 +653,58 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn unschedulable(&self, server: &ComputeServer, reason: &str) -> Result<()> {
+    /// Why a server waits, and its place in line. An Event only when the reason changes, not
+    /// each time the line moves.
+    async fn unschedulable(
+        &self,
+        server: &ComputeServer,
+        reason: &str,
+        position: Option<u32>,
+        message: &str,
+    ) -> Result<()> {
         let status = serde_json::json!({
             "phase": Phase::Pending,
-            "message": reason,
+            "message": message,
+            "queuePosition": position,
             "conditions": [crate::api::server_condition(server, CONDITION_SCHEDULED, false, "Unschedulable", reason)],
         });
+        let before = server
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_SCHEDULED))
+            .map(|c| c.message.clone());
         self.apply_status(server, status).await?;
-        info!(server = %server.name_any(), namespace = server.namespace(), %reason, "cannot place");
-        self.event(server, EventType::Warning, "FailedScheduling", reason.to_string())
-            .await;
+        if before.as_deref() != Some(reason) {
+            info!(server = %server.name_any(), namespace = server.namespace(), %reason, "cannot place");
+            self.event(server, EventType::Warning, "FailedScheduling", reason.to_string())
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Writes one day's ComputeUsage: created, or replaced on the version the count began from.
+    async fn count_usage(&self, day: &usage::Day) -> Result<()> {
+        let api: Api<ComputeUsage> = Api::all(self.client.clone());
+        let mut object = ComputeUsage::new(&day.name, day.spec.clone());
+        match &day.resource_version {
+            None => {
+                object
+                    .labels_mut()
+                    .insert("app.kubernetes.io/managed-by".into(), "compute-server".into());
+                api.create(&Default::default(), &object)
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+            Some(version) => {
+                object.metadata.resource_version = Some(version.clone());
+                object
+                    .labels_mut()
+                    .insert("app.kubernetes.io/managed-by".into(), "compute-server".into());
+                api.replace(&day.name, &Default::default(), &object)
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+        }
         Ok(())
     }
 
@@ -698,6 +817,8 @@ pub(super) mod tests {
             leases: watch::filled(vec![lease("n1", Timestamp::now())]),
             profiles: watch::filled(Vec::new()),
             snapshots: watch::filled(Vec::new()),
+            quotas: watch::filled(Vec::new()),
+            usage: watch::filled(Vec::new()),
         };
         let scheduler = Scheduler {
             events: Events::new(client.clone(), FIELD_MANAGER, None),
@@ -705,6 +826,9 @@ pub(super) mod tests {
             caches,
             metrics: Arc::new(Metrics::register(&mut Registry::default())),
             assumed: Default::default(),
+            // Hours are counted in plan.rs's and usage.rs's tests, not here.
+            usage_every: Duration::from_secs(3600),
+            usage_counted: Some(std::time::Instant::now()),
         };
         (scheduler, api)
     }
@@ -789,12 +913,25 @@ pub(super) mod tests {
             message.contains("CPU"),
             "the reason names what is missing: {message}"
         );
+        assert!(
+            message.starts_with("1st in line for room on a node: 0/1 nodes"),
+            "{message}"
+        );
+        assert_eq!(call.body["status"]["queuePosition"], 1);
+        let reason = call.body["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
         call.answer(&big);
         let event = api.next().await;
         assert_eq!(event.method, "POST");
         assert!(event.path.ends_with("/events"), "{}", event.path);
         assert_eq!(event.body["reason"], "FailedScheduling");
-        assert_eq!(event.body["note"], message.as_str());
+        assert_eq!(
+            event.body["note"],
+            reason.as_str(),
+            "the Event says why, not the place in line"
+        );
         let answer = event.body.clone();
         event.answer(&answer);
         assert_eq!(running.await.unwrap().metrics.unschedulable.get(), 1);

@@ -10,12 +10,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
-use super::{lifecycle, moving, placement};
+use super::budget::Budgets;
+use super::queue::{self, Lines};
+use super::{lifecycle, moving, placement, usage};
 use crate::api::lifecycle::Rules;
 use crate::api::size::{self, Request};
 use crate::api::{
-    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeServer, ComputeSnapshot,
-    NODE_LABEL, Phase, Profiles,
+    CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeQuota, ComputeQuotaStatus,
+    ComputeServer, ComputeSnapshot, ComputeUsage, NODE_LABEL, Phase, Profiles,
 };
 
 /// What a pass looks at: the watch caches at one moment.
@@ -27,12 +29,26 @@ pub struct Snapshot {
     pub profiles: Profiles,
     /// Every ComputeSnapshot: what a lost node's servers move from.
     pub snapshots: Vec<Arc<ComputeSnapshot>>,
+    /// The budgets, and the ledger of reserved hours they count from.
+    pub quotas: Vec<Arc<ComputeQuota>>,
+    pub usage: Vec<Arc<ComputeUsage>>,
+    /// Whether this pass counts the running servers' hours into the ledger.
+    pub count_usage: bool,
     pub now: Timestamp,
 }
 
-/// Placements written whose label the cache does not show yet: server uid → node and
-/// request. Counted as placed, so placements in quick succession account for each other.
-pub type Assumed = HashMap<String, (String, Request)>;
+/// Placements written whose label the cache does not show yet, by server uid. Counted as placed,
+/// so placements in quick succession account for each other, on the nodes and in the budgets.
+pub type Assumed = HashMap<String, Placed>;
+
+/// A placement the cache may not show yet.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub node: String,
+    pub request: Request,
+    pub owner: String,
+    pub groups: Vec<String>,
+}
 
 /// What one pass decided.
 pub struct Plan {
@@ -51,9 +67,20 @@ pub enum Write {
         node: String,
         fitting: usize,
     },
+    /// Waits for a node: `reason` (why no node can take it, or which budget it would exceed) goes
+    /// in the Scheduled condition; `message`, its place in line and the reason, in status.message.
     Unschedulable {
         server: Arc<ComputeServer>,
         reason: String,
+        position: Option<u32>,
+        message: String,
+    },
+    /// Counts the hours of one day into its ComputeUsage.
+    Usage(usage::Day),
+    /// A quota's status changed: what its subjects hold and used.
+    QuotaStatus {
+        name: String,
+        status: ComputeQuotaStatus,
     },
     NodeLost {
         node: Arc<ComputeNode>,
@@ -125,7 +152,12 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
         .collect();
 
     // What is placed where: labelled servers, then placements the cache does not show yet.
+    // Each also counts in its owner's budgets; running ones count hours.
     let servers = &snapshot.servers;
+    let mut budgets = Budgets::new(&snapshot.quotas, &snapshot.usage, snapshot.now);
+    let mut held: HashMap<String, usize> = HashMap::new();
+    let mut running = Vec::new();
+    let mut stopping = Vec::new();
     let mut pending = Vec::new();
     let mut unlabelled = HashSet::new();
     for server in servers {
@@ -141,9 +173,24 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
         match server.labels().get(NODE_LABEL) {
             Some(node) => {
                 let deleting = server.meta().deletion_timestamp.is_some();
+                let asked = request(server, &snapshot.profiles).unwrap_or_default();
+                budgets.add(&server.spec.owner, &server.spec.owner_groups, &asked);
+                *held.entry(server.spec.owner.clone()).or_default() += 1;
+                if server.spec.running && server.meta().deletion_timestamp.is_none() {
+                    running.push(usage::Running {
+                        owner: server.spec.owner.clone(),
+                        groups: server.spec.owner_groups.clone(),
+                        request: asked,
+                    });
+                }
                 if let Some(&i) = index.get(node) {
-                    nodes[i].allocated += request(server, &snapshot.profiles).unwrap_or_default();
+                    nodes[i].allocated += asked;
                     nodes[i].servers += 1;
+                    if let Some(stops) = server.status.as_ref().and_then(|s| s.stops_at.as_ref())
+                        && server.spec.running
+                    {
+                        stopping.push((i, asked, stops.0));
+                    }
                 } else if deleting && server.finalizers().iter().any(|f| f == CONTAINER_FINALIZER) {
                     writes.push(Write::Release {
                         server: server.clone(),
@@ -188,51 +235,109 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
         }
     }
     assumed.retain(|uid, _| unlabelled.contains(uid));
-    for (node, request) in assumed.values() {
-        if let Some(&i) = index.get(node) {
-            nodes[i].allocated += *request;
+    for placed in assumed.values() {
+        budgets.add(&placed.owner, &placed.groups, &placed.request);
+        *held.entry(placed.owner.clone()).or_default() += 1;
+        if let Some(&i) = index.get(&placed.node) {
+            nodes[i].allocated += placed.request;
             nodes[i].servers += 1;
         }
     }
     pending.retain(|s| !assumed.contains_key(&s.uid().unwrap_or_default()));
-    pending.sort_by(|a, b| {
-        let key = |s: &ComputeServer| {
-            (
-                s.meta().creation_timestamp.as_ref().map(|t| t.0),
-                s.namespace(),
-                s.name_any(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    let pending = queue::fair_order(pending, |owner| held.get(owner).copied().unwrap_or(0));
     let waiting = pending.len();
 
     let mut unschedulable = 0;
+    let mut lines = Lines::default();
     for server in pending {
-        let placed = request(&server, &snapshot.profiles).and_then(|request| {
-            let selector = node_selector(&server, &snapshot.profiles);
-            placement::choose(&nodes, &request, &selector)
-                .map(|placed| (placed, request))
-                .map_err(|why| why.0)
-        });
-        match placed {
+        let (owner, groups) = (&server.spec.owner, &server.spec.owner_groups);
+        let decided = request(&server, &snapshot.profiles)
+            .map_err(|refused| (None, refused))
+            .and_then(|request| {
+                budgets.check(owner, groups, &request).map_err(|wait| {
+                    let place = lines.next(&wait.line);
+                    (
+                        Some((
+                            place,
+                            format!("{} in line for {}", queue::ordinal(place), wait.whose),
+                        )),
+                        wait.reason,
+                    )
+                })?;
+                let selector = node_selector(&server, &snapshot.profiles);
+                placement::choose(&nodes, &request, &selector)
+                    .map(|placed| (placed, request))
+                    .map_err(|why| {
+                        let (line, what) = match request.gpus {
+                            0 => ("room", "room on a node"),
+                            _ => ("gpu", "a GPU"),
+                        };
+                        let place = lines.next(line);
+                        let mut waits = format!("{} in line for {what}", queue::ordinal(place));
+                        if let Some(by) = frees_by(&nodes, &stopping, &request, &selector) {
+                            let what = if request.gpus > 0 { "a GPU" } else { "room" };
+                            waits.push_str(&format!(
+                                " ({what} frees by {} UTC at the latest)",
+                                by.strftime("%H:%M")
+                            ));
+                        }
+                        (Some((place, waits)), why.0)
+                    })
+            });
+        match decided {
             Ok(((i, fitting), request)) => {
                 nodes[i].allocated += request;
                 nodes[i].servers += 1;
-                assumed.insert(server.uid().unwrap_or_default(), (nodes[i].name.clone(), request));
+                budgets.add(owner, groups, &request);
+                assumed.insert(
+                    server.uid().unwrap_or_default(),
+                    Placed {
+                        node: nodes[i].name.clone(),
+                        request,
+                        owner: owner.clone(),
+                        groups: groups.clone(),
+                    },
+                );
                 writes.push(Write::Place {
                     server,
                     node: nodes[i].name.clone(),
                     fitting,
                 });
             }
-            Err(reason) => {
+            Err((line, reason)) => {
                 unschedulable += 1;
-                if scheduled_condition(&server).is_none_or(|c| c.status != "False" || c.message != reason) {
-                    writes.push(Write::Unschedulable { server, reason });
+                let (position, message) = match line {
+                    Some((place, line)) => (Some(place), format!("{line}: {reason}")),
+                    None => (None, reason.clone()),
+                };
+                let status = server.status.as_ref();
+                let written = scheduled_condition(&server)
+                    .is_some_and(|c| c.status == "False" && c.message == reason)
+                    && status.and_then(|s| s.message.as_deref()) == Some(message.as_str())
+                    && status.and_then(|s| s.queue_position) == position;
+                if !written {
+                    writes.push(Write::Unschedulable {
+                        server,
+                        reason,
+                        position,
+                        message,
+                    });
                 }
             }
         }
+    }
+    for (name, status) in budgets.statuses() {
+        let current = snapshot.quotas.iter().find(|q| q.name_any() == name);
+        if current.is_some_and(|q| q.status.as_ref() != Some(&status)) {
+            writes.push(Write::QuotaStatus { name, status });
+        }
+    }
+    if snapshot.count_usage {
+        writes.extend(
+            usage::count(&snapshot.usage, &running, snapshot.now)
+                .into_iter()
+                .map(Write::Usage),
+        );
     }
     writes.extend(
         lifecycle::writes(servers, &snapshot.profiles, snapshot.now)
@@ -318,6 +423,28 @@ fn request(server: &ComputeServer, profiles: &Profiles) -> Result<Request, Strin
     size::request(server, profiles.of(server)).map_err(|refusal| refusal.to_string())
 }
 
+/// When room for `request` frees at the latest: the earliest end among the running servers that
+/// stop by themselves (`stopping`: node index, what it holds, when it stops) whose stop alone
+/// makes room for it on a node that may take it.
+fn frees_by(
+    nodes: &[placement::Node],
+    stopping: &[(usize, Request, Timestamp)],
+    request: &Request,
+    selector: &BTreeMap<String, String>,
+) -> Option<Timestamp> {
+    stopping
+        .iter()
+        .filter(|(i, held, _)| {
+            let mut node = nodes[*i].clone();
+            node.allocated.nano_cpus -= held.nano_cpus;
+            node.allocated.memory_bytes -= held.memory_bytes;
+            node.allocated.gpus -= held.gpus;
+            placement::choose(&[node], request, selector).is_ok()
+        })
+        .map(|(_, _, stops)| *stops)
+        .min()
+}
+
 /// The labels a node needs for `server`: its own nodeSelector and its profile's, where the
 /// profile's win (an admin's rule, such as gpu=true, is not the user's to change).
 fn node_selector(server: &ComputeServer, profiles: &Profiles) -> BTreeMap<String, String> {
@@ -349,6 +476,9 @@ mod tests {
             leases: leases.into_iter().map(|l| (l.name_any(), Arc::new(l))).collect(),
             profiles: Profiles::default(),
             snapshots: vec![],
+            quotas: vec![],
+            usage: vec![],
+            count_usage: false,
             now: Timestamp::now(),
         }
     }
@@ -367,6 +497,8 @@ mod tests {
                 }
                 Write::Lifecycle(_) => "lifecycle".into(),
                 Write::Release { server, node } => format!("release {} {node}", server.name_any()),
+                Write::Usage(day) => format!("usage {}", day.name),
+                Write::QuotaStatus { name, .. } => format!("quota {name}"),
             })
             .collect()
     }
@@ -497,5 +629,317 @@ mod tests {
             (2_000_000_000, 4 << 30),
             "unset or unreadable: 1"
         );
+    }
+
+    fn quota(yaml: &str) -> Arc<ComputeQuota> {
+        Arc::new(serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn owned(name: &str, owner: &str, groups: &[&str], gpus: i32, minute: u32) -> ComputeServer {
+        let mut s = server(name, "1", "1Gi");
+        s.spec.owner = owner.into();
+        s.spec.owner_groups = groups.iter().map(|g| g.to_string()).collect();
+        s.spec.resources.gpus = Some(gpus);
+        s.metadata.creation_timestamp = Some(Time(format!("2026-12-01T00:{minute:02}:00Z").parse().unwrap()));
+        s
+    }
+
+    fn gpu_node(name: &str, gpus: i32) -> ComputeNode {
+        let mut n = node(name, "64", "256Gi");
+        n.status.as_mut().unwrap().capacity.gpus = Some(gpus);
+        n
+    }
+
+    /// The waiting servers' messages, by name.
+    fn waiting(plan: &Plan) -> Vec<(String, Option<u32>, String)> {
+        plan.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Unschedulable {
+                    server,
+                    position,
+                    message,
+                    ..
+                } => Some((server.name_any(), *position, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_budget_holds_over_everyone_in_it_and_the_waiting_say_whose() {
+        let now = Timestamp::now();
+        let mut s = snapshot(
+            vec![
+                owned("a1", "alice", &["students"], 1, 0),
+                owned("b1", "bob", &["students"], 1, 1),
+                owned("c1", "carol", &["staff"], 1, 2),
+                owned("a2", "alice", &["students"], 1, 3),
+            ],
+            vec![gpu_node("n1", 8)],
+            vec![lease("n1", now)],
+        );
+        s.quotas = vec![quota(
+            "{metadata: {name: students}, spec: {subjects: [{group: students}], total: {gpus: 1}}}",
+        )];
+        let plan = plan(&s, &mut Assumed::new());
+        let placed: Vec<String> = summary(&plan)
+            .into_iter()
+            .filter(|w| w.starts_with("place"))
+            .collect();
+        assert_eq!(placed, ["place a1 n1", "place c1 n1"], "carol is not a student");
+        assert_eq!(
+            waiting(&plan),
+            [
+                (
+                    "b1".to_string(),
+                    Some(1),
+                    "1st in line for the budget of the group students: the group students uses 1 of 1 GPUs \
+                     (ComputeQuota students); this server asks for 1 more"
+                        .to_string()
+                ),
+                (
+                    "a2".to_string(),
+                    Some(2),
+                    "2nd in line for the budget of the group students: the group students uses 1 of 1 GPUs \
+                     (ComputeQuota students); this server asks for 1 more"
+                        .to_string()
+                ),
+            ],
+            "bob's first goes before alice's second"
+        );
+    }
+
+    #[test]
+    fn a_person_in_two_groups_gets_the_more_generous_per_person_budget() {
+        let now = Timestamp::now();
+        let mut s = snapshot(
+            (0..4)
+                .map(|i| owned(&format!("a{i}"), "alice", &["students", "staff"], 1, i))
+                .collect(),
+            vec![gpu_node("n1", 8)],
+            vec![lease("n1", now)],
+        );
+        s.quotas = vec![
+            quota("{metadata: {name: students}, spec: {subjects: [{group: students}], perUser: {gpus: 1}}}"),
+            quota("{metadata: {name: staff}, spec: {subjects: [{group: staff}], perUser: {gpus: 2}}}"),
+        ];
+        let plan = plan(&s, &mut Assumed::new());
+        let placed = summary(&plan)
+            .into_iter()
+            .filter(|w| w.starts_with("place"))
+            .count();
+        assert_eq!(placed, 2);
+        let (_, position, message) = &waiting(&plan)[0];
+        assert_eq!(*position, Some(1));
+        assert!(
+            message
+                .starts_with("1st in line for alice's budget: alice uses 2 of 2 GPUs (ComputeQuota staff)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn gpu_hours_used_up_wait_until_renewed_and_say_when() {
+        let now: Timestamp = "2026-12-15T10:00:00Z".parse().unwrap();
+        let mut s = snapshot(
+            vec![
+                owned("a1", "alice", &["students"], 1, 0),
+                owned("a2", "alice", &["students"], 0, 1),
+            ],
+            vec![gpu_node("n1", 8)],
+            vec![lease("n1", now)],
+        );
+        s.now = now;
+        s.quotas = vec![quota(
+            "{metadata: {name: students}, spec: {subjects: [{group: students}], perUser: {gpuHours: 40}}}",
+        )];
+        s.usage = vec![Arc::new(
+            serde_yaml::from_str(
+                "{metadata: {name: '2026-12-03'}, spec: {countedUntil: '2026-12-04T00:00:00Z', \
+                 owners: [{owner: alice, groups: [students], cpuHours: 40, memoryGibHours: 40, gpuHours: 40}]}}",
+            )
+            .unwrap(),
+        )];
+        let plan = plan(&s, &mut Assumed::new());
+        assert!(
+            summary(&plan).contains(&"place a2 n1".to_string()),
+            "no GPU, no GPU-hours"
+        );
+        let (name, _, message) = &waiting(&plan)[0];
+        assert_eq!(name, "a1");
+        assert!(
+            message.ends_with(
+                "alice has used 40 of 40 GPU-hours this month (ComputeQuota students), renewed on 1 January 2027"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_waiting_gpu_server_says_its_place_and_when_a_gpu_frees() {
+        let now: Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
+        let mut busy = owned("busy", "carol", &[], 1, 0);
+        busy.labels_mut().insert(NODE_LABEL.into(), "n1".into());
+        busy.status = Some(crate::api::ComputeServerStatus {
+            stops_at: Some(Time("2026-12-04T14:30:00Z".parse().unwrap())),
+            ..Default::default()
+        });
+        let mut s = snapshot(
+            vec![
+                busy,
+                owned("a1", "alice", &[], 1, 1),
+                owned("b1", "bob", &[], 1, 2),
+            ],
+            vec![gpu_node("n1", 1)],
+            vec![lease("n1", now)],
+        );
+        s.now = now;
+        let plan = plan(&s, &mut Assumed::new());
+        let lines: Vec<(String, Option<u32>)> = waiting(&plan).into_iter().map(|(n, p, _)| (n, p)).collect();
+        assert_eq!(lines, [("a1".to_string(), Some(1)), ("b1".to_string(), Some(2))]);
+        let (_, _, message) = &waiting(&plan)[1];
+        assert!(
+            message.starts_with("2nd in line for a GPU (a GPU frees by 14:30 UTC at the latest): 0/1 nodes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn hours_are_counted_only_when_asked_and_quotas_get_their_status() {
+        let now = Timestamp::now();
+        let mut placed = owned("a1", "alice", &["students"], 1, 0);
+        placed.labels_mut().insert(NODE_LABEL.into(), "n1".into());
+        let mut s = snapshot(vec![placed], vec![gpu_node("n1", 8)], vec![lease("n1", now)]);
+        s.quotas = vec![quota(
+            "{metadata: {name: students}, spec: {subjects: [{group: students}], total: {gpus: 8}}}",
+        )];
+        assert_eq!(summary(&plan(&s, &mut Assumed::new())), ["quota students"]);
+        s.count_usage = true;
+        let plan = plan(&s, &mut Assumed::new());
+        assert_eq!(
+            summary(&plan),
+            [
+                "quota students",
+                format!("usage {}", crate::api::quota::day_name(now)).as_str()
+            ]
+        );
+        let Write::QuotaStatus { status, .. } = &plan.writes[0] else {
+            unreachable!()
+        };
+        assert_eq!(status.summary.as_ref().unwrap().gpus, "1/8");
+        assert_eq!(status.users[0].user, "alice");
+        assert_eq!(status.users[0].usage.gpus, 1);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Budgets and the fair queue under any servers, in any order.
+
+    use std::collections::HashMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::scheduler::tests::{lease, node, server};
+
+    fn a_server() -> impl Strategy<Value = (usize, i32, u32)> {
+        (0usize..4, 0i32..=2, 0u32..60)
+    }
+
+    const OWNERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+
+    /// alice and bob are students; carol and dave are not.
+    fn build(specs: &[(usize, i32, u32)]) -> Vec<Arc<ComputeServer>> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, (owner, gpus, minute))| {
+                let mut s = server(&format!("s{i:02}"), "1", "1Gi");
+                s.metadata.uid = Some(format!("uid-{i}"));
+                s.spec.owner = OWNERS[*owner].into();
+                if *owner < 2 {
+                    s.spec.owner_groups = vec!["students".into()];
+                }
+                s.spec.resources.gpus = Some(*gpus);
+                s.metadata.creation_timestamp =
+                    Some(Time(format!("2026-12-01T00:{minute:02}:00Z").parse().unwrap()));
+                Arc::new(s)
+            })
+            .collect()
+    }
+
+    fn snapshot(servers: Vec<Arc<ComputeServer>>) -> Snapshot {
+        let now = Timestamp::now();
+        let mut n = node("n1", "64", "256Gi");
+        n.status.as_mut().unwrap().capacity.gpus = Some(6);
+        let quotas: Vec<ComputeQuota> = vec![
+            serde_yaml::from_str("{metadata: {name: students}, spec: {subjects: [{group: students}], total: {gpus: 3, servers: 6}, perUser: {gpus: 2}}}").unwrap(),
+            serde_yaml::from_str("{metadata: {name: dave}, spec: {subjects: [{user: dave}], perUser: {servers: 1}}}").unwrap(),
+        ];
+        Snapshot {
+            servers,
+            nodes: vec![Arc::new(n)],
+            leases: [lease("n1", now)]
+                .into_iter()
+                .map(|l| (l.name_any(), Arc::new(l)))
+                .collect(),
+            profiles: Profiles::default(),
+            snapshots: vec![],
+            quotas: quotas.into_iter().map(Arc::new).collect(),
+            usage: vec![],
+            count_usage: false,
+            now,
+        }
+    }
+
+    fn placed(plan: &Plan) -> Vec<String> {
+        plan.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Place { server, .. } => Some(server.name_any()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever is asked, in whatever order and over however many passes: no budget is
+        /// exceeded, and the order the cache lists servers in changes nothing.
+        #[test]
+        fn budgets_hold_and_the_order_is_fair_whatever_the_list_order(
+            specs in proptest::collection::vec(a_server(), 1..30),
+            seed in 0usize..1000,
+        ) {
+            let servers = build(&specs);
+            let mut shuffled = servers.clone();
+            shuffled.rotate_left(seed % servers.len());
+            shuffled.reverse();
+            let mut assumed = Assumed::new();
+            let first = placed(&plan(&snapshot(servers.clone()), &mut assumed));
+            let next = placed(&plan(&snapshot(servers.clone()), &mut assumed));
+            prop_assert!(next.is_empty(), "a second pass on the same cache places nothing more: {:?}", next);
+            let again = placed(&plan(&snapshot(shuffled), &mut Assumed::new()));
+            prop_assert_eq!(&first, &again);
+
+            let chosen: Vec<&Arc<ComputeServer>> =
+                servers.iter().filter(|s| first.contains(&s.name_any())).collect();
+            let students: Vec<_> = chosen.iter().filter(|s| !s.spec.owner_groups.is_empty()).collect();
+            let student_gpus: i32 = students.iter().map(|s| s.spec.resources.gpus.unwrap()).sum();
+            prop_assert!(student_gpus <= 3, "the students' total of 3 GPUs");
+            prop_assert!(students.len() <= 6);
+            let mut per_student: HashMap<&str, i32> = HashMap::new();
+            for s in &students {
+                *per_student.entry(&s.spec.owner).or_default() += s.spec.resources.gpus.unwrap();
+            }
+            for (owner, gpus) in per_student {
+                prop_assert!(gpus <= 2, "{} holds {} GPUs", owner, gpus);
+            }
+            prop_assert!(chosen.iter().filter(|s| s.spec.owner == "dave").count() <= 1);
+            let gpus: i32 = chosen.iter().map(|s| s.spec.resources.gpus.unwrap()).sum();
+            prop_assert!(gpus <= 6, "the node's 6 GPUs");
+        }
     }
 }

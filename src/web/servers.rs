@@ -379,6 +379,7 @@ pub fn build(
         &name,
         ComputeServerSpec {
             owner: user.name.clone(),
+            owner_groups: user.groups.clone(),
             profile: Some(profile.name_any()),
             image: None,
             command: vec![],
