@@ -250,9 +250,33 @@ impl Hours {
     }
 }
 
-/// The name of a day's ComputeUsage: "2026-12-04" (UTC).
-pub fn day_name(at: Timestamp) -> String {
-    at.to_zoned(TimeZone::UTC).date().to_string()
+/// The name of a day's ComputeUsage: "2026-12-04" (UTC); "NS.2026-12-04" for the scheduler that
+/// places only namespace NS.
+pub fn day_name(at: Timestamp, scope: Option<&str>) -> String {
+    let day = at.to_zoned(TimeZone::UTC).date().to_string();
+    match scope {
+        Some(ns) => format!("{ns}.{day}"),
+        None => day,
+    }
+}
+
+/// The UTC day a ComputeUsage counts, from its name.
+pub fn day_of(name: &str) -> Option<Timestamp> {
+    let day = name.rsplit('.').next()?;
+    let date: k8s_openapi::jiff::civil::Date = day.parse().ok()?;
+    date.to_zoned(TimeZone::UTC).ok().map(|z| z.timestamp())
+}
+
+/// Label of the quotas and usage of a scheduler that places only one namespace (its
+/// `--namespace`): each such scheduler counts its own, and the cluster-wide one those without it.
+pub const SCOPE_LABEL: &str = "computeserver.io/namespace";
+
+/// The label selector of the quotas and usage of the scheduler of `scope` (None: cluster-wide).
+pub fn scope_selector(scope: Option<&str>) -> String {
+    match scope {
+        Some(ns) => format!("{SCOPE_LABEL}={ns}"),
+        None => format!("!{SCOPE_LABEL}"),
+    }
 }
 
 /// The start of the UTC day `at` falls in.
@@ -395,7 +419,11 @@ mod tests {
             Period::Month.bounds(now),
             (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
         );
-        assert_eq!(day_name(now), "2026-12-03");
+        assert_eq!(day_name(now, None), "2026-12-03");
+        assert_eq!(day_name(now, Some("lab")), "lab.2026-12-03");
+        assert_eq!(day_of("lab.2026-12-03"), Some(at("2026-12-03T00:00:00Z")));
+        assert_eq!(day_of("2026-12-03"), Some(at("2026-12-03T00:00:00Z")));
+        assert_eq!(day_of("yesterday"), None);
     }
 
     #[test]

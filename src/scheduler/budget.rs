@@ -56,6 +56,20 @@ struct Quota {
     held_by: BTreeMap<String, Held>,
 }
 
+/// Each person's CPU- plus GPU-hours in the ledger's days since `since`: what the fair queue
+/// orders equals by.
+pub fn used_since(ledger: &[Arc<ComputeUsage>], since: Timestamp) -> HashMap<String, f64> {
+    let mut used = HashMap::new();
+    for day in ledger {
+        if quota::day_of(&day.name_any()).is_some_and(|d| d >= since) {
+            for row in &day.spec.owners {
+                *used.entry(row.owner.clone()).or_default() += row.hours.cpu_hours + row.hours.gpu_hours;
+            }
+        }
+    }
+    used
+}
+
 /// Every quota's count during one pass.
 pub struct Budgets {
     quotas: Vec<Quota>,
@@ -84,10 +98,7 @@ impl Budgets {
                     held_by: BTreeMap::new(),
                 };
                 for day in ledger {
-                    let Ok(date) = day.name_any().parse::<k8s_openapi::jiff::civil::Date>() else {
-                        continue;
-                    };
-                    let Ok(begins) = date.to_zoned(TimeZone::UTC).map(|z| z.timestamp()) else {
+                    let Some(begins) = quota::day_of(&day.name_any()) else {
                         continue;
                     };
                     if begins < start || begins >= renews {

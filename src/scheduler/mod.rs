@@ -36,6 +36,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::api::quota;
 use crate::api::{
     CONDITION_READY, CONDITION_SCHEDULED, CONTAINER_FINALIZER, ComputeNode, ComputeProfile, ComputeQuota,
     ComputeServer, ComputeSnapshot, ComputeUsage, NODE_LABEL, Phase,
@@ -68,7 +69,9 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_LEADER_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
     pub leader_lease_seconds: u64,
 
-    /// Place only the servers of this namespace (default: every namespace).
+    /// Place only the servers of this namespace (default: every namespace), within the
+    /// ComputeQuotas labelled computeserver.io/namespace with it (the cluster-wide scheduler
+    /// counts those without the label), and count its own ComputeUsage ("NS.2026-12-04").
     #[arg(long, env = "COMPUTE_SERVER_NAMESPACE")]
     pub namespace: Option<String>,
 
@@ -159,6 +162,8 @@ struct Caches {
     snapshots: Store<ComputeSnapshot>,
     quotas: Store<ComputeQuota>,
     usage: Store<ComputeUsage>,
+    /// The namespace this scheduler places alone: its quotas and usage carry its label.
+    scope: Option<String>,
 }
 
 impl Caches {
@@ -168,6 +173,7 @@ impl Caches {
             Some(ns) => Api::<ComputeServer>::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
+        let scoped = watcher::Config::default().labels(&quota::scope_selector(args.namespace.as_deref()));
         Caches {
             servers: reflect(servers, watcher::Config::default(), changed),
             nodes: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
@@ -185,8 +191,9 @@ impl Caches {
                 ),
                 None => reflect(Api::all(client.clone()), watcher::Config::default(), changed),
             },
-            quotas: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
-            usage: reflect(Api::all(client.clone()), watcher::Config::default(), changed),
+            quotas: reflect(Api::all(client.clone()), scoped.clone(), changed),
+            usage: reflect(Api::all(client.clone()), scoped, changed),
+            scope: args.namespace.clone(),
         }
     }
 
@@ -206,6 +213,7 @@ impl Caches {
             quotas: self.quotas.state(),
             usage: self.usage.state(),
             count_usage,
+            scope: self.scope.clone(),
             now,
         }
     }
@@ -686,6 +694,9 @@ impl Scheduler {
     async fn count_usage(&self, day: &usage::Day) -> Result<()> {
         let api: Api<ComputeUsage> = Api::all(self.client.clone());
         let mut object = ComputeUsage::new(&day.name, day.spec.clone());
+        if let Some(ns) = &self.caches.scope {
+            object.labels_mut().insert(quota::SCOPE_LABEL.into(), ns.clone());
+        }
         match &day.resource_version {
             None => {
                 object
@@ -819,6 +830,7 @@ pub(super) mod tests {
             snapshots: watch::filled(Vec::new()),
             quotas: watch::filled(Vec::new()),
             usage: watch::filled(Vec::new()),
+            scope: None,
         };
         let scheduler = Scheduler {
             events: Events::new(client.clone(), FIELD_MANAGER, None),

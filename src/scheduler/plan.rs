@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub usage: Vec<Arc<ComputeUsage>>,
     /// Whether this pass counts the running servers' hours into the ledger.
     pub count_usage: bool,
+    /// The namespace this scheduler places alone, if any (its ledger's names say so).
+    pub scope: Option<String>,
     pub now: Timestamp,
 }
 
@@ -244,7 +246,15 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
         }
     }
     pending.retain(|s| !assumed.contains_key(&s.uid().unwrap_or_default()));
-    let pending = queue::fair_order(pending, |owner| held.get(owner).copied().unwrap_or(0));
+    let lately = super::budget::used_since(
+        &snapshot.usage,
+        crate::api::quota::day_start(snapshot.now) - k8s_openapi::jiff::SignedDuration::from_hours(24 * 6),
+    );
+    let pending = queue::fair_order(
+        pending,
+        |owner| held.get(owner).copied().unwrap_or(0),
+        |owner| lately.get(owner).copied().unwrap_or(0.0),
+    );
     let waiting = pending.len();
 
     let mut unschedulable = 0;
@@ -334,7 +344,7 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     }
     if snapshot.count_usage {
         writes.extend(
-            usage::count(&snapshot.usage, &running, snapshot.now)
+            usage::count(&snapshot.usage, &running, snapshot.now, snapshot.scope.as_deref())
                 .into_iter()
                 .map(Write::Usage),
         );
@@ -479,6 +489,7 @@ mod tests {
             quotas: vec![],
             usage: vec![],
             count_usage: false,
+            scope: None,
             now: Timestamp::now(),
         }
     }
@@ -711,6 +722,23 @@ mod tests {
     }
 
     #[test]
+    fn a_placed_server_counts_in_the_budget_of_the_next_pass() {
+        let now = Timestamp::now();
+        let mut a0 = owned("a0", "alice", &["students"], 1, 0);
+        a0.labels_mut().insert(NODE_LABEL.into(), "n1".into());
+        let mut s = snapshot(
+            vec![a0, owned("a1", "alice", &["students"], 1, 1)],
+            vec![gpu_node("n1", 8)],
+            vec![lease("n1", now)],
+        );
+        s.quotas = vec![quota(
+            "{metadata: {name: students}, spec: {subjects: [{group: students}], total: {gpus: 1}}}",
+        )];
+        let plan = plan(&s, &mut Assumed::new());
+        assert_eq!(summary(&plan), ["unschedulable a1", "quota students"]);
+    }
+
+    #[test]
     fn a_person_in_two_groups_gets_the_more_generous_per_person_budget() {
         let now = Timestamp::now();
         let mut s = snapshot(
@@ -821,7 +849,7 @@ mod tests {
             summary(&plan),
             [
                 "quota students",
-                format!("usage {}", crate::api::quota::day_name(now)).as_str()
+                format!("usage {}", crate::api::quota::day_name(now, None)).as_str()
             ]
         );
         let Write::QuotaStatus { status, .. } = &plan.writes[0] else {
@@ -891,6 +919,7 @@ mod properties {
             quotas: quotas.into_iter().map(Arc::new).collect(),
             usage: vec![],
             count_usage: false,
+            scope: None,
             now,
         }
     }

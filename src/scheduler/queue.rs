@@ -10,26 +10,29 @@ use crate::api::ComputeServer;
 
 /// Waiting servers in the order they are placed: a person's first waiting server before
 /// anyone's second, counting what each already holds (a person with three servers placed waits
-/// behind one with none), then oldest first; the order the cache lists them in plays no part.
+/// behind one with none); among equals, whoever used fewer hours lately (`used`: the ledger's
+/// CPU- plus GPU-hours of the last days), then the oldest. The order the cache lists them in plays
+/// no part, and a person's line does not jump when one of their servers goes.
 pub fn fair_order(
     mut pending: Vec<Arc<ComputeServer>>,
     held: impl Fn(&str) -> usize,
+    used: impl Fn(&str) -> f64,
 ) -> Vec<Arc<ComputeServer>> {
     pending.sort_by_key(|s| age(s));
     let mut turn: HashMap<String, usize> = HashMap::new();
-    let mut ranked: Vec<(usize, Arc<ComputeServer>)> = pending
+    let mut ranked: Vec<(usize, f64, Arc<ComputeServer>)> = pending
         .into_iter()
         .map(|server| {
             let owner = &server.spec.owner;
             let nth = turn.entry(owner.clone()).or_insert_with(|| held(owner));
             let rank = *nth;
             *nth += 1;
-            (rank, server)
+            (rank, used(owner), server)
         })
         .collect();
-    // Stable: equal ranks keep their age order.
-    ranked.sort_by_key(|(rank, _)| *rank);
-    ranked.into_iter().map(|(_, server)| server).collect()
+    // Stable: equals keep their age order.
+    ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    ranked.into_iter().map(|(_, _, server)| server).collect()
 }
 
 type Age = (Option<k8s_openapi::jiff::Timestamp>, Option<String>, String);
@@ -88,11 +91,18 @@ mod tests {
     fn a_persons_first_request_goes_before_anothers_tenth() {
         let mut pending: Vec<_> = (0..10).map(|i| request(&format!("a{i}"), "alice", i)).collect();
         pending.push(request("b0", "bob", 30));
-        let order = fair_order(pending, |_| 0);
+        let order = fair_order(pending, |_| 0, |_| 0.0);
         assert_eq!(&names(&order)[..3], ["a0", "b0", "a1"]);
         // What a person holds counts as their earlier turns.
         let pending = vec![request("a0", "alice", 0), request("b0", "bob", 30)];
-        let order = fair_order(pending, |owner| if owner == "alice" { 2 } else { 0 });
+        let order = fair_order(
+            pending.clone(),
+            |owner| if owner == "alice" { 2 } else { 0 },
+            |_| 0.0,
+        );
+        assert_eq!(names(&order), ["b0", "a0"]);
+        // Among equals, who used less lately goes first, however old the other's request.
+        let order = fair_order(pending, |_| 0, |owner| if owner == "alice" { 0.5 } else { 0.0 });
         assert_eq!(names(&order), ["b0", "a0"]);
     }
 

@@ -32,10 +32,15 @@ const LONGEST_GAP: SignedDuration = SignedDuration::from_hours(24 * 40);
 
 /// The days to write for `running` since the ledger `days` was last counted, up to `now`. With
 /// no ledger yet, today's is started, counted from now.
-pub fn count(days: &[Arc<ComputeUsage>], running: &[Running], now: Timestamp) -> Vec<Day> {
-    let Some(latest) = days.iter().max_by_key(|d| d.name_any()) else {
+pub fn count(
+    days: &[Arc<ComputeUsage>],
+    running: &[Running],
+    now: Timestamp,
+    scope: Option<&str>,
+) -> Vec<Day> {
+    let Some(latest) = days.iter().max_by_key(|d| quota::day_of(&d.name_any())) else {
         return vec![Day {
-            name: quota::day_name(now),
+            name: quota::day_name(now, scope),
             resource_version: None,
             spec: ComputeUsageSpec {
                 counted_until: Time(now),
@@ -46,7 +51,7 @@ pub fn count(days: &[Arc<ComputeUsage>], running: &[Running], now: Timestamp) ->
     let mut cursor = latest.spec.counted_until.0.max(now - LONGEST_GAP);
     let mut out = Vec::new();
     while cursor < now {
-        let name = quota::day_name(cursor);
+        let name = quota::day_name(cursor, scope);
         let day_end = quota::day_start(cursor) + SignedDuration::from_hours(24);
         let upto = now.min(day_end);
         let seconds = upto.duration_since(cursor).as_secs_f64();
@@ -117,7 +122,12 @@ mod tests {
     fn hours_are_counted_from_where_the_ledger_stopped_and_split_at_midnight() {
         let ledger = [day("2026-12-03", "2026-12-03T23:30:00Z")];
         let now: Timestamp = "2026-12-04T01:00:00Z".parse().unwrap();
-        let days = count(&ledger, &[running("alice", 2, 1), running("alice", 1, 0)], now);
+        let days = count(
+            &ledger,
+            &[running("alice", 2, 1), running("alice", 1, 0)],
+            now,
+            None,
+        );
         assert_eq!(days.len(), 2);
         assert_eq!(days[0].name, "2026-12-03");
         assert_eq!(
@@ -141,10 +151,11 @@ mod tests {
     #[test]
     fn a_first_count_starts_today_and_nothing_is_counted_twice() {
         let now: Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
-        let first = count(&[], &[running("bob", 1, 0)], now);
+        let first = count(&[], &[running("bob", 1, 0)], now, Some("lab"));
+        assert_eq!(first[0].name, "lab.2026-12-04");
         assert_eq!(first.len(), 1);
         assert!(first[0].spec.owners.is_empty(), "nothing before the first count");
         let ledger = [day("2026-12-04", "2026-12-04T10:00:00Z")];
-        assert!(count(&ledger, &[running("bob", 1, 0)], now).is_empty());
+        assert!(count(&ledger, &[running("bob", 1, 0)], now, None).is_empty());
     }
 }

@@ -84,7 +84,12 @@ fn front(keycloak_down: bool) -> (Router, ApiServer, Arc<session::Cookies>) {
         servers: Api::namespaced(client.clone(), "compute"),
         leases: Api::namespaced(client.clone(), "compute"),
         snapshots: Api::namespaced(client.clone(), "compute"),
-        events: Api::namespaced(client, "compute"),
+        events: Api::namespaced(client.clone(), "compute"),
+        ledger: usage::Ledger {
+            usage: Api::all(client.clone()),
+            quotas: Api::all(client),
+            selector: crate::api::quota::scope_selector(None),
+        },
         public_url: "http://127.0.0.1:8080".into(),
         bastion: Some("127.0.0.1:2222".into()),
         ssh: None,

@@ -19,6 +19,8 @@ pub mod session;
 pub mod snapshots;
 pub mod ssh;
 pub mod terminal;
+pub mod usage;
+mod usage_page;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -91,6 +93,11 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_NAMESPACE", default_value = "compute")]
     pub namespace: String,
 
+    /// Read the quotas and usage of the scheduler that places only this namespace (its
+    /// --namespace); default: the cluster-wide scheduler's.
+    #[arg(long, env = "COMPUTE_SERVER_USAGE_SCOPE")]
+    pub usage_scope: Option<String>,
+
     /// Keycloak realm role whose holders see and manage everyone's servers.
     #[arg(long, env = "COMPUTE_SERVER_ADMIN_ROLE", default_value = "compute-admin")]
     pub admin_role: String,
@@ -141,6 +148,8 @@ pub struct AppState {
     pub ssh: Option<Arc<ssh::Config>>,
     /// The apps' open SSH links.
     pub apps: Arc<apps::Links>,
+    /// Usage and budgets.
+    pub ledger: usage::Ledger,
     /// The Content-Security-Policy header.
     csp: HeaderValue,
 }
@@ -260,7 +269,12 @@ pub async fn run(args: Args) -> Result<()> {
         servers: Api::namespaced(client.clone(), &args.namespace),
         leases: Api::namespaced(client.clone(), &args.namespace),
         snapshots: Api::namespaced(client.clone(), &args.namespace),
-        events: Api::namespaced(client, &args.namespace),
+        events: Api::namespaced(client.clone(), &args.namespace),
+        ledger: usage::Ledger {
+            usage: Api::all(client.clone()),
+            quotas: Api::all(client),
+            selector: crate::api::quota::scope_selector(args.usage_scope.as_deref()),
+        },
         public_url: public_url.clone(),
         bastion: args.bastion_address.as_deref().map(Arc::from),
         ssh,

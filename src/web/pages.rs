@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{name}/events", get(live))
         .route("/servers/{name}/{action}", post(act))
         .route("/admin", get(admin))
+        .route("/usage", get(super::usage_page::usage_page))
 }
 
 /// The stylesheet and scripts, compiled in: ours, and xterm.js from the npm registry
@@ -123,6 +124,7 @@ fn layout_with(title: &str, session: Option<&Session>, head: Markup, body: Marku
                         nav {
                             a href="/" { "My servers" }
                             a href="/servers/new" { "Request a server" }
+                            a href="/usage" { "Usage" }
                             @if session.user.admin { a href="/admin" { "All servers" } }
                         }
                         div.who {
@@ -179,7 +181,7 @@ pub fn bad_csrf() -> Response {
     )
 }
 
-pub fn problem_page(session: &Session, problem: Problem) -> Response {
+pub(super) fn problem_page(session: &Session, problem: Problem) -> Response {
     let (status, _) = problem.status();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let title = match problem {

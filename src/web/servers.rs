@@ -90,7 +90,7 @@ impl Problem {
     }
 }
 
-fn internal(what: &str, e: kube::Error) -> Problem {
+pub(super) fn internal(what: &str, e: impl std::fmt::Display) -> Problem {
     error!("{what}: {e}");
     Problem::Internal
 }
@@ -587,6 +587,8 @@ pub struct ServerView {
     pub phase: String,
     pub node: Option<String>,
     pub message: Option<String>,
+    /// While it waits for a node: its place in line (1 = next); the message says for what.
+    pub queue_position: Option<u32>,
     pub ssh: Option<String>,
     pub created: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
@@ -657,6 +659,11 @@ impl ServerView {
             phase: phase(server),
             node: server.status.as_ref().and_then(|s| s.node.clone()),
             message: server.status.as_ref().and_then(|s| s.message.clone()),
+            queue_position: server
+                .status
+                .as_ref()
+                .filter(|_| server.labels().get(crate::api::NODE_LABEL).is_none())
+                .and_then(|s| s.queue_position),
             ssh: ssh_command(server, bastion, &server.spec.owner),
             created: server
                 .metadata

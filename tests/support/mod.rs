@@ -321,25 +321,28 @@ impl Scheduler {
     /// A scheduler for the servers of `namespace`, with its leader Lease and the nodes'
     /// Leases in `lease_namespace`, and a 6 s leader Lease so takeovers are quick.
     pub fn start(identity: &str, namespace: &str, lease_namespace: &str) -> Scheduler {
+        Scheduler::start_with(identity, namespace, lease_namespace, &[])
+    }
+
+    /// [`Scheduler::start`] with more flags, e.g. `["--usage-interval-seconds", "2"]`.
+    pub fn start_with(identity: &str, namespace: &str, lease_namespace: &str, extra: &[&str]) -> Scheduler {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
-        let child = start_role(
-            &format!("scheduler-{identity}"),
-            &[
-                "scheduler",
-                "--identity",
-                identity,
-                "--namespace",
-                namespace,
-                "--lease-namespace",
-                lease_namespace,
-                "--leader-lease-seconds",
-                "6",
-                "--metrics-address",
-                &metrics,
-            ],
-            &[],
-        );
+        let mut args = vec![
+            "scheduler",
+            "--identity",
+            identity,
+            "--namespace",
+            namespace,
+            "--lease-namespace",
+            lease_namespace,
+            "--leader-lease-seconds",
+            "6",
+            "--metrics-address",
+            &metrics,
+        ];
+        args.extend_from_slice(extra);
+        let child = start_role(&format!("scheduler-{identity}"), &args, &[]);
         Scheduler {
             child,
             identity: identity.to_string(),
