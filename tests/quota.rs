@@ -390,7 +390,8 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
     let ledger = format!(
         "apiVersion: computeserver.io/v1alpha1\nkind: ComputeUsage\nmetadata:\n  name: {day}\n  \
          labels: {{computeserver.io/namespace: {}}}\nspec:\n  countedUntil: '{}'\n  \
-         owners: [{{owner: alice, groups: [students], cpuHours: 40, memoryGibHours: 10, gpuHours: 40}}]\n",
+         owners: [{{owner: alice, groups: [students], cpuHours: 40, memoryGibHours: 10, gpuHours: 40}}, \
+         {{owner: bob, groups: [students], cpuHours: 1, memoryGibHours: 1, gpuHours: 39.99}}]\n",
         ns.name,
         now.strftime("%Y-%m-%dT%H:%M:%SZ")
     );
@@ -402,17 +403,24 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
         &["--usage-interval-seconds", "2"],
     );
     let web = WebFront::start(&ns.name, "compute-server", &["--usage-scope", &ns.name]);
-    let (alice, bob) = (
+    let (alice, bob, carol) = (
         access_token("compute-server", "alice").await,
         access_token("compute-server", "bob").await,
+        access_token("compute-server", "carol").await,
     );
     let url = format!("{}/api/v1/servers", web.url);
-    for (token, name, gpus) in [(&alice, "a-gpu", 1), (&alice, "a-cpu", 0), (&bob, "b-gpu", 1)] {
-        let body = json!({"name": name, "profile": profile.name, "resources": {"cpu": "1", "gpus": gpus}});
+    for (token, name, cpu, gpus) in [
+        (&alice, "a-gpu", "100m", 1),
+        (&alice, "a-cpu", "100m", 0),
+        (&bob, "b-gpu", "100m", 1),
+        (&carol, "c-cpu", "1", 0),
+    ] {
+        let body = json!({"name": name, "profile": profile.name, "resources": {"cpu": cpu, "gpus": gpus}});
         let (status, body) = post(&url, token, body).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    // Her GPU server waits, saying until when; her CPU-only server and bob's run.
+    // Her GPU server waits, saying until when; her CPU-only server runs; bob's GPU server runs
+    // until his last 36 seconds of GPU-hours are spent, and is stopped then, saying why.
     let renewed = today
         .first_of_month()
         .checked_add(jiff::ToSpan::month(1))
@@ -431,9 +439,25 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
             quota.0
         )
     );
-    for name in ["a-cpu", "b-gpu"] {
-        support::wait_phase(&ns.name, name, "Running");
-    }
+    support::wait_phase(&ns.name, "a-cpu", "Running");
+    support::wait_phase(&ns.name, "c-cpu", "Running");
+    let stopped = eventually(
+        "bob's GPU server to be stopped when his GPU-hours are spent",
+        120,
+        || {
+            let s = support::server_json(&ns.name, "b-gpu")?;
+            (s["spec"]["running"] == false && s["status"]["phase"] == "Stopped").then_some(s)
+        },
+    );
+    let reason = stopped["status"]["stopReason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "bob's 40 GPU-hours for this month run out (ComputeQuota {}); renewed on {renewed}",
+            quota.0
+        )),
+        "{reason}"
+    );
+    assert!(support::events(&ns.name, "b-gpu").contains("LifecycleStop"));
 
     // The running servers' hours are counted into the day's ComputeUsage, also across a crash
     // of the scheduler (what it missed is counted when it is back, from countedUntil).
@@ -449,8 +473,8 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
             .unwrap_or(0.0)
     };
     let started = std::time::Instant::now();
-    let bob_before = eventually("bob's hours to be counted", 30, || {
-        let h = hours("bob");
+    let carol_before = eventually("carol's hours to be counted", 30, || {
+        let h = hours("carol");
         (h > 0.0).then_some(h)
     });
     scheduler.kill();
@@ -461,16 +485,16 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
         &ns.name,
         &["--usage-interval-seconds", "2"],
     );
-    let counted = eventually("bob's hours to grow past the crash", 60, || {
-        let h = hours("bob");
-        (h - bob_before > 8.0 / 3600.0).then_some(h)
+    let counted = eventually("carol's hours to grow past the crash", 60, || {
+        let h = hours("carol");
+        (h - carol_before > 8.0 / 3600.0).then_some(h)
     });
     let elapsed = started.elapsed().as_secs_f64() / 3600.0;
     // 1 CPU for the time between the two reads, within the counting interval either side.
     assert!(
-        (counted - bob_before - elapsed).abs() < 10.0 / 3600.0,
-        "bob's server ran {elapsed:.4} h of 1 CPU between the two reads; counted {:.4}",
-        counted - bob_before
+        (counted - carol_before - elapsed).abs() < 10.0 / 3600.0,
+        "carol's server ran {elapsed:.4} h of 1 CPU between the two reads; counted {:.4}",
+        counted - carol_before
     );
     assert!(hours("alice") >= 40.0, "alice's earlier hours are kept");
 
@@ -499,7 +523,7 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
     assert_eq!(status, StatusCode::OK);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "day,user,groups,cpu_hours,memory_gib_hours,gpu_hours");
-    assert!(lines[1].starts_with(&format!("{today},bob,students,")), "{text}");
+    assert!(lines[1].starts_with(&format!("{today},bob,students,1")), "{text}");
     let (status, text) = get(&format!("{usage}?from=last-week"), &bob).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(text.contains("from must be a day written YYYY-MM-DD"), "{text}");

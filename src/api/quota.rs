@@ -70,6 +70,20 @@ pub struct ComputeQuotaSpec {
     /// or month (the 1st, 00:00 UTC).
     #[serde(default)]
     pub period: Period,
+
+    /// What happens to running servers when CPU- or GPU-hours run out: Stop (the default; they
+    /// are warned as a lifecycle stop is, then stopped, with their container and data kept) or
+    /// KeepRunning (only new servers wait).
+    #[serde(default)]
+    pub when_spent: WhenSpent,
+}
+
+/// What running servers do when their hours run out.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WhenSpent {
+    #[default]
+    Stop,
+    KeepRunning,
 }
 
 /// A Keycloak group or a person (their preferred_username): exactly one of the two.

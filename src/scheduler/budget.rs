@@ -180,6 +180,81 @@ impl Budgets {
         Ok(())
     }
 
+    /// When `running` (each server's uid, owner, groups and request) use up the hours of a
+    /// quota that stops servers then, counted from `counted_until` (the ledger's, so the
+    /// estimate holds still between counts) at what runs now; by uid, with the reason. A server
+    /// counts for GPU-hours if it holds GPUs, and for CPU-hours always.
+    pub fn run_out(
+        &self,
+        running: &[(String, String, Vec<String>, Request)],
+        counted_until: Timestamp,
+    ) -> HashMap<String, (Timestamp, String)> {
+        let mut out: HashMap<String, (Timestamp, String)> = HashMap::new();
+        for q in self
+            .quotas
+            .iter()
+            .filter(|q| q.spec.when_spent == quota::WhenSpent::Stop)
+        {
+            for gpu in [true, false] {
+                let amount = if gpu { Amount::GpuHours } else { Amount::CpuHours };
+                let rate = |r: &Request| {
+                    if gpu {
+                        r.gpus as f64
+                    } else {
+                        r.nano_cpus as f64 / 1e9
+                    }
+                };
+                let covered: Vec<&(String, String, Vec<String>, Request)> = running
+                    .iter()
+                    .filter(|(_, owner, groups, r)| q.spec.covers(owner, groups) && rate(r) > 0.0)
+                    .collect();
+                // The subjects together.
+                if let Some(limit) = amount.limit(&q.total) {
+                    let used = if gpu { q.hours.gpu_hours } else { q.hours.cpu_hours };
+                    let per_hour: f64 = covered.iter().map(|s| rate(&s.3)).sum();
+                    let who = match &q.spec.subjects[..] {
+                        [one] => one.describe(),
+                        _ => format!("the subjects of quota {}", q.name),
+                    };
+                    let at = ends(counted_until, limit - used, per_hour);
+                    for (uid, ..) in &covered {
+                        earliest(&mut out, uid, at, || spent(&who, amount, limit, q));
+                    }
+                }
+                // Each person, by the most generous quota that sets it (this one, if it is).
+                if let Some(limit) = amount.limit(&q.per_user) {
+                    let mut owners: BTreeMap<&str, f64> = BTreeMap::new();
+                    for s in &covered {
+                        *owners.entry(s.1.as_str()).or_default() += rate(&s.3);
+                    }
+                    for (owner, per_hour) in owners {
+                        let groups = &covered
+                            .iter()
+                            .find(|s| s.1 == owner)
+                            .map(|s| s.2.clone())
+                            .unwrap_or_default();
+                        let best = self
+                            .quotas
+                            .iter()
+                            .filter(|o| o.spec.covers(owner, groups))
+                            .filter_map(|o| amount.limit(&o.per_user))
+                            .fold(f64::MIN, f64::max);
+                        if best > limit {
+                            continue;
+                        }
+                        let mine = q.hours_by_owner.get(owner).copied().unwrap_or_default();
+                        let used = if gpu { mine.gpu_hours } else { mine.cpu_hours };
+                        let at = ends(counted_until, limit - used, per_hour);
+                        for (uid, ..) in covered.iter().filter(|s| s.1 == owner) {
+                            earliest(&mut out, uid, at, || spent(owner, amount, limit, q));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Each quota's status now, by name: what the subjects hold and used, together and per person.
     pub fn statuses(&self) -> Vec<(String, ComputeQuotaStatus)> {
         self.quotas
@@ -233,6 +308,49 @@ impl Budgets {
             })
             .collect()
     }
+}
+
+/// When `left` hours run out at `per_hour`, from `from`, to the minute (so that the estimate
+/// does not move with every count); now-ish when none are left.
+fn ends(from: Timestamp, left: f64, per_hour: f64) -> Timestamp {
+    let seconds = if left <= 0.0 {
+        0.0
+    } else {
+        left / per_hour * 3600.0
+    };
+    let at = from.as_second().saturating_add(seconds.min(1e10) as i64);
+    Timestamp::from_second(at - at.rem_euclid(60)).unwrap_or(from)
+}
+
+fn earliest(
+    out: &mut HashMap<String, (Timestamp, String)>,
+    uid: &str,
+    at: Timestamp,
+    why: impl Fn() -> String,
+) {
+    if out.get(uid).is_none_or(|(t, _)| at < *t) {
+        out.insert(uid.to_string(), (at, why()));
+    }
+}
+
+/// "alice's 40 GPU-hours for this month run out (ComputeQuota students); renewed on 1 January 2027".
+fn spent(who: &str, amount: Amount, limit: f64, q: &Quota) -> String {
+    let kind = if matches!(amount, Amount::GpuHours) {
+        "GPU"
+    } else {
+        "CPU"
+    };
+    let hours = format!("{} {kind}-hours for {}", quota::hours(limit), q.period.this());
+    let what = if who.starts_with("the ") {
+        format!("the {hours} of {who} run out")
+    } else {
+        format!("{who}'s {hours} run out")
+    };
+    format!(
+        "{what} (ComputeQuota {}); renewed on {}",
+        q.name,
+        q.renews.to_zoned(TimeZone::UTC).strftime("%-d %B %Y")
+    )
 }
 
 fn empty() -> Usage {

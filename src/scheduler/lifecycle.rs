@@ -5,6 +5,7 @@
 //! kept) and deletes those stopped longer than their profile keeps them. What to do comes from
 //! [`crate::api::lifecycle`]; this module turns it into writes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -84,16 +85,35 @@ fn second(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
-/// What the lifecycle writes now, for every server in the cache.
-pub fn writes(servers: &[Arc<ComputeServer>], profiles: &Profiles, now: Timestamp) -> Vec<Write> {
+/// What the lifecycle writes now, for every server in the cache. `run_out`: when running servers'
+/// budgets of hours run out, and why, by uid (see `budget::Budgets::run_out`): a stop like the
+/// profile's, the earlier of the two.
+pub fn writes(
+    servers: &[Arc<ComputeServer>],
+    profiles: &Profiles,
+    run_out: &HashMap<String, (Timestamp, String)>,
+    now: Timestamp,
+) -> Vec<Write> {
     let mut writes = Vec::new();
     for server in servers {
         let rules = Rules::of(profiles.of(server));
         let current = Fields::of(server);
-        if !rules.any() && current == Fields::default() {
+        let spent = run_out
+            .get(&server.uid().unwrap_or_default())
+            .filter(|_| server.spec.running);
+        if !rules.any() && current == Fields::default() && spent.is_none() {
             continue;
         }
-        let verdict = lifecycle::verdict(server, &rules, now);
+        let mut verdict = lifecycle::verdict(server, &rules, now);
+        if let Some((at, why)) = spent
+            && verdict.stops_at.is_none_or(|stops| *at < stops)
+        {
+            verdict.stops_at = Some(*at);
+            verdict.reason = Some(why.clone());
+            if *at <= now && server.metadata.deletion_timestamp.is_none() {
+                verdict.act = Act::Stop(why.clone());
+            }
+        }
         let mut fields = Fields {
             last_activity: verdict.last_activity.map(second),
             stops_at: verdict.stops_at.map(second),
@@ -164,7 +184,9 @@ mod tests {
     fn the_forecast_is_written_once_then_left_alone() {
         let now = at("2026-12-01T14:10:00Z");
         let s = Arc::new(server(true, Phase::Running));
-        let [Write::Status { fields, .. }] = &writes(std::slice::from_ref(&s), &profile(), now)[..] else {
+        let [Write::Status { fields, .. }] =
+            &writes(std::slice::from_ref(&s), &profile(), &HashMap::new(), now)[..]
+        else {
             panic!("one status write")
         };
         assert_eq!(fields.stops_at, Some(Time(at("2026-12-01T14:30:00Z"))));
@@ -178,7 +200,7 @@ mod tests {
         status.stops_at = fields.stops_at.clone();
         status.stop_reason = fields.stop_reason.clone();
         assert_eq!(
-            writes(&[Arc::new(written)], &profile(), now),
+            writes(&[Arc::new(written)], &profile(), &HashMap::new(), now),
             vec![],
             "nothing changed"
         );
@@ -188,7 +210,7 @@ mod tests {
     fn an_idle_server_is_stopped_and_says_so_while_stopped() {
         let now = at("2026-12-01T14:31:00Z");
         let s = Arc::new(server(true, Phase::Running));
-        let [Write::Stop { reason, fields, .. }] = &writes(&[s], &profile(), now)[..] else {
+        let [Write::Stop { reason, fields, .. }] = &writes(&[s], &profile(), &HashMap::new(), now)[..] else {
             panic!("a stop")
         };
         assert_eq!(reason, "idle: no SSH session and under 5% CPU since 14:00 UTC");
@@ -200,13 +222,15 @@ mod tests {
         let mut stopped = server(false, Phase::Stopped);
         stopped.status.as_mut().unwrap().stop_reason = fields.stop_reason.clone();
         assert_eq!(
-            writes(&[Arc::new(stopped)], &profile(), now),
+            writes(&[Arc::new(stopped)], &profile(), &HashMap::new(), now),
             vec![],
             "the reason stays"
         );
         let mut by_hand = server(false, Phase::Stopped);
         by_hand.status.as_mut().unwrap().stop_reason = Some("idle: … since 14:00 UTC".into());
-        let [Write::Status { fields, .. }] = &writes(&[Arc::new(by_hand)], &profile(), now)[..] else {
+        let [Write::Status { fields, .. }] =
+            &writes(&[Arc::new(by_hand)], &profile(), &HashMap::new(), now)[..]
+        else {
             panic!("the forecast goes when the owner stops it")
         };
         assert_eq!(fields, &Fields::default());

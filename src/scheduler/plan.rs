@@ -159,6 +159,7 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     let mut budgets = Budgets::new(&snapshot.quotas, &snapshot.usage, snapshot.now);
     let mut held: HashMap<String, usize> = HashMap::new();
     let mut running = Vec::new();
+    let mut holding = Vec::new();
     let mut stopping = Vec::new();
     let mut pending = Vec::new();
     let mut unlabelled = HashSet::new();
@@ -179,6 +180,12 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
                 budgets.add(&server.spec.owner, &server.spec.owner_groups, &asked);
                 *held.entry(server.spec.owner.clone()).or_default() += 1;
                 if server.spec.running && server.meta().deletion_timestamp.is_none() {
+                    holding.push((
+                        server.uid().unwrap_or_default(),
+                        server.spec.owner.clone(),
+                        server.spec.owner_groups.clone(),
+                        asked,
+                    ));
                     running.push(usage::Running {
                         owner: server.spec.owner.clone(),
                         groups: server.spec.owner_groups.clone(),
@@ -349,8 +356,15 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
                 .map(Write::Usage),
         );
     }
+    let counted_until = snapshot
+        .usage
+        .iter()
+        .map(|d| d.spec.counted_until.0)
+        .max()
+        .unwrap_or(snapshot.now);
+    let run_out = budgets.run_out(&holding, counted_until);
     writes.extend(
-        lifecycle::writes(servers, &snapshot.profiles, snapshot.now)
+        lifecycle::writes(servers, &snapshot.profiles, &run_out, snapshot.now)
             .into_iter()
             .map(Write::Lifecycle),
     );
@@ -801,6 +815,63 @@ mod tests {
                 "alice has used 40 of 40 GPU-hours this month (ComputeQuota students), renewed on 1 January 2027"
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn running_servers_are_warned_when_their_hours_run_out_and_stopped_then() {
+        let now: Timestamp = "2026-12-15T10:00:00Z".parse().unwrap();
+        let mut running = owned("a1", "alice", &["students"], 1, 0);
+        running.labels_mut().insert(NODE_LABEL.into(), "n1".into());
+        let ledger = |gpu_hours: f64| -> Arc<ComputeUsage> {
+            Arc::new(
+                serde_yaml::from_str(&format!(
+                    "{{metadata: {{name: '2026-12-15'}}, spec: {{countedUntil: '2026-12-15T09:59:00Z',                      owners: [{{owner: alice, groups: [students], cpuHours: 1, memoryGibHours: 1, gpuHours: {gpu_hours}}}]}}}}"
+                ))
+                .unwrap(),
+            )
+        };
+        let mut s = snapshot(vec![running], vec![gpu_node("n1", 8)], vec![lease("n1", now)]);
+        s.now = now;
+        s.quotas = vec![quota(
+            "{metadata: {name: students}, spec: {subjects: [{group: students}], perUser: {gpuHours: 40}}}",
+        )];
+        s.usage = vec![ledger(39.5)];
+        let plan = super::plan(&s, &mut Assumed::new());
+        let fields = plan
+            .writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Lifecycle(lifecycle::Write::Status { fields, .. }) => Some(fields.clone()),
+                _ => None,
+            })
+            .expect("a forecast");
+        assert_eq!(
+            fields.stops_at.unwrap().0,
+            "2026-12-15T10:29:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(
+            fields.stop_reason.as_deref(),
+            Some(
+                "alice's 40 GPU-hours for this month run out (ComputeQuota students); renewed on 1 January 2027"
+            )
+        );
+        s.usage = vec![ledger(40.0)];
+        let plan = super::plan(&s, &mut Assumed::new());
+        assert!(
+            plan.writes.iter().any(
+                |w| matches!(w, Write::Lifecycle(lifecycle::Write::Stop { reason, .. })
+                if reason.starts_with("alice's 40 GPU-hours"))
+            ),
+            "stopped once they are spent"
+        );
+        s.quotas = vec![quota(
+            "{metadata: {name: students}, spec: {subjects: [{group: students}], perUser: {gpuHours: 40}, whenSpent: KeepRunning}}",
+        )];
+        let plan = super::plan(&s, &mut Assumed::new());
+        assert!(
+            !plan.writes.iter().any(|w| matches!(w, Write::Lifecycle(_))),
+            "kept running"
         );
     }
 
