@@ -465,6 +465,135 @@ impl BrowserStack {
     }
 }
 
+#[tokio::test]
+async fn alice_sees_her_place_in_line_her_budgets_and_usage_and_ops_a_chart_per_group() {
+    install_crds();
+    let ns = TestNamespace::new("browser-quota");
+    let flags = ["--lease-namespace", ns.name.as_str(), "--lease-seconds", "6"];
+    let _agent = Agent::start_with(&unique("browser-node"), 1, &flags);
+    // Students may hold one CPU each; this scheduler's quotas and usage carry its namespace.
+    let quota = unique("students");
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let yesterday = today.yesterday().unwrap();
+    let mut yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeQuota\nmetadata: {{name: {quota}, labels: {{computeserver.io/namespace: {ns}}}}}\n\
+         spec: {{subjects: [{{group: students}}], perUser: {{cpu: '1', gpuHours: 40}}, total: {{cpu: '8'}}}}\n",
+        ns = ns.name
+    );
+    // What was counted before: yesterday's and today's hours, for two groups.
+    for (day, scale) in [(yesterday, 1.0), (today, 0.5)] {
+        yaml.push_str(&format!(
+            "---\napiVersion: computeserver.io/v1alpha1\nkind: ComputeUsage\nmetadata: {{name: {ns}.{day}, labels: {{computeserver.io/namespace: {ns}}}}}\n\
+             spec: {{countedUntil: '{until}', owners: [\
+             {{owner: alice, groups: [students], cpuHours: {a}, memoryGibHours: 8, gpuHours: {ag}}}, \
+             {{owner: bob, groups: [students], cpuHours: {b}, memoryGibHours: 2, gpuHours: 0}}, \
+             {{owner: carol, groups: [staff], cpuHours: {c}, memoryGibHours: 30, gpuHours: {cg}}}]}}\n",
+            ns = ns.name,
+            until = if day == today { jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string() } else { format!("{today}T00:00:00Z") },
+            a = 12.0 * scale, ag = 3.0 * scale, b = 4.0 * scale, c = 20.0 * scale, cg = 6.0 * scale,
+        ));
+    }
+    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = kubectl(&["delete", "computequota", &self.0, "--wait=false"], None);
+        }
+    }
+    let _cleanup = Cleanup(quota.clone());
+    let profile = TestProfile::new("quota", "maxResources: {cpu: '1', memory: 256Mi}");
+    for name in ["first", "second"] {
+        let yaml = format!(
+            "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata: {{name: {name}, namespace: {}}}\n\
+             spec: {{owner: alice, ownerGroups: [students], profile: {}, resources: {{cpu: '1'}}}}\n",
+            ns.name, profile.name
+        );
+        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let _scheduler = Scheduler::start_with(
+        &unique("sched"),
+        &ns.name,
+        &ns.name,
+        &["--usage-interval-seconds", "2"],
+    );
+    let web = WebFront::start(&ns.name, "compute-server", &["--usage-scope", &ns.name]);
+    let driver = ChromeDriver::start();
+
+    // Her second server waits, and its page says for what and where she is in line.
+    let alice = signed_in(&driver, &web, "alice", "/servers/second").await;
+    let waits = eventually_async("the place in line on the page", 60, || {
+        let alice = alice.clone();
+        async move {
+            alice.refresh().await.ok()?;
+            let page = text(&alice, "main").await;
+            page.contains("in line").then_some(page)
+        }
+    })
+    .await;
+    assert!(
+        waits.contains(&format!(
+            "1st in line for alice's budget: alice uses 1 of 1 CPUs (ComputeQuota {quota}); this server asks for 1 more"
+        )),
+        "{waits}"
+    );
+    screenshot(&alice, "9-waiting-in-line").await;
+
+    // Her usage: her budgets, with what is used of them, and her hours per day in a chart.
+    alice
+        .goto(&format!("{}/usage?from={yesterday}", web.url))
+        .await
+        .unwrap();
+    let budgets = text(&alice, "ul.budgets").await;
+    assert!(budgets.contains("you: CPUs 1 of 1"), "{budgets}");
+    assert!(budgets.contains("you: GPU-hours this month"), "{budgets}");
+    assert!(budgets.contains("the group students: CPUs 1 of 8"), "{budgets}");
+    let bars = alice
+        .find_all(Locator::Css("figure.chart rect.bar"))
+        .await
+        .unwrap()
+        .len();
+    assert!(bars >= 2, "alice's hours of two days: {bars} bars");
+    let legend = text(&alice, "figcaption.legend").await;
+    assert_eq!(legend, "alice", "a person sees only her own");
+    screenshot(&alice, "9-my-usage").await;
+
+    // The form says before she asks that a new server would wait.
+    alice.goto(&format!("{}/servers/new", web.url)).await.unwrap();
+    let notice = text(&alice, "section.budgets p.notice").await;
+    assert!(notice.starts_with("A new server would wait"), "{notice}");
+    assert!(notice.contains("you use 1 of 1 CPUs"), "{notice}");
+    screenshot(&alice, "9-request-form-budgets").await;
+
+    // An admin sees everyone's, with a chart per group per day, drawn in the page.
+    let ops = signed_in(&driver, &web, "ops", &format!("/usage?from={yesterday}")).await;
+    let legend = text(&ops, "figcaption.legend").await;
+    assert_eq!(
+        legend.split_whitespace().collect::<Vec<_>>(),
+        ["staff", "students"]
+    );
+    let height = ops
+        .execute(
+            "return document.querySelector('figure.chart svg').getBoundingClientRect().height",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(height.as_f64().unwrap() > 100.0, "the chart is drawn: {height}");
+    let first = ops
+        .find(Locator::Css("figure.chart rect.bar title"))
+        .await
+        .unwrap()
+        .html(false)
+        .await
+        .unwrap();
+    assert!(
+        first.contains(&format!("staff, {yesterday}: 6 GPU-hours")),
+        "{first}"
+    );
+    screenshot(&ops, "9-admin-usage").await;
+}
+
 /// Applies a server of alice's and waits until it runs.
 fn alices_server(ns: &str, name: &str, profile: &str) {
     let yaml = format!(

@@ -358,7 +358,7 @@ fn field_error(errors: &[FieldError], field: &str) -> Markup {
     }
 }
 
-fn request_page(
+async fn request_page(
     state: &AppState,
     session: &Session,
     form: &RequestForm,
@@ -367,6 +367,12 @@ fn request_page(
     status: StatusCode,
 ) -> Response {
     let profiles = servers::profiles_for(&state.cache, &session.user);
+    // The budgets that hold for this person: what a new server would wait for, said up front.
+    let budgets = match state.ledger.quotas().await {
+        Ok(quotas) => super::usage::budgets(&quotas, &session.user),
+        Err(_) => vec![],
+    };
+    let full: Vec<&super::usage::BudgetLine> = budgets.iter().filter(|b| b.is_full()).collect();
     let chosen = if form.profile.is_empty() {
         profiles.first().map(|p| p.name_any()).unwrap_or_default()
     } else {
@@ -395,6 +401,27 @@ fn request_page(
             h1 { "Request a server" }
             @if let Some(notice) = notice { p.notice.error role="alert" { (notice) } }
             @for e in others { p.notice.error role="alert" { (e.message) } }
+                @if !budgets.is_empty() {
+                    section.budgets data-field="budgets" {
+                        h2 { "Your budgets" }
+                        @if !full.is_empty() {
+                            p.notice role="status" {
+                                "A new server would wait (in line, placed as soon as the budget allows): "
+                                @for (i, b) in full.iter().enumerate() {
+                                    @if i > 0 { "; " }
+                                    (b.whose) " " @if b.whose == "you" { "use" } @else { "uses" } " " (b.used) " of " (b.limit) " " (b.what)
+                                }
+                                "."
+                            }
+                        }
+                        ul.budgets {
+                            @for b in &budgets {
+                                li { span.whose { (b.whose) } ": " (b.what) " " strong { (b.used) " of " (b.limit) } span.muted { " (" (b.quota) ")" } }
+                            }
+                        }
+                        p.muted { a href="/usage" { "Your usage" } }
+                    }
+                }
             @if profiles.is_empty() {
                 section.card { p { "There is no profile you may use. Ask the admins to give your group one." } }
             } @else {
@@ -469,7 +496,7 @@ async fn new_form(
         restore_from: form.restore_from,
         ..RequestForm::default()
     };
-    request_page(&state, &session, &form, &[], None, StatusCode::OK)
+    request_page(&state, &session, &form, &[], None, StatusCode::OK).await
 }
 
 async fn create(
@@ -498,22 +525,28 @@ async fn create(
     };
     match servers::create(&state.servers, &state.leases, &state.cache, &session.user, new).await {
         Ok(server) => Redirect::to(&format!("/servers/{}", server.name_any())).into_response(),
-        Err(Problem::Invalid(errors)) => request_page(
-            &state,
-            &session,
-            &form,
-            &errors,
-            Some("Please correct the fields marked below.".into()),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        Err(problem @ (Problem::Limit(_) | Problem::Exists(_))) => request_page(
-            &state,
-            &session,
-            &form,
-            &[],
-            Some(problem.message()),
-            StatusCode::CONFLICT,
-        ),
+        Err(Problem::Invalid(errors)) => {
+            request_page(
+                &state,
+                &session,
+                &form,
+                &errors,
+                Some("Please correct the fields marked below.".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+        Err(problem @ (Problem::Limit(_) | Problem::Exists(_))) => {
+            request_page(
+                &state,
+                &session,
+                &form,
+                &[],
+                Some(problem.message()),
+                StatusCode::CONFLICT,
+            )
+            .await
+        }
         Err(problem) => problem_page(&session, problem),
     }
 }

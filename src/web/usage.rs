@@ -70,6 +70,17 @@ pub struct BudgetLine {
     pub renews_at: Option<String>,
 }
 
+impl BudgetLine {
+    /// Whether nothing is left: a new server (of any size, for hours and servers; holding any
+    /// of it, for amounts) would wait for this budget.
+    pub fn is_full(&self) -> bool {
+        match (self.used.parse::<f64>(), self.limit.parse::<f64>()) {
+            (Ok(used), Ok(limit)) => used >= limit,
+            _ => false,
+        }
+    }
+}
+
 /// Which days, and whose: from the query's `from`, `to` (YYYY-MM-DD, UTC, both included;
 /// default this month up to today), `user` and `group` (admins only).
 pub struct Asked {
