@@ -497,6 +497,26 @@ async fn hours_are_counted_in_the_api_server_and_a_spent_budget_waits_until_rene
         counted - carol_before
     );
     assert!(hours("alice") >= 40.0, "alice's earlier hours are kept");
+    // The same hours as Prometheus counters, per person and per group.
+    let metrics = reqwest::get(format!("{}/metrics", scheduler.health_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "compute_server_scheduler_user_reserved_hours_total{name=\"carol\",resource=\"cpu\"}",
+        "compute_server_scheduler_group_reserved_hours_total{name=\"staff\",resource=\"cpu\"}",
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .unwrap_or_else(|| panic!("{series} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(value > 0.0, "{series} {value}");
+    }
 
     // GET /api/v1/usage: each person their own, in JSON and CSV.
     let usage = format!("{}/api/v1/usage", web.url);

@@ -94,6 +94,16 @@ struct Metrics {
     pass_duration: Histogram,
     lifecycle_stops: Family<StopLabel, Counter>,
     lifecycle_deletions: Counter,
+    /// Reserved hours counted into the ledger, per person and per group.
+    user_hours: Family<HoursLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    group_hours: Family<HoursLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Whose hours (a person's or a group's name) of which resource (cpu, memory_gib, gpu).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct HoursLabel {
+    name: String,
+    resource: String,
 }
 
 /// Why the lifecycle stopped a server: idle, lifetime or extension (a keep-running ran out).
@@ -112,7 +122,20 @@ impl Metrics {
             pass_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             lifecycle_stops: Family::default(),
             lifecycle_deletions: Counter::default(),
+            user_hours: Family::default(),
+            group_hours: Family::default(),
         };
+        registry.register(
+            "user_reserved_hours",
+            "Reserved hours of running servers counted into the usage ledger, per person and resource \
+             (cpu: CPU-hours, memory_gib: GiB-hours, gpu: GPU-hours)",
+            metrics.user_hours.clone(),
+        );
+        registry.register(
+            "group_reserved_hours",
+            "Reserved hours counted into the usage ledger, per Keycloak group of the servers' owners and resource",
+            metrics.group_hours.clone(),
+        );
         registry.register(
             "placements",
             "Servers placed on a node",
@@ -434,7 +457,29 @@ impl Scheduler {
                 None
             }
             plan::Write::Usage(day) => match self.count_usage(&day).await {
-                Ok(()) => None,
+                Ok(()) => {
+                    for (owner, groups, hours) in &day.added {
+                        let each = [
+                            ("cpu", hours.cpu_hours),
+                            ("memory_gib", hours.memory_gib_hours),
+                            ("gpu", hours.gpu_hours),
+                        ];
+                        for (resource, value) in each {
+                            let label = |name: &str| HoursLabel {
+                                name: name.to_string(),
+                                resource: resource.into(),
+                            };
+                            self.metrics.user_hours.get_or_create(&label(owner)).inc_by(value);
+                            for group in groups {
+                                self.metrics
+                                    .group_hours
+                                    .get_or_create(&label(group))
+                                    .inc_by(value);
+                            }
+                        }
+                    }
+                    None
+                }
                 Err(error) => {
                     warn!(%error, day = %day.name, "could not count the hours into the day's ComputeUsage; counting again");
                     Some(Failed::Usage)

@@ -24,6 +24,8 @@ pub struct Day {
     pub name: String,
     pub resource_version: Option<String>,
     pub spec: ComputeUsageSpec,
+    /// What this count adds, per person (with their servers' groups): for the metrics.
+    pub added: Vec<(String, Vec<String>, Hours)>,
 }
 
 /// Hours further back than this are not counted (a scheduler that was down for longer starts
@@ -46,6 +48,7 @@ pub fn count(
                 counted_until: Time(now),
                 owners: vec![],
             },
+            added: vec![],
         }];
     };
     let mut cursor = latest.spec.counted_until.0.max(now - LONGEST_GAP);
@@ -60,7 +63,16 @@ pub fn count(
             counted_until: Time(cursor),
             owners: vec![],
         });
+        let mut added: Vec<(String, Vec<String>, Hours)> = Vec::new();
         for server in running {
+            let hours = Hours::of(&server.request, seconds);
+            match added
+                .iter_mut()
+                .find(|a| a.0 == server.owner && a.1 == server.groups)
+            {
+                Some(entry) => entry.2 += hours,
+                None => added.push((server.owner.clone(), server.groups.clone(), hours)),
+            }
             let row = match spec.owners.iter().position(|o| o.owner == server.owner) {
                 Some(i) => &mut spec.owners[i],
                 None => {
@@ -76,7 +88,7 @@ pub fn count(
                     row.groups.push(group.clone());
                 }
             }
-            row.hours += Hours::of(&server.request, seconds);
+            row.hours += hours;
         }
         spec.owners.sort_by(|a, b| a.owner.cmp(&b.owner));
         spec.counted_until = Time(upto);
@@ -84,6 +96,7 @@ pub fn count(
             name,
             resource_version: existing.and_then(|d| d.resource_version()),
             spec,
+            added,
         });
         cursor = upto;
     }
