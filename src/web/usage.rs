@@ -445,7 +445,7 @@ mod tests {
                       users: [{user: alice, cpu: '1', memory: 1Gi, gpus: 1, servers: 1, cpuHours: 6, gpuHours: 3}]}}",
         )
         .unwrap();
-        let lines = budgets(&[quota.clone()], &user("alice", false));
+        let lines = budgets(std::slice::from_ref(&quota), &user("alice", false));
         let text: Vec<String> = lines
             .iter()
             .map(|l| format!("{}: {} {} of {}", l.whose, l.what, l.used, l.limit))
