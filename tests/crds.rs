@@ -31,11 +31,13 @@ fn crd_command_prints_every_crd() {
         "computeprofiles",
         "computenodes",
         "computesnapshots",
+        "computequotas",
+        "computeusages",
     ] {
         assert!(
             yaml.contains(&format!("name: {name}.computeserver.io")),
             "{name} missing from `crd` output"
         );
     }
-    assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 4);
+    assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 6);
 }

@@ -7,7 +7,7 @@ const ROLES: [&str; 4] = ["agent", "scheduler", "web", "bastion"];
 
 /// Modules that decide without doing: a snapshot in, what to do out. Every file of `src/api`
 /// is one too.
-const PURE: [&str; 8] = [
+const PURE: [&str; 11] = [
     "src/agent/plan.rs",
     "src/agent/decide.rs",
     "src/agent/diff.rs",
@@ -16,6 +16,9 @@ const PURE: [&str; 8] = [
     "src/scheduler/lifecycle.rs",
     "src/scheduler/plan.rs",
     "src/scheduler/moving.rs",
+    "src/scheduler/budget.rs",
+    "src/scheduler/queue.rs",
+    "src/scheduler/usage.rs",
 ];
 
 /// What a pure module may not use: I/O, async, clients of the API server or of Docker.
