@@ -178,6 +178,12 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Background deletion: the next test need not wait for it.
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+        // The cluster-wide quotas and usage of this namespace's scheduler, if it had any.
+        let selector = format!("computeserver.io/namespace={}", self.name);
+        let _ = kubectl(
+            &["delete", "computequotas,computeusages", "-l", &selector, "--wait=false"],
+            None,
+        );
     }
 }
 
