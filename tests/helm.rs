@@ -203,6 +203,7 @@ fn the_manifests_are_the_rendered_chart_and_the_apiserver_accepts_them() {
         "validatingadmissionpolicy.admissionregistration.k8s.io/compute-server-identity",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/compute-server-identity",
         "mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label",
+        "mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-groups",
         "clusterrole.rbac.authorization.k8s.io/compute-server-user",
     ] {
         assert!(
@@ -404,6 +405,13 @@ fn bad_values_are_refused_with_a_message_naming_them() {
             ],
             "'/profiles/0/name'",
         ),
+        (
+            &[
+                "--set-json",
+                r#"quotas=[{"name":"students","spec":{"subjects":[]}}]"#,
+            ],
+            "'/quotas/0/spec/subjects'",
+        ),
     ];
     for (args, message) in cases {
         let mut all = vec!["template", "t", CHART, "--kube-version", KUBE_VERSION];
@@ -480,6 +488,10 @@ networkPolicy:
   metricsFrom: [{namespaceSelector: {matchLabels: {name: monitoring}}}]
 ",
     );
+    // A quota as values.yaml's example has it (cluster-wide: named as the profile, unique).
+    let quotas = format!(
+        r#"quotas=[{{"name":"{profile}","spec":{{"subjects":[{{"group":"students"}}],"perUser":{{"cpu":"4","gpus":1,"gpuHours":40}},"total":{{"gpus":8}},"period":"month"}}}}]"#
+    );
     // Without a cluster helm cannot know the ComputeProfile API is served: say it is.
     let yaml = helm_ok(&[
         "template",
@@ -492,11 +504,15 @@ networkPolicy:
         "--api-versions",
         "computeserver.io/v1alpha1/ComputeProfile",
         "--api-versions",
+        "computeserver.io/v1alpha1/ComputeQuota",
+        "--api-versions",
         "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
         "--values",
         values.to_str().unwrap(),
         "--set",
         "keycloak.clientSecret.existingSecret=keycloak-client",
+        "--set-json",
+        &quotas,
     ]);
     assert!(yaml.contains("COMPUTE_SERVER_OIDC_CLIENT_SECRET"));
     assert!(
@@ -507,6 +523,7 @@ networkPolicy:
         "Ingress",
         "NetworkPolicy",
         "ComputeProfile",
+        "ComputeQuota",
         "DaemonSet",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
@@ -522,6 +539,9 @@ networkPolicy:
     assert!(applied.contains(&format!(
         "computeprofile.computeserver.io/{profile} created (server dry run)"
     )));
+    assert!(applied.contains(&format!(
+        "computequota.computeserver.io/{profile} created (server dry run)"
+    )));
     assert!(applied.contains("ingress.networking.k8s.io/dry-compute-server-web created (server dry run)"));
     assert!(applied.contains("serviceaccount/front created (server dry run)"));
     assert!(applied.contains(
@@ -529,6 +549,9 @@ networkPolicy:
     ));
     assert!(applied.contains(
         "mutatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-owner-label created (server dry run)"
+    ));
+    assert!(applied.contains(
+        "mutatingadmissionpolicy.admissionregistration.k8s.io/dry-compute-server-owner-groups created (server dry run)"
     ));
     assert!(
         applied.contains(
@@ -691,7 +714,7 @@ fn install_upgrade_and_uninstall_make_change_and_remove_the_release() {
         .chain(names("user", &["clusterrole.rbac.authorization.k8s.io"]))
         .chain(admission.split(',').flat_map(|kind| {
             let policies: &[&str] = if kind.starts_with("mutating") {
-                &["owner-label"]
+                &["owner-groups", "owner-label"]
             } else {
                 &["identity", "snapshots"]
             };
@@ -908,6 +931,8 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("agent", "delete", "computeservers", everywhere, false),
         ("agent", "delete", "computenodes", &[], false),
         ("agent", "patch", "computeprofiles", &[], false),
+        ("agent", "list", "computequotas", &[], false),
+        ("agent", "create", "computeusages", &[], false),
         ("agent", "patch", "leases", elsewhere, false),
         ("agent", "get", "secrets", here, false),
         ("agent", "list", "secrets", everywhere, false),
@@ -925,6 +950,15 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("scheduler", "create", "computeservers", everywhere, false),
         ("scheduler", "patch", "computenodes", &["--subresource=status"], true),
         ("scheduler", "patch", "computenodes", &[], false),
+        // Budgets: reads the quotas and applies their status; keeps the daily usage ledger.
+        ("scheduler", "watch", "computequotas", &[], true),
+        ("scheduler", "patch", "computequotas", &["--subresource=status"], true),
+        ("scheduler", "patch", "computequotas", &[], false),
+        ("scheduler", "create", "computequotas", &[], false),
+        ("scheduler", "list", "computeusages", &[], true),
+        ("scheduler", "create", "computeusages", &[], true),
+        ("scheduler", "update", "computeusages", &[], true),
+        ("scheduler", "delete", "computeusages", &[], false),
         ("scheduler", "get", "secrets", here, false),
         // The web front: people's servers in its namespace, profiles, Events.
         ("web", "create", "computeservers", here, true),
@@ -934,6 +968,12 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("web", "patch", "computeservers", here, true),
         ("web", "delete", "computeservers", here, true),
         ("web", "list", "computeprofiles", &[], true),
+        // The budgets and the usage ledger, read only (the usage page and GET /api/v1/usage).
+        ("web", "watch", "computequotas", &[], true),
+        ("web", "list", "computeusages", &[], true),
+        ("web", "update", "computequotas", &[], false),
+        ("web", "patch", "computequotas", &["--subresource=status"], false),
+        ("web", "create", "computeusages", &[], false),
         ("web", "watch", "events", here, true),
         // Each person's turn to create (the per-user limit across replicas).
         ("web", "create", "leases", here, true),
@@ -961,6 +1001,7 @@ fn each_role_may_do_its_job_and_nothing_more() {
         ("bastion", "patch", "computeservers", &["-n", "default", "--subresource=status"], false),
         ("bastion", "get", "secret/other", here, false),
         ("bastion", "list", "secrets", here, false),
+        ("bastion", "list", "computeusages", &[], false),
         ("bastion", "update", &host_key, here, false),
     ];
     let wrong: Vec<String> = table
@@ -1160,7 +1201,8 @@ fn the_first_install_makes_the_crds_and_the_profiles_and_uninstall_keeps_the_crd
     std::fs::write(
         &values,
         "keycloak: {url: 'https://keycloak.example.com'}\n\
-         profiles: [{name: tiny, spec: {image: computeserver/busybox:local}}]\n",
+         profiles: [{name: tiny, spec: {image: computeserver/busybox:local}}]\n\
+         quotas: [{name: students, spec: {subjects: [{group: students}]}}]\n",
     )
     .unwrap();
     let values = values.to_str().unwrap();
@@ -1189,6 +1231,12 @@ fn the_first_install_makes_the_crds_and_the_profiles_and_uninstall_keeps_the_crd
             .trim(),
         "computeprofile.computeserver.io/tiny"
     );
+    assert_eq!(
+        cluster
+            .kubectl_ok(&["get", "computequotas", "-o", "name"], None)
+            .trim(),
+        "computequota.computeserver.io/students"
+    );
     // They are this version's CRDs.
     let columns: Vec<String> = compute_server::crd::all()[0].spec.versions[0]
         .additional_printer_columns
@@ -1216,10 +1264,14 @@ fn the_first_install_makes_the_crds_and_the_profiles_and_uninstall_keeps_the_crd
     // Uninstall removes the release but keeps the CRDs, and with them everyone's servers.
     helm(&["uninstall", "cs", "-n", "compute", "--wait"]);
     let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"], None);
-    assert_eq!(crds.matches("computeserver.io").count(), 4, "{crds}");
+    assert_eq!(
+        crds.matches("computeserver.io").count(),
+        compute_server::crd::all().len(),
+        "{crds}"
+    );
     assert!(
         cluster
-            .kubectl_ok(&["get", "computeprofiles", "-o", "name"], None)
+            .kubectl_ok(&["get", "computeprofiles,computequotas", "-o", "name"], None)
             .is_empty()
     );
     let left = cluster.kubectl_ok(
@@ -1281,7 +1333,9 @@ fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
     assert!(
         policies.contains("validatingadmissionpolicy.admissionregistration.k8s.io/compute-server-identity")
             && policies
-                .contains("mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label"),
+                .contains("mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-label")
+            && policies
+                .contains("mutatingadmissionpolicy.admissionregistration.k8s.io/compute-server-owner-groups"),
         "{policies}"
     );
     let server = |name: &str, spec: &str| {
@@ -1331,6 +1385,20 @@ fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
         let probe: Value = serde_json::from_slice(&out.stdout).ok()?;
         (probe["metadata"]["labels"]["computeserver.io/owner"] == "carol").then_some(())
     });
+    // Whoever makes their own server gets their groups, without the prefix, in spec.ownerGroups
+    // (what group budgets count it against), whatever they wrote there.
+    eventually("the owner groups policy to be loaded", 30, || {
+        let out = as_person(
+            "oidc:dave",
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            Some(&server(
+                "probe",
+                "owner: dave, profile: tiny, ownerGroups: [staff]",
+            )),
+        );
+        let probe: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (probe["spec"]["ownerGroups"] == serde_json::json!(["students"])).then_some(())
+    });
     let out = kubectl_at(&kubeconfig, &["get", "csrv", "-n", "compute", "-o", "name"], None);
     assert_eq!(text(&out.stdout), "", "nothing was stored");
 
@@ -1347,9 +1415,13 @@ fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
     )
     .unwrap();
     assert_eq!(mine["metadata"]["labels"]["computeserver.io/owner"], "mallory");
+    assert_eq!(mine["spec"]["ownerGroups"], serde_json::json!(["students"]));
     for (verb, what, ns, yes) in [
         ("list", "computeprofiles", None, true),
         ("get", "computenodes", None, true),
+        ("watch", "computequotas", None, true),
+        ("update", "computequotas", None, false),
+        ("list", "computeusages", None, false),
         ("delete", "computeservers", Some("compute"), true),
         ("create", "computeservers", Some("default"), false),
         ("create", "computeprofiles", None, false),
@@ -1446,6 +1518,36 @@ fn the_admission_policy_and_the_user_role_are_installed_and_hold() {
     )
     .unwrap();
     assert_eq!(bobs["spec"]["profile"], "tiny");
+
+    // Where no MutatingAdmissionPolicy sets them (a cluster before 1.36), the validation holds
+    // alone: a person's new server lists exactly their groups.
+    cluster.kubectl_ok(
+        &[
+            "delete",
+            "mutatingadmissionpolicybinding",
+            "compute-server-owner-groups",
+        ],
+        None,
+    );
+    let erins = |groups: &str| {
+        let spec = format!("owner: erin, profile: tiny, ownerGroups: [{groups}]");
+        as_person(
+            "oidc:erin",
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&server("erins", &spec)),
+        )
+    };
+    let refusal = eventually("the owner groups policy to be unloaded", 30, || {
+        let out = erins("staff");
+        let error = text(&out.stderr);
+        error.contains("spec.ownerGroups").then_some(error)
+    });
+    assert!(
+        refusal.contains("spec.ownerGroups must list your groups as the API server knows them (students)"),
+        "{refusal}"
+    );
+    let out = erins("students");
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Uninstalled, the policies go with the release.
     helm_ok_at(

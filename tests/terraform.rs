@@ -458,6 +458,7 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
   log      = { format = "yaml" }
   roles    = { agent = { node_selector = {} } }
   profiles = { big = { displayName = "no image" } }
+  quotas   = { students = { total = { gpus = 8 } } }
 "#,
     );
     tofu_ok(&dir, &["init", "-no-color"]);
@@ -470,6 +471,7 @@ fn the_module_installs_the_objects_of_the_manifests_and_refuses_bad_input() {
         "log.format must be \"text\" or \"json\"",
         "roles.agent.node_selector must select some nodes",
         "Each profile needs an image",
+        "Each quota needs subjects",
     ] {
         assert!(errors.contains(message), "no {message:?} in:\n{errors}");
     }

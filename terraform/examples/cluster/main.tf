@@ -1,8 +1,8 @@
 # compute-server on a cluster, all of it: the CRDs, every role with its RBAC and Services, the
 # NetworkPolicies, the admission policies and the user role (what `helm install` makes). The
 # namespace and the two keys plain objects cannot make are the admin's, made beforehand as with
-# kubectl (docs/admin-guide.md, "Terraform"); profiles can be added once the CRDs are served (a second apply
-# with var.profiles, or kubectl).
+# kubectl (docs/admin-guide.md, "Terraform"); profiles and quotas can be added once the CRDs are served (a
+# second apply with var.profiles and var.quotas, or kubectl).
 module "compute_server" {
   source = "../../modules/compute-server"
 
@@ -21,4 +21,5 @@ module "compute_server" {
     }
   }
   profiles = var.profiles
+  quotas   = var.quotas
 }

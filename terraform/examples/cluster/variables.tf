@@ -48,6 +48,12 @@ variable "profiles" {
   default     = {}
 }
 
+variable "quotas" {
+  description = "ComputeQuotas by name (see the module); only once the CRDs are served, i.e. from the second apply on."
+  type        = any
+  default     = {}
+}
+
 variable "create_namespace" {
   description = "Create the namespace compute. false: it exists beforehand, with the web front's session key and the bastion's host key in it."
   type        = bool

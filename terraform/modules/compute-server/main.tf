@@ -1,6 +1,6 @@
 # compute-server on a cluster: the objects of the Helm chart (charts/compute-server), read from
 # templates/ (the chart rendered as manifests/ holds it, with the values below put in), and the
-# ComputeProfiles. Every object is applied server-side by the Kubernetes provider's
+# ComputeProfiles and ComputeQuotas. Every object is applied server-side by the Kubernetes provider's
 # kubernetes_manifest, so `plan` shows field-level changes and the API server validates them.
 #
 # templates/ follows the chart: after a change to charts/compute-server/templates, render it
@@ -37,6 +37,7 @@ locals {
       flatten([for g in var.admission.admin_groups : [g, "${var.admission.username_prefix}${g}"]]),
     ))
     username_prefix             = var.admission.username_prefix
+    mutating                    = var.admission.owner_label
     snapshot_store              = var.snapshots.store
     snapshot_credentials_secret = var.snapshots.credentials_secret
   }
@@ -112,6 +113,30 @@ resource "kubernetes_manifest" "profile" {
   manifest = {
     apiVersion = "computeserver.io/v1alpha1"
     kind       = "ComputeProfile"
+    metadata = {
+      name = each.key
+      labels = {
+        "app.kubernetes.io/name"       = "compute-server"
+        "app.kubernetes.io/managed-by" = "OpenTofu"
+      }
+    }
+    spec = each.value
+  }
+
+  field_manager {
+    name            = "opentofu"
+    force_conflicts = var.force_conflicts
+  }
+
+  depends_on = [kubernetes_manifest.crd]
+}
+
+resource "kubernetes_manifest" "quota" {
+  for_each = var.quotas
+
+  manifest = {
+    apiVersion = "computeserver.io/v1alpha1"
+    kind       = "ComputeQuota"
     metadata = {
       name = each.key
       labels = {

@@ -8,6 +8,11 @@ output "profiles" {
   value       = sort(keys(kubernetes_manifest.profile))
 }
 
+output "quotas" {
+  description = "Names of the ComputeQuotas this module made."
+  value       = sort(keys(kubernetes_manifest.quota))
+}
+
 output "objects" {
   description = "Every other object this module made, as kind/namespace/name (namespace empty for cluster-wide ones)."
   value = sort(concat(

@@ -21,7 +21,7 @@ variable "create_namespace" {
 }
 
 variable "install_crds" {
-  description = "Install the ComputeServer, ComputeProfile and ComputeNode CRDs. false: they are managed elsewhere (`kubectl apply -f crds/`). Destroying them deletes every user's servers."
+  description = "Install the CRDs (ComputeServer, ComputeProfile, ComputeNode, ComputeSnapshot, ComputeQuota, ComputeUsage). false: they are managed elsewhere (`kubectl apply -f crds/`). Destroying them deletes every user's servers."
   type        = bool
   default     = true
 }
@@ -135,7 +135,7 @@ variable "log" {
 }
 
 variable "admission" {
-  description = "The admission policies that keep people to their own ComputeServers (docs/admin-guide.md: \"Identity and access\"): enabled, the groups of compute-server admins besides system:masters (each also matched with username_prefix in front), the OIDC username prefix, and the MutatingAdmissionPolicy that sets the owner label (needs Kubernetes 1.36+)."
+  description = "The admission policies that keep people to their own ComputeServers (docs/admin-guide.md: \"Identity and access\"): enabled, the groups of compute-server admins besides system:masters (each also matched with username_prefix in front), the OIDC username prefix (the API server's OIDC authenticator puts it in front of user names and groups alike; it is removed before they are compared with spec.owner and spec.ownerGroups), and owner_label: the MutatingAdmissionPolicies that set the owner label and spec.ownerGroups of a server made with kubectl (need Kubernetes 1.36+; without them, people who make their own servers with kubectl write their groups in spec.ownerGroups themselves)."
   type = object({
     enabled         = optional(bool, true)
     admin_groups    = optional(list(string), ["compute-admins"])
@@ -174,6 +174,21 @@ variable "profiles" {
   validation {
     condition     = alltrue([for p in try(values(var.profiles), []) : can(p.image) || length(try(p.allowedImages, [])) > 0])
     error_message = "Each profile needs an image, or the images users may choose in allowedImages."
+  }
+}
+
+variable "quotas" {
+  description = "ComputeQuotas to create (cluster-wide), by name: budgets for Keycloak groups and people that the scheduler holds servers to. Each value is a ComputeQuota spec as in `kubectl explain computequota.spec`, in its own camelCase: subjects ([{ group = \"students\" }, { user = \"alice\" }]), perUser and total ({ cpu = \"4\", memory = \"32Gi\", gpus = 1, servers = 2, cpuHours = 500, gpuHours = 40 }) period (day, week or month) and whenSpent (Stop or KeepRunning). Their CRD must exist when they are planned: on a cluster without it, apply with install_crds first, then add quotas."
+  type        = any
+  default     = {}
+
+  validation {
+    condition     = can(keys(var.quotas)) && alltrue([for n in try(keys(var.quotas), []) : can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", n))])
+    error_message = "quotas must be a map from quota names (lowercase DNS names such as \"students\") to ComputeQuota specs."
+  }
+  validation {
+    condition     = alltrue([for q in try(values(var.quotas), []) : length(try(q.subjects, [])) > 0])
+    error_message = "Each quota needs subjects: the Keycloak groups ({ group = \"students\" }) and people ({ user = \"alice\" }) it budgets."
   }
 }
 
