@@ -150,7 +150,9 @@ async fn main() {
     let rss = peak_kib as f64 / 1024.0;
     let machine = support::machine();
     println!("\nScheduler benchmark ({machine})");
-    println!("  {SERVERS} pending ComputeServers of 500 people, {NODES} ComputeNodes, under a ComputeQuota, release build\n");
+    println!(
+        "  {SERVERS} pending ComputeServers of 500 people, {NODES} ComputeNodes, under a ComputeQuota, release build\n"
+    );
     println!("  | figure | value |");
     println!("  |---|---|");
     println!("  | single writes of the same objects, {WRITES_IN_FLIGHT} in flight (floor) | {floor:.0}/s |");

@@ -181,7 +181,13 @@ impl Drop for TestNamespace {
         // The cluster-wide quotas and usage of this namespace's scheduler, if it had any.
         let selector = format!("computeserver.io/namespace={}", self.name);
         let _ = kubectl(
-            &["delete", "computequotas,computeusages", "-l", &selector, "--wait=false"],
+            &[
+                "delete",
+                "computequotas,computeusages",
+                "-l",
+                &selector,
+                "--wait=false",
+            ],
             None,
         );
     }
