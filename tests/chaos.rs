@@ -4,7 +4,8 @@
 //! fault injector that, at random, SIGKILLs and restarts each role (an agent preferably while it
 //! copies a snapshot or restores one), restarts a node's dockerd, the API server and the S3
 //! store, and pauses processes. Then the faults stop and the invariants are checked: nothing
-//! lost, nothing twice, and every snapshot that says Ready restores with its checksum.
+//! lost, nothing twice, every snapshot that says Ready restores with its checksum, and the
+//! reserved hours the schedulers counted into the API server match what ran, within a minute.
 //!
 //! `make test` runs it for 60 s with seed 1; `make chaos` for CHAOS_SECONDS (default 300)
 //! with CHAOS_SEED (default: a new one, printed, so a failing run can be replayed).
@@ -101,7 +102,12 @@ impl Cluster {
     }
 
     fn start_scheduler(&self, j: usize) -> Scheduler {
-        Scheduler::start(&format!("chaos-{j}-{}", unique("s")), &self.ns, &self.ns)
+        Scheduler::start_with(
+            &format!("chaos-{j}-{}", unique("s")),
+            &self.ns,
+            &self.ns,
+            &["--usage-interval-seconds", "5"],
+        )
     }
 
     fn restart_scheduler(&mut self, j: usize, after: Duration) {
@@ -619,6 +625,72 @@ fn placements(ns: String, stop: Arc<AtomicBool>, twice: Arc<Mutex<Vec<String>>>)
     }
 }
 
+/// The CPU-hours the servers of `ns` hold, counted by looking every half second until `stop`:
+/// each server placed on a node, asked to run, not archived nor being deleted, at its size (as
+/// the ledger counts it, independently). With the most CPUs held at once.
+fn observe_usage(ns: String, stop: Arc<AtomicBool>) -> (f64, f64) {
+    use compute_server::api::{ComputeProfile, ComputeServer, Profiles, size};
+    let out = kubectl(&["get", "computeprofiles", "-o", "json"], None);
+    let profiles: Profiles = serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|list| serde_json::from_value::<Vec<ComputeProfile>>(list["items"].clone()).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let (mut hours, mut most) = (0.0, 0.0f64);
+    let mut last = Instant::now();
+    let mut held = 0.0;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(list) = server_list(&ns) {
+            let now = Instant::now();
+            hours += held * now.duration_since(last).as_secs_f64() / 3600.0;
+            last = now;
+            held = list
+                .into_iter()
+                .filter_map(|v| serde_json::from_value::<ComputeServer>(v).ok())
+                .filter(|s| {
+                    s.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key("computeserver.io/node"))
+                        && s.spec.running
+                        && s.metadata.deletion_timestamp.is_none()
+                        && s.archived_to().is_none()
+                })
+                .map(|s| {
+                    size::request(&s, profiles.of(&s))
+                        .map(|r| r.nano_cpus)
+                        .unwrap_or(0) as f64
+                        / 1e9
+                })
+                .sum();
+            most = most.max(held);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    hours += held * last.elapsed().as_secs_f64() / 3600.0;
+    (hours, most)
+}
+
+/// The CPU-hours in the usage ledger of the namespace's schedulers, and up to when it counted.
+fn ledger(ns: &str) -> Option<(f64, String)> {
+    let selector = format!("computeserver.io/namespace={ns}");
+    let out = kubectl(&["get", "computeusages", "-l", &selector, "-o", "json"], None);
+    let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let days = list["items"].as_array()?;
+    let hours = days
+        .iter()
+        .flat_map(|d| d["spec"]["owners"].as_array().cloned().unwrap_or_default())
+        .map(|o| o["cpuHours"].as_f64().unwrap_or(0.0))
+        .sum();
+    let until = days
+        .iter()
+        .filter_map(|d| d["spec"]["countedUntil"].as_str())
+        .max()?
+        .to_string();
+    Some((hours, until))
+}
+
 /// What Docker holds of the namespace's servers on every engine: uid → (engine, running), and
 /// the data volumes' uids with their engines.
 type Containers = BTreeMap<String, Vec<(usize, bool)>>;
@@ -883,6 +955,11 @@ fn chaos_loses_nothing_and_places_nothing_twice() {
         let (ns, stop, twice) = (ns.name.clone(), stop.clone(), twice.clone());
         std::thread::spawn(move || placements(ns, stop, twice))
     };
+    let observed = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (ns, observed) = (ns.name.clone(), observed.clone());
+        std::thread::spawn(move || observe_usage(ns, observed))
+    };
 
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
@@ -1009,6 +1086,22 @@ fn chaos_loses_nothing_and_places_nothing_twice() {
     );
     let found = restores(&ns.name);
     assert!(found.is_empty(), "{found:#?}");
+
+    // The hours: what the schedulers counted into the API server, through every kill (theirs,
+    // the API server's, the agents'), against what was seen to run, within a minute of what
+    // was held at most.
+    observed.store(true, Ordering::Relaxed);
+    let (seen, most) = observer.join().unwrap();
+    let (counted, until) = ledger(&ns.name).expect("the usage ledger of the chaos schedulers");
+    let tolerance = most.max(0.25) * 60.0 / 3600.0;
+    println!(
+        "usage: {counted:.4} CPU-hours counted (up to {until}), {seen:.4} seen running; \
+         at most {most} CPUs held at once; tolerance {tolerance:.4}"
+    );
+    assert!(
+        (counted - seen).abs() <= tolerance,
+        "the ledger counted {counted:.4} CPU-hours, {seen:.4} were seen running (more than a minute of {most} CPUs apart)"
+    );
 
     // Clean up while the agents run: their finalizers remove the containers and volumes.
     let _ = kubectl(
