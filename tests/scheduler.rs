@@ -231,7 +231,7 @@ fn the_scheduler_writes_the_label_the_agent_the_status_and_no_field_flaps_betwee
     let waiting = status_owners(&ns.name, "later");
     assert_eq!(
         fields_of(&waiting, "compute-server-scheduler"),
-        ["conditions[Scheduled]", "message", "phase"],
+        ["conditions[Scheduled]", "message", "phase", "queuePosition"],
         "{waiting:?}"
     );
 
@@ -339,12 +339,15 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
         "resources: {cpu: \"1\", memory: 32Mi}",
     );
     let waiting = wait_pending_with(&ns.name, "more", "1 lacks 1 free CPUs");
+    // The message: its place in line, then why; the condition and the Event: why.
     let message = waiting["status"]["message"].as_str().unwrap();
-    assert!(message.starts_with("0/"), "{message}");
+    assert!(message.starts_with("1st in line for room on a node: 0/"), "{message}");
+    assert_eq!(waiting["status"]["queuePosition"], 1);
     let scheduled = support::condition(&waiting, "Scheduled");
     assert_eq!(scheduled["status"], "False");
     assert_eq!(scheduled["reason"], "Unschedulable");
-    assert_eq!(scheduled["message"], message);
+    let reason = scheduled["message"].as_str().unwrap();
+    assert!(reason.starts_with("0/") && message.ends_with(reason), "{reason}");
     assert_eq!(node_of(&waiting), None);
     assert!(events(&ns.name, "more").contains("FailedScheduling"));
 
@@ -352,6 +355,7 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     let second = Agent::start_with(&unique("room"), 2, &flags);
     let placed = wait_phase(&ns.name, "more", "Running");
     assert_eq!(node_of(&placed).as_deref(), Some(second.node.as_str()));
+    assert!(placed["status"]["queuePosition"].is_null(), "out of line once placed");
     assert_eq!(support::condition(&placed, "Scheduled")["status"], "True");
 }
 
