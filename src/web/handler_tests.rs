@@ -571,3 +571,39 @@ async fn a_server_deleted_with_its_snapshots_takes_only_its_own_along() {
     );
     api.silent(Duration::from_millis(50)).await;
 }
+
+#[tokio::test]
+async fn usage_as_csv_from_the_page_holds_only_the_persons_own_rows() {
+    let (app, mut api, cookies) = front(false);
+    let request = page("/usage/csv?from=2026-12-01&to=2026-12-31", &cookies, "alice");
+    let app2 = app.clone();
+    let answer = tokio::spawn(async move { send(&app2, request).await });
+    // The ledger of the cluster-wide scheduler (no namespace label), then the quotas.
+    let days = api
+        .next()
+        .await
+        .expect("GET", "/apis/computeserver.io/v1alpha1/computeusages");
+    assert!(
+        days.query
+            .contains("labelSelector=%21computeserver.io%2Fnamespace"),
+        "{}",
+        days.query
+    );
+    days.answer(&json!({"apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeUsageList", "metadata": {},
+        "items": [{"apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeUsage", "metadata": {"name": "2026-12-03"},
+                   "spec": {"countedUntil": "2026-12-04T00:00:00Z", "owners": [
+                       {"owner": "alice", "groups": ["students"], "cpuHours": 12, "memoryGibHours": 24, "gpuHours": 3},
+                       {"owner": "bob", "groups": ["students"], "cpuHours": 5, "memoryGibHours": 5, "gpuHours": 0}]}}]}));
+    let quotas = api
+        .next()
+        .await
+        .expect("GET", "/apis/computeserver.io/v1alpha1/computequotas");
+    quotas.answer(&json!({"apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeQuotaList", "metadata": {}, "items": []}));
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    assert_eq!(
+        answer.body,
+        "day,user,groups,cpu_hours,memory_gib_hours,gpu_hours\n2026-12-03,alice,students,12,24,3\n"
+    );
+}

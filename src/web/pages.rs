@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{name}/{action}", post(act))
         .route("/admin", get(admin))
         .route("/usage", get(super::usage_page::usage_page))
+        .route("/usage/csv", get(super::usage_page::usage_csv))
 }
 
 /// The stylesheet and scripts, compiled in: ours, and xterm.js from the npm registry

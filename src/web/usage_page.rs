@@ -70,7 +70,7 @@ pub async fn usage_page(
                     input #group type="text" name="group" value=(asked.group.clone().unwrap_or_default()) placeholder="all";
                 }
                 button.button.secondary type="submit" { "Show" }
-                a.button.secondary href={ "/api/v1/usage?format=csv&from=" (asked.from) "&to=" (asked.to) } title="The same as CSV, through the JSON API (needs a Bearer token)" { "CSV (API)" }
+                a.button.secondary href={ "/usage/csv?from=" (asked.from) "&to=" (asked.to) @if let Some(g) = &asked.group { "&group=" (g) } } download { "CSV" }
             }
         }
         section.card.usage-summary {
@@ -114,6 +114,47 @@ pub async fn usage_page(
         }
     };
     page_with(StatusCode::OK, title, Some(&session), html! {}, body)
+}
+
+/// The page's days as CSV, for the signed-in person (as `GET /api/v1/usage?format=csv`).
+pub async fn usage_csv(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Query(form): Query<UsageForm>,
+) -> Response {
+    use axum::response::IntoResponse;
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let asked = match Asked::parse(
+        form.from.as_deref(),
+        form.to.as_deref(),
+        form.user.as_deref(),
+        form.group.as_deref(),
+        today,
+    ) {
+        Ok(asked) => asked,
+        Err(problem) => return problem_page(&session, problem),
+    };
+    let csv = match state.ledger.report(&asked, &session.user).await {
+        Ok(report) => usage::csv(&report.rows),
+        Err(problem) => Err(problem),
+    };
+    match csv {
+        Ok(text) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/csv; charset=utf-8".to_string(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"usage-{}-{}.csv\"", asked.from, asked.to),
+                ),
+            ],
+            text,
+        )
+            .into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
 }
 
 fn quota_hours(value: f64) -> String {
