@@ -341,7 +341,10 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     let waiting = wait_pending_with(&ns.name, "more", "1 lacks 1 free CPUs");
     // The message: its place in line, then why; the condition and the Event: why.
     let message = waiting["status"]["message"].as_str().unwrap();
-    assert!(message.starts_with("1st in line for room on a node: 0/"), "{message}");
+    assert!(
+        message.starts_with("1st in line for room on a node: 0/"),
+        "{message}"
+    );
     assert_eq!(waiting["status"]["queuePosition"], 1);
     let scheduled = support::condition(&waiting, "Scheduled");
     assert_eq!(scheduled["status"], "False");
@@ -355,7 +358,10 @@ fn a_server_no_node_fits_waits_with_the_reason_until_one_with_room_joins() {
     let second = Agent::start_with(&unique("room"), 2, &flags);
     let placed = wait_phase(&ns.name, "more", "Running");
     assert_eq!(node_of(&placed).as_deref(), Some(second.node.as_str()));
-    assert!(placed["status"]["queuePosition"].is_null(), "out of line once placed");
+    assert!(
+        placed["status"]["queuePosition"].is_null(),
+        "out of line once placed"
+    );
     assert_eq!(support::condition(&placed, "Scheduled")["status"], "True");
 }
 
