@@ -10,8 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, tz::TimeZone};
 use kube::ResourceExt;
 
+use super::usage::Running;
 use crate::api::quota::{
-    self, ComputeQuota, ComputeQuotaStatus, ComputeUsage, Hours, Limits, Period, Usage, UserUsage,
+    self, ComputeQuota, ComputeQuotaStatus, ComputeUsage, Hours, Limits, Usage, UserUsage,
 };
 use crate::api::size::{self, Request};
 
@@ -44,7 +45,6 @@ struct Quota {
     spec: quota::ComputeQuotaSpec,
     per_user: Limits,
     total: Limits,
-    period: Period,
     renews: Timestamp,
     start: Timestamp,
     /// What the subjects together hold now.
@@ -89,7 +89,6 @@ impl Budgets {
                     spec: q.spec.clone(),
                     per_user: q.spec.per_user.limits(),
                     total: q.spec.total.limits(),
-                    period: q.spec.period,
                     renews,
                     start,
                     held: Held::default(),
@@ -130,6 +129,11 @@ impl Budgets {
         }
     }
 
+    /// How many servers `owner` holds (the fair line counts them as their earlier turns).
+    pub fn servers_of(&self, owner: &str) -> usize {
+        self.held.get(owner).map_or(0, |held| held.servers as usize)
+    }
+
     /// Whether one more server of `owner` asking for `request` stays within every budget; the
     /// first budget it would go over, when not. Per person: the most generous of the quotas that
     /// set the resource; the totals: every quota's.
@@ -165,10 +169,7 @@ impl Budgets {
                 if let Some(limit) = amount.limit(&q.total)
                     && !amount.fits(&q.held, &q.hours, request, limit)
                 {
-                    let who = match &q.spec.subjects[..] {
-                        [one] => one.describe(),
-                        _ => format!("the subjects of quota {}", q.name),
-                    };
+                    let who = q.who();
                     return Err(Wait {
                         line: format!("quota {}", q.name),
                         whose: format!("the budget of {who}"),
@@ -180,13 +181,13 @@ impl Budgets {
         Ok(())
     }
 
-    /// When `running` (each server's uid, owner, groups and request) use up the hours of a
+    /// When `running` servers use up the hours of a
     /// quota that stops servers then, counted from `counted_until` (the ledger's, so the
     /// estimate holds still between counts) at what runs now; by uid, with the reason. A server
     /// counts for GPU-hours if it holds GPUs, and for CPU-hours always.
     pub fn run_out(
         &self,
-        running: &[(String, String, Vec<String>, Request)],
+        running: &[Running],
         counted_until: Timestamp,
     ) -> HashMap<String, (Timestamp, String)> {
         let mut out: HashMap<String, (Timestamp, String)> = HashMap::new();
@@ -204,34 +205,31 @@ impl Budgets {
                         r.nano_cpus as f64 / 1e9
                     }
                 };
-                let covered: Vec<&(String, String, Vec<String>, Request)> = running
+                let covered: Vec<&Running> = running
                     .iter()
-                    .filter(|(_, owner, groups, r)| q.spec.covers(owner, groups) && rate(r) > 0.0)
+                    .filter(|s| q.spec.covers(&s.owner, &s.groups) && rate(&s.request) > 0.0)
                     .collect();
                 // The subjects together.
                 if let Some(limit) = amount.limit(&q.total) {
                     let used = if gpu { q.hours.gpu_hours } else { q.hours.cpu_hours };
-                    let per_hour: f64 = covered.iter().map(|s| rate(&s.3)).sum();
-                    let who = match &q.spec.subjects[..] {
-                        [one] => one.describe(),
-                        _ => format!("the subjects of quota {}", q.name),
-                    };
+                    let per_hour: f64 = covered.iter().map(|s| rate(&s.request)).sum();
+                    let who = q.who();
                     let at = ends(counted_until, limit - used, per_hour);
-                    for (uid, ..) in &covered {
-                        earliest(&mut out, uid, at, || spent(&who, amount, limit, q));
+                    for s in &covered {
+                        earliest(&mut out, &s.uid, at, || spent(&who, amount, limit, q));
                     }
                 }
                 // Each person, by the most generous quota that sets it (this one, if it is).
                 if let Some(limit) = amount.limit(&q.per_user) {
                     let mut owners: BTreeMap<&str, f64> = BTreeMap::new();
                     for s in &covered {
-                        *owners.entry(s.1.as_str()).or_default() += rate(&s.3);
+                        *owners.entry(s.owner.as_str()).or_default() += rate(&s.request);
                     }
                     for (owner, per_hour) in owners {
                         let groups = &covered
                             .iter()
-                            .find(|s| s.1 == owner)
-                            .map(|s| s.2.clone())
+                            .find(|s| s.owner == owner)
+                            .map(|s| s.groups.clone())
                             .unwrap_or_default();
                         let best = self
                             .quotas
@@ -245,8 +243,8 @@ impl Budgets {
                         let mine = q.hours_by_owner.get(owner).copied().unwrap_or_default();
                         let used = if gpu { mine.gpu_hours } else { mine.cpu_hours };
                         let at = ends(counted_until, limit - used, per_hour);
-                        for (uid, ..) in covered.iter().filter(|s| s.1 == owner) {
-                            earliest(&mut out, uid, at, || spent(owner, amount, limit, q));
+                        for s in covered.iter().filter(|s| s.owner == owner) {
+                            earliest(&mut out, &s.uid, at, || spent(owner, amount, limit, q));
                         }
                     }
                 }
@@ -310,6 +308,17 @@ impl Budgets {
     }
 }
 
+impl Quota {
+    /// Its subjects as a message names them: "the group students", "alice", or "the subjects of
+    /// quota staff" when there are several.
+    fn who(&self) -> String {
+        match &self.spec.subjects[..] {
+            [one] => one.describe(),
+            _ => format!("the subjects of quota {}", self.name),
+        }
+    }
+}
+
 /// When `left` hours run out at `per_hour`, from `from`, to the minute (so that the estimate
 /// does not move with every count); now-ish when none are left.
 fn ends(from: Timestamp, left: f64, per_hour: f64) -> Timestamp {
@@ -340,7 +349,11 @@ fn spent(who: &str, amount: Amount, limit: f64, q: &Quota) -> String {
     } else {
         "CPU"
     };
-    let hours = format!("{} {kind}-hours for {}", quota::hours(limit), q.period.this());
+    let hours = format!(
+        "{} {kind}-hours for {}",
+        quota::hours(limit),
+        q.spec.period.this()
+    );
     let what = if who.starts_with("the ") {
         format!("the {hours} of {who} run out")
     } else {
@@ -465,7 +478,7 @@ impl Amount {
                     "{who} {has} used {} of {} {kind}-hours {} {budget}, renewed on {}",
                     quota::hours(used),
                     quota::hours(limit),
-                    q.period.this(),
+                    q.spec.period.this(),
                     renewed.strftime("%-d %B %Y")
                 )
             }

@@ -739,23 +739,20 @@ impl Scheduler {
     async fn count_usage(&self, day: &usage::Day) -> Result<()> {
         let api: Api<ComputeUsage> = Api::all(self.client.clone());
         let mut object = ComputeUsage::new(&day.name, day.spec.clone());
+        object
+            .labels_mut()
+            .insert("app.kubernetes.io/managed-by".into(), "compute-server".into());
         if let Some(ns) = &self.caches.scope {
             object.labels_mut().insert(quota::SCOPE_LABEL.into(), ns.clone());
         }
         match &day.resource_version {
             None => {
-                object
-                    .labels_mut()
-                    .insert("app.kubernetes.io/managed-by".into(), "compute-server".into());
                 api.create(&Default::default(), &object)
                     .await
                     .map_err(Error::Kube)?;
             }
             Some(version) => {
                 object.metadata.resource_version = Some(version.clone());
-                object
-                    .labels_mut()
-                    .insert("app.kubernetes.io/managed-by".into(), "compute-server".into());
                 api.replace(&day.name, &Default::default(), &object)
                     .await
                     .map_err(Error::Kube)?;

@@ -157,9 +157,7 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     // Each also counts in its owner's budgets; running ones count hours.
     let servers = &snapshot.servers;
     let mut budgets = Budgets::new(&snapshot.quotas, &snapshot.usage, snapshot.now);
-    let mut held: HashMap<String, usize> = HashMap::new();
     let mut running = Vec::new();
-    let mut holding = Vec::new();
     let mut stopping = Vec::new();
     let mut pending = Vec::new();
     let mut unlabelled = HashSet::new();
@@ -178,15 +176,9 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
                 let deleting = server.meta().deletion_timestamp.is_some();
                 let asked = request(server, &snapshot.profiles).unwrap_or_default();
                 budgets.add(&server.spec.owner, &server.spec.owner_groups, &asked);
-                *held.entry(server.spec.owner.clone()).or_default() += 1;
-                if server.spec.running && server.meta().deletion_timestamp.is_none() {
-                    holding.push((
-                        server.uid().unwrap_or_default(),
-                        server.spec.owner.clone(),
-                        server.spec.owner_groups.clone(),
-                        asked,
-                    ));
+                if server.spec.running && !deleting {
                     running.push(usage::Running {
+                        uid: server.uid().unwrap_or_default(),
                         owner: server.spec.owner.clone(),
                         groups: server.spec.owner_groups.clone(),
                         request: asked,
@@ -246,7 +238,6 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     assumed.retain(|uid, _| unlabelled.contains(uid));
     for placed in assumed.values() {
         budgets.add(&placed.owner, &placed.groups, &placed.request);
-        *held.entry(placed.owner.clone()).or_default() += 1;
         if let Some(&i) = index.get(&placed.node) {
             nodes[i].allocated += placed.request;
             nodes[i].servers += 1;
@@ -259,7 +250,7 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
     );
     let pending = queue::fair_order(
         pending,
-        |owner| held.get(owner).copied().unwrap_or(0),
+        |owner| budgets.servers_of(owner),
         |owner| lately.get(owner).copied().unwrap_or(0.0),
     );
     let waiting = pending.len();
@@ -362,7 +353,7 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
         .map(|d| d.spec.counted_until.0)
         .max()
         .unwrap_or(snapshot.now);
-    let run_out = budgets.run_out(&holding, counted_until);
+    let run_out = budgets.run_out(&running, counted_until);
     writes.extend(
         lifecycle::writes(servers, &snapshot.profiles, &run_out, snapshot.now)
             .into_iter()

@@ -10,8 +10,9 @@ use kube::ResourceExt;
 use crate::api::quota::{self, ComputeUsage, ComputeUsageSpec, Hours, OwnerHours};
 use crate::api::size::Request;
 
-/// A running server, as it is counted.
+/// A running server, as its hours are counted (into the ledger, and against budgets that run out).
 pub struct Running {
+    pub uid: String,
     pub owner: String,
     pub groups: Vec<String>,
     pub request: Request,
@@ -121,6 +122,7 @@ mod tests {
 
     fn running(owner: &str, cpus: i64, gpus: i64) -> Running {
         Running {
+            uid: format!("uid-{owner}"),
             owner: owner.into(),
             groups: vec!["students".into()],
             request: Request {
