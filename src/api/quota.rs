@@ -403,10 +403,14 @@ pub fn most_generous<'a>(budgets: impl IntoIterator<Item = &'a Limits>) -> Limit
     })
 }
 
+/// Hours to the hundredth, as status, reports and people read them.
+pub fn round_hours(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
 /// Hours for people: "12", "0.5", "3.25".
 pub fn hours(value: f64) -> String {
-    let rounded = (value * 100.0).round() / 100.0;
-    let text = format!("{rounded:.2}");
+    let text = format!("{:.2}", round_hours(value));
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 

@@ -261,16 +261,16 @@ impl Budgets {
                 let mut users: BTreeMap<&str, Usage> = BTreeMap::new();
                 for (owner, hours) in &q.hours_by_owner {
                     let entry = users.entry(owner).or_insert_with(empty);
-                    entry.cpu_hours = round(hours.cpu_hours);
-                    entry.gpu_hours = round(hours.gpu_hours);
+                    entry.cpu_hours = quota::round_hours(hours.cpu_hours);
+                    entry.gpu_hours = quota::round_hours(hours.gpu_hours);
                 }
                 for (owner, held) in &q.held_by {
                     set_held(users.entry(owner).or_insert_with(empty), held);
                 }
                 let mut total = empty();
                 set_held(&mut total, &q.held);
-                total.cpu_hours = round(q.hours.cpu_hours);
-                total.gpu_hours = round(q.hours.gpu_hours);
+                total.cpu_hours = quota::round_hours(q.hours.cpu_hours);
+                total.gpu_hours = quota::round_hours(q.hours.gpu_hours);
                 let of = |used: String, limit: Option<String>| match limit {
                     Some(limit) => format!("{used}/{limit}"),
                     None => used,
@@ -379,10 +379,6 @@ fn set_held(usage: &mut Usage, held: &Held) {
     usage.memory = size::memory_quantity(held.request.memory_bytes);
     usage.gpus = held.request.gpus;
     usage.servers = held.servers;
-}
-
-fn round(hours: f64) -> f64 {
-    (hours * 100.0).round() / 100.0
 }
 
 /// One amount a budget may limit.

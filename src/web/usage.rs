@@ -156,9 +156,9 @@ pub fn rows(days: &[ComputeUsage], asked: &Asked, user: &User) -> Result<Vec<Row
                 day: day.to_string(),
                 user: owner.owner.clone(),
                 groups: owner.groups.clone(),
-                cpu_hours: round(owner.hours.cpu_hours),
-                memory_gib_hours: round(owner.hours.memory_gib_hours),
-                gpu_hours: round(owner.hours.gpu_hours),
+                cpu_hours: quota::round_hours(owner.hours.cpu_hours),
+                memory_gib_hours: quota::round_hours(owner.hours.memory_gib_hours),
+                gpu_hours: quota::round_hours(owner.hours.gpu_hours),
             });
         }
     }
@@ -176,14 +176,10 @@ pub fn totals(rows: &[Row]) -> Totals {
         };
     }
     Totals {
-        cpu_hours: round(hours.cpu_hours),
-        memory_gib_hours: round(hours.memory_gib_hours),
-        gpu_hours: round(hours.gpu_hours),
+        cpu_hours: quota::round_hours(hours.cpu_hours),
+        memory_gib_hours: quota::round_hours(hours.memory_gib_hours),
+        gpu_hours: quota::round_hours(hours.gpu_hours),
     }
-}
-
-fn round(hours: f64) -> f64 {
-    (hours * 100.0).round() / 100.0
 }
 
 /// The budgets of `quotas` that hold for `user`, with what the scheduler last counted.
