@@ -343,46 +343,18 @@ async fn profiles(
     ))
 }
 
-#[derive(Deserialize)]
-struct UsageQuery {
-    from: Option<String>,
-    to: Option<String>,
-    user: Option<String>,
-    group: Option<String>,
-    /// `csv` for CSV; JSON otherwise.
-    format: Option<String>,
-}
-
 /// The reserved hours per day and person (`?from=&to=` as YYYY-MM-DD, UTC, both included;
 /// default this month): a person their own, admins everyone's (or `?user=`, `?group=`); with
 /// the budgets that hold for the caller. `?format=csv` for a spreadsheet.
 async fn usage(
     State(state): State<AppState>,
     Bearer(user): Bearer,
-    query: Result<Query<UsageQuery>, QueryRejection>,
+    query: Result<Query<super::usage::UsageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
-    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
-    let asked = super::usage::Asked::parse(
-        query.from.as_deref(),
-        query.to.as_deref(),
-        query.user.as_deref(),
-        query.group.as_deref(),
-        today,
-    )?;
-    let report = state.ledger.report(&asked, &user).await?;
+    let report = state.ledger.report(&query.asked()?, &user).await?;
     match query.format.as_deref() {
-        Some("csv") => Ok((
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"usage-{}-{}.csv\"", report.from, report.to),
-                ),
-            ],
-            super::usage::csv(&report.rows)?,
-        )
-            .into_response()),
+        Some("csv") => Ok(super::usage::csv_download(&report)?),
         None | Some("json") => Ok(Json(report).into_response()),
         Some(other) => Err(ApiError(Problem::BadRequest(format!(
             "format must be json or csv, not {other:?}"

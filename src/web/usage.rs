@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use jiff::civil::Date;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::oidc::User;
 use super::servers::{Problem, internal};
@@ -81,6 +81,30 @@ impl BudgetLine {
     }
 }
 
+/// The report's query, as the JSON API, the page and its CSV take it.
+#[derive(Deserialize, Default)]
+pub struct UsageQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// The JSON API's answer: `csv`, or JSON (the default). The page does not read it.
+    pub format: Option<String>,
+}
+
+impl UsageQuery {
+    /// What it asks for, today being today's UTC date.
+    pub fn asked(&self) -> Result<Asked, Problem> {
+        Asked::parse(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            self.user.as_deref(),
+            self.group.as_deref(),
+            jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date(),
+        )
+    }
+}
+
 /// Which days, and whose: from the query's `from`, `to` (YYYY-MM-DD, UTC, both included;
 /// default this month up to today), `user` and `group` (admins only).
 pub struct Asked {
@@ -121,6 +145,17 @@ impl Asked {
             user: some(user),
             group: some(group),
         })
+    }
+}
+
+impl Asked {
+    /// Its days, `from` to `to`, as YYYY-MM-DD.
+    pub fn days(&self) -> Vec<String> {
+        self.from
+            .series(jiff::ToSpan::day(1))
+            .take_while(|day| *day <= self.to)
+            .map(|day| day.to_string())
+            .collect()
     }
 }
 
@@ -321,6 +356,18 @@ pub fn csv(rows: &[Row]) -> Result<String, Problem> {
     String::from_utf8(bytes).map_err(|e| internal("write CSV", e))
 }
 
+/// The report's rows as a CSV download, `usage-FROM-TO.csv`.
+pub fn csv_download(report: &Report) -> Result<axum::response::Response, Problem> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let disposition = format!("attachment; filename=\"usage-{}-{}.csv\"", report.from, report.to);
+    let headers = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+        (header::CONTENT_DISPOSITION, disposition),
+    ];
+    Ok((headers, csv(&report.rows)?).into_response())
+}
+
 /// A cell a spreadsheet will not read as a formula (OWASP's advice for CSV injection).
 fn safe(text: &str) -> String {
     match text.chars().next() {
@@ -421,6 +468,18 @@ mod tests {
         let rows = rows(&ledger(), &range, &user("alice", false)).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].day, "2026-11-30");
+    }
+
+    #[test]
+    fn the_days_asked_for_are_each_day_from_the_first_to_the_last() {
+        let today: Date = "2026-12-04".parse().unwrap();
+        let asked = Asked::parse(Some("2026-11-29"), Some("2026-12-02"), None, None, today).unwrap();
+        assert_eq!(
+            asked.days(),
+            ["2026-11-29", "2026-11-30", "2026-12-01", "2026-12-02"]
+        );
+        let one = Asked::parse(Some("2026-12-04"), None, None, None, today).unwrap();
+        assert_eq!(one.days(), ["2026-12-04"]);
     }
 
     #[test]

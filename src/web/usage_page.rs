@@ -7,51 +7,26 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
-use serde::Deserialize;
 
 use super::AppState;
+use super::oidc::User;
 use super::pages::{page_with, problem_page};
+use super::servers::Problem;
 use super::session::SignedIn;
-use super::usage::{self, Asked, Row};
-
-#[derive(Deserialize, Default)]
-pub struct UsageForm {
-    from: Option<String>,
-    to: Option<String>,
-    user: Option<String>,
-    group: Option<String>,
-}
+use super::usage::{self, Asked, Report, Row, UsageQuery};
+use crate::api::quota;
 
 pub async fn usage_page(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
-    Query(form): Query<UsageForm>,
+    Query(query): Query<UsageQuery>,
 ) -> Response {
     let user = &session.user;
-    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
-    let asked = match Asked::parse(
-        form.from.as_deref(),
-        form.to.as_deref(),
-        form.user.as_deref(),
-        form.group.as_deref(),
-        today,
-    ) {
-        Ok(asked) => asked,
+    let (asked, report) = match asked_and_report(&state, &query, user).await {
+        Ok(both) => both,
         Err(problem) => return problem_page(&session, problem),
     };
-    let report = match state.ledger.report(&asked, user).await {
-        Ok(report) => report,
-        Err(problem) => return problem_page(&session, problem),
-    };
-    let mut days = Vec::new();
-    let mut day = asked.from;
-    while day <= asked.to {
-        days.push(day.to_string());
-        day = day.tomorrow().unwrap_or(asked.to);
-        if days.len() > 400 {
-            break;
-        }
-    }
+    let days = asked.days();
     let by_group = user.admin && asked.user.is_none();
     let who = if by_group { "group" } else { "person" };
     let gpu = usage::series(&report.rows, by_group, |r: &Row| r.gpu_hours);
@@ -76,9 +51,9 @@ pub async fn usage_page(
         section.card.usage-summary {
             h2 { (asked.from) " to " (asked.to) }
             p.totals {
-                strong { (quota_hours(report.total.cpu_hours)) } " CPU-hours · "
-                strong { (quota_hours(report.total.gpu_hours)) } " GPU-hours · "
-                (quota_hours(report.total.memory_gib_hours)) " GiB-hours of memory"
+                strong { (quota::hours(report.total.cpu_hours)) } " CPU-hours · "
+                strong { (quota::hours(report.total.gpu_hours)) } " GPU-hours · "
+                (quota::hours(report.total.memory_gib_hours)) " GiB-hours of memory"
                 @if !user.admin || asked.user.is_some() { "" } @else { " (everyone)" }
             }
             @if report.budgets.is_empty() {
@@ -120,45 +95,24 @@ pub async fn usage_page(
 pub async fn usage_csv(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
-    Query(form): Query<UsageForm>,
+    Query(query): Query<UsageQuery>,
 ) -> Response {
-    use axum::response::IntoResponse;
-    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
-    let asked = match Asked::parse(
-        form.from.as_deref(),
-        form.to.as_deref(),
-        form.user.as_deref(),
-        form.group.as_deref(),
-        today,
-    ) {
-        Ok(asked) => asked,
-        Err(problem) => return problem_page(&session, problem),
-    };
-    let csv = match state.ledger.report(&asked, &session.user).await {
-        Ok(report) => usage::csv(&report.rows),
+    let download = match asked_and_report(&state, &query, &session.user).await {
+        Ok((_, report)) => usage::csv_download(&report),
         Err(problem) => Err(problem),
     };
-    match csv {
-        Ok(text) => (
-            [
-                (
-                    axum::http::header::CONTENT_TYPE,
-                    "text/csv; charset=utf-8".to_string(),
-                ),
-                (
-                    axum::http::header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"usage-{}-{}.csv\"", asked.from, asked.to),
-                ),
-            ],
-            text,
-        )
-            .into_response(),
-        Err(problem) => problem_page(&session, problem),
-    }
+    download.unwrap_or_else(|problem| problem_page(&session, problem))
 }
 
-fn quota_hours(value: f64) -> String {
-    crate::api::quota::hours(value)
+/// What `query` asks for, and the report of it for `user`.
+async fn asked_and_report(
+    state: &AppState,
+    query: &UsageQuery,
+    user: &User,
+) -> Result<(Asked, Report), Problem> {
+    let asked = query.asked()?;
+    let report = state.ledger.report(&asked, user).await?;
+    Ok((asked, report))
 }
 
 /// "on 1 January 2027 (UTC)".
@@ -201,7 +155,7 @@ pub fn chart(unit: &str, days: &[String], series: &BTreeMap<String, BTreeMap<Str
                 svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT + BOTTOM) } role="img" aria-label=(name) width="100%" {
                     line x1=(LEFT) y1="4" x2=(LEFT) y2=(HEIGHT) stroke="#c8ccd4" {}
                     line x1=(LEFT) y1=(HEIGHT) x2=(WIDTH - 8.0) y2=(HEIGHT) stroke="#c8ccd4" {}
-                    text x=(LEFT - 6.0) y="12" text-anchor="end" font-size="11" fill="#667085" { (quota_hours(max)) }
+                    text x=(LEFT - 6.0) y="12" text-anchor="end" font-size="11" fill="#667085" { (quota::hours(max)) }
                     text x=(LEFT - 6.0) y=(HEIGHT) text-anchor="end" font-size="11" fill="#667085" { "0" }
                     @for (d, day) in days.iter().enumerate() {
                         @let x0 = LEFT + d as f64 * slot + slot * 0.1;
@@ -210,7 +164,7 @@ pub fn chart(unit: &str, days: &[String], series: &BTreeMap<String, BTreeMap<Str
                             @if value > 0.0 {
                                 @let h = if max > 0.0 { (value / max) * (HEIGHT - 8.0) } else { 0.0 };
                                 rect.bar x=(format!("{:.1}", x0 + s as f64 * bar)) y=(format!("{:.1}", HEIGHT - h)) width=(format!("{:.1}", bar)) height=(format!("{:.1}", h)) fill=(COLOURS[s % COLOURS.len()]) {
-                                    title { (key) ", " (day) ": " (quota_hours(value)) " " (unit) }
+                                    title { (key) ", " (day) ": " (quota::hours(value)) " " (unit) }
                                 }
                             }
                         }
