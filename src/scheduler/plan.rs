@@ -276,16 +276,16 @@ pub fn plan(snapshot: &Snapshot, assumed: &mut Assumed) -> Plan {
                 placement::choose(&nodes, &request, &selector)
                     .map(|placed| (placed, request))
                     .map_err(|why| {
-                        let (line, what) = match request.gpus {
-                            0 => ("room", "room on a node"),
-                            _ => ("gpu", "a GPU"),
+                        // The line, what it waits for, and what frees.
+                        let (line, what, frees) = match request.gpus {
+                            0 => ("room", "room on a node", "room"),
+                            _ => ("gpu", "a GPU", "a GPU"),
                         };
                         let place = lines.next(line);
                         let mut waits = format!("{} in line for {what}", queue::ordinal(place));
                         if let Some(by) = frees_by(&nodes, &stopping, &request, &selector) {
-                            let what = if request.gpus > 0 { "a GPU" } else { "room" };
                             waits.push_str(&format!(
-                                " ({what} frees by {} UTC at the latest)",
+                                " ({frees} frees by {} UTC at the latest)",
                                 by.strftime("%H:%M")
                             ));
                         }
