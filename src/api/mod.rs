@@ -6,6 +6,7 @@
 // kube-derive's repeated `printcolumn(type_ = ...)` arguments look like duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod access;
 pub mod lifecycle;
 mod node;
 mod profile;
@@ -15,6 +16,7 @@ mod server;
 pub mod size;
 mod snapshot;
 
+pub use access::{Access, Person, Role, Share};
 pub use node::{ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeGpu, OrphanedVolume};
 pub use profile::{ComputeProfile, ComputeProfileSpec, Egress, Lifecycle, Profiles, RestartPolicy};
 pub use quota::{ComputeQuota, ComputeQuotaSpec, ComputeQuotaStatus, ComputeUsage, ComputeUsageSpec};

@@ -93,6 +93,16 @@ pub struct ComputeServerSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.ownerGroups cannot be changed"))]
     pub owner_groups: Vec<String>,
 
+    /// Others who may reach this server, each a user or a group with a role: `view` (sees it,
+    /// its status, Events and web apps), `use` (also its terminal, SSH through the bastion, start,
+    /// stop, keep running) or `admin` (also changes this list, with roles up to `use`). Only the
+    /// owner and compute-server admins delete, resize or snapshot a server. Changed by the owner,
+    /// an `admin` sharee or compute-server admins ("Share..." on the server's page).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, (has(t.user) ? 'user ' + t.user : 'group ' + t.group) == (has(s.user) ? 'user ' + s.user : 'group ' + s.group)))").message("sharedWith lists each user or group once; give each one role"))]
+    pub shared_with: Vec<super::Share>,
+
     /// The ComputeProfile this server is made from: it gives the image, default and
     /// maximum sizes, and who may use it (`kubectl get computeprofiles`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,6 +9,7 @@ use russh::keys::ssh_key::Fingerprint;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, HashAlg, PublicKey};
 
+use crate::api::access::{self, Action, Person};
 use crate::api::{ComputeServer, Phase};
 
 /// The only port a jump may ask for: the server's SSH daemon.
@@ -61,6 +62,67 @@ pub fn check_certificate(
     Ok(())
 }
 
+/// The certificate extension with the user's groups, comma-separated (signed by the web front,
+/// which read them from a verified token).
+pub const GROUPS_EXTENSION: &str = "groups@computeserver.io";
+/// The certificate extension of a web front's link for web apps only.
+pub const APPS_ONLY_EXTENSION: &str = "apps-only@computeserver.io";
+
+/// The groups `user` is in, for servers shared with a group: from the certificate they logged
+/// in with when it carries them, else the groups recorded on their own servers
+/// (`spec.ownerGroups`, set from a verified source when each was made).
+pub fn groups(servers: &[Arc<ComputeServer>], user: &str, credential: &Credential) -> Vec<String> {
+    if let Credential::Certificate(cert) = credential
+        && let Some(listed) = cert.extensions().get(GROUPS_EXTENSION)
+    {
+        return listed
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    let mut groups: Vec<String> = servers
+        .iter()
+        .filter(|s| s.spec.owner == user)
+        .flat_map(|s| s.spec.owner_groups.iter().cloned())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+/// What a jump needs: `use`, or only `view` for a web front's link for web apps.
+pub fn needs(credential: &Credential) -> Action {
+    match credential {
+        Credential::Certificate(cert) if cert.extensions().contains_key(APPS_ONLY_EXTENSION) => Action::View,
+        _ => Action::Use,
+    }
+}
+
+/// Decides a jump of `user` (logged in with `credential`) to `host:port` at `now`: the login
+/// still good, and the server one they may reach ([`authorize`]). Asked when the jump opens and
+/// again while it is open, so that a revoked share ends it.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    servers: &[Arc<ComputeServer>],
+    user: &str,
+    admin: bool,
+    credential: &Credential,
+    cas: &[Fingerprint],
+    now: u64,
+    host: &str,
+    port: u32,
+) -> Result<Target, Refusal> {
+    may_still_jump(servers, user, credential, cas, now)?;
+    let groups = groups(servers, user, credential);
+    let who = Person {
+        name: user,
+        groups: &groups,
+        admin,
+    };
+    authorize(servers, &who, needs(credential), host, port)
+}
+
 /// What a connection logged in with, kept to check again before each jump.
 #[derive(Debug, Clone)]
 pub enum Credential {
@@ -103,6 +165,8 @@ pub struct Target {
     pub name: String,
     /// The server's namespace.
     pub namespace: String,
+    /// Its owner.
+    pub owner: String,
     /// Host of its ssh endpoint (the node's address).
     pub host: String,
     /// Port of its ssh endpoint on the node.
@@ -115,6 +179,10 @@ pub enum Refusal {
     /// No server of that name that the user may reach; also the answer for others' servers.
     #[error("no server named {0} of yours")]
     NoSuchServer(String),
+    #[error(
+        "server {name} is shared with you to view only (its web apps), not to log in; ask {owner} for the role use"
+    )]
+    ViewOnly { name: String, owner: String },
     #[error("you have servers named {name} in several namespaces: use one of {choices}")]
     Ambiguous { name: String, choices: String },
     #[error("server {0} is reachable on port 22 (ssh) only, not on port {1}")]
@@ -137,22 +205,23 @@ pub enum Refusal {
     NoPortForwarding,
 }
 
-/// Decides a `direct-tcpip` request from `user` to `host:port`.
+/// Decides a `direct-tcpip` request from `who` to `host:port`, for what it `needs` (`use` for a
+/// shell, `view` for a web front's app link).
 ///
 /// `host` is a server name, or `name.namespace` when the name alone is ambiguous. Servers of
-/// others are invisible unless `admin`: asking for one gets the same answer as a server that
-/// does not exist.
+/// others are invisible unless shared with `who` ([`access`]) or they are an admin: asking for
+/// one gets the same answer as a server that does not exist.
 pub fn authorize(
     servers: &[Arc<ComputeServer>],
-    user: &str,
-    admin: bool,
+    who: &Person,
+    needs: Action,
     host: &str,
     port: u32,
 ) -> Result<Target, Refusal> {
     let mut matches: Vec<&ComputeServer> = servers
         .iter()
         .map(Arc::as_ref)
-        .filter(|server| admin || server.spec.owner == user)
+        .filter(|server| access::access(server, who).is_some())
         .filter(|server| {
             let (name, namespace) = (server.name_any(), server.namespace().unwrap_or_default());
             name == host || format!("{name}.{namespace}") == host
@@ -178,6 +247,12 @@ pub fn authorize(
             });
         }
     };
+    if !access::may(server, who, needs) {
+        return Err(Refusal::ViewOnly {
+            name: host.to_string(),
+            owner: server.spec.owner.clone(),
+        });
+    }
     if port != SSH_PORT {
         return Err(Refusal::WrongPort(host.to_string(), port));
     }
@@ -221,6 +296,7 @@ pub fn authorize(
     Ok(Target {
         name: server.name_any(),
         namespace: server.namespace().unwrap_or_default(),
+        owner: server.spec.owner.clone(),
         host: endpoint.host.clone(),
         port,
     })
@@ -229,6 +305,22 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A jump that needs `use`, by someone in no group.
+    fn authorize(
+        servers: &[Arc<ComputeServer>],
+        user: &str,
+        admin: bool,
+        host: &str,
+        port: u32,
+    ) -> Result<Target, Refusal> {
+        let who = Person {
+            name: user,
+            groups: &[],
+            admin,
+        };
+        super::authorize(servers, &who, Action::Use, host, port)
+    }
 
     const ALICE_KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEexMfT7UKd3SQgSHesCCzlKi8Znhm7WTyGhrmfJZ4r5 alice@laptop";
@@ -427,6 +519,7 @@ mod tests {
             Target {
                 name: "dev".into(),
                 namespace: "compute".into(),
+                owner: "alice".into(),
                 host: "10.0.0.5".into(),
                 port: 32768
             }
@@ -446,6 +539,82 @@ mod tests {
             "no server named nosuch of yours"
         );
         assert!(authorize(&servers, "ops", true, "dev", 22).is_ok());
+    }
+
+    #[test]
+    fn a_sharee_jumps_with_the_role_use_and_a_viewer_only_on_an_app_link() {
+        use russh::keys::{Algorithm, PrivateKey};
+        let servers = vec![
+            server(
+                "compute",
+                "dev",
+                "alice",
+                ", sharedWith: [{user: bob, role: use}, {user: carol, role: view}, {group: staff, role: use}]",
+                RUNNING,
+            ),
+            server("compute", "own", "dan", ", ownerGroups: [staff]", RUNNING),
+        ];
+        let key = Credential::Key(key(ALICE_KEY));
+        let jump = |user: &str, credential: &Credential| {
+            decide(&servers, user, false, credential, &[], 1_800_000_000, "dev", 22)
+        };
+        // Keys are checked on the user's own servers: here only the rule is looked at.
+        let who = |name: &'static str, groups: &'static [String]| Person {
+            name,
+            groups,
+            admin: false,
+        };
+        assert!(super::authorize(&servers, &who("bob", &[]), Action::Use, "dev", 22).is_ok());
+        let refusal = super::authorize(&servers, &who("carol", &[]), Action::Use, "dev", 22).unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "server dev is shared with you to view only (its web apps), not to log in; ask alice for the role use"
+        );
+        assert!(super::authorize(&servers, &who("carol", &[]), Action::View, "dev", 22).is_ok());
+        assert_eq!(
+            super::authorize(&servers, &who("eve", &[]), Action::View, "dev", 22),
+            Err(Refusal::NoSuchServer("dev".into()))
+        );
+        // dan's groups come from his own server's ownerGroups: staff may use dev.
+        assert_eq!(groups(&servers, "dan", &key), vec!["staff".to_string()]);
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let trusted = [ca.public_key().fingerprint(HashAlg::Sha256)];
+        let hours = (1_799_990_000, 1_800_010_000);
+        let carol_key = self::key(OTHER_KEY);
+        let app_link = Credential::Certificate(Box::new(certificate_with(
+            &carol_key,
+            &ca,
+            &["carol"],
+            hours,
+            CertType::User,
+            &[PERMIT_PORT_FORWARDING, APPS_ONLY_EXTENSION],
+        )));
+        let shell_link = Credential::Certificate(Box::new(certificate_with(
+            &carol_key,
+            &ca,
+            &["carol"],
+            hours,
+            CertType::User,
+            &[PERMIT_PORT_FORWARDING],
+        )));
+        let decide_at = |user: &str, credential: &Credential| {
+            decide(
+                &servers,
+                user,
+                false,
+                credential,
+                &trusted,
+                1_800_000_000,
+                "dev",
+                22,
+            )
+        };
+        assert!(decide_at("carol", &app_link).is_ok(), "a viewer's app link");
+        assert!(matches!(
+            decide_at("carol", &shell_link),
+            Err(Refusal::ViewOnly { .. })
+        ));
+        assert!(jump("eve", &key).is_err());
     }
 
     #[test]
@@ -532,6 +701,22 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A jump that needs `use`, by someone in no group.
+    fn authorize(
+        servers: &[Arc<ComputeServer>],
+        user: &str,
+        admin: bool,
+        host: &str,
+        port: u32,
+    ) -> Result<Target, Refusal> {
+        let who = Person {
+            name: user,
+            groups: &[],
+            admin,
+        };
+        super::authorize(servers, &who, Action::Use, host, port)
+    }
 
     const PHASES: [&str; 5] = ["Running", "Pending", "Stopped", "Failed", "Creating"];
 

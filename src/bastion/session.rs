@@ -221,6 +221,42 @@ impl Connection {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How often an open jump is checked against the cache: a share removed, a server stopped or
+/// deleted, a key taken off ends it within this (plus the watch's delay).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Resolves when `login` may no longer jump to `target`, with why.
+async fn revoked(shared: &Shared, login: &Login, target: &access::Target) -> access::Refusal {
+    let address = format!("{}.{}", target.name, target.namespace);
+    let admin = shared.admins.contains(&login.user);
+    let mut tick = tokio::time::interval(RECHECK);
+    loop {
+        tick.tick().await;
+        let servers = shared.servers.state();
+        let decision = access::decide(
+            &servers,
+            &login.user,
+            admin,
+            &login.credential,
+            &shared.user_cas,
+            unix_now(),
+            &address,
+            access::SSH_PORT,
+        );
+        match decision {
+            // Stopping is the lifecycle's to end (the container goes, and the connection with it).
+            Ok(_) | Err(access::Refusal::Stopped(_) | access::Refusal::NotRunning { .. }) => {}
+            Err(refusal) => return refusal,
+        }
+    }
+}
+
 fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
@@ -374,17 +410,16 @@ impl russh::server::Handler for Connection {
         let wanted = format!("{host}:{port}");
         let admin = self.shared.admins.contains(&login.user);
         let servers = self.shared.servers.state();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let decision = access::may_still_jump(
+        let decision = access::decide(
             &servers,
             &login.user,
+            admin,
             &login.credential,
             &self.shared.user_cas,
-            now,
-        )
-        .and_then(|()| access::authorize(&servers, &login.user, admin, host, port));
+            unix_now(),
+            host,
+            port,
+        );
         match decision {
             Err(refusal) => {
                 self.shared.metrics.jump("refused");
@@ -436,9 +471,20 @@ async fn jump(
     shared.metrics.jump("accepted");
     shared.metrics.open_jumps.inc();
     info!(target: "audit", event = "jump", outcome = "accepted", user = ?login.user,
-          key = %login.fingerprint, target = ?wanted, server, endpoint, peer = %peer);
+          key = %login.fingerprint, target = ?wanted, server, owner = ?target.owner, endpoint, peer = %peer);
     let started = Instant::now();
-    let result = tokio::io::copy_bidirectional(&mut channel, &mut tcp).await;
+    let result = tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut channel, &mut tcp) => result,
+        refusal = revoked(&shared, &login, &target) => {
+            shared.metrics.open_jumps.dec();
+            shared.metrics.jump("revoked");
+            warn!(target: "audit", event = "jump", outcome = "revoked", user = ?login.user,
+                  key = %login.fingerprint, server, owner = ?target.owner, peer = %peer,
+                  seconds = started.elapsed().as_secs(), reason = %refusal);
+            // Dropping the channel closes it: the client's session through it ends.
+            return;
+        }
+    };
     shared.metrics.open_jumps.dec();
     let seconds = started.elapsed().as_secs();
     match result {

@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/servers/{name}/extend", post(extend))
         .route("/api/v1/servers/{name}/snapshots", get(snapshots).post(snapshot))
         .route("/api/v1/servers/{name}/move", post(move_off))
+        .route("/api/v1/servers/{name}/sharing", get(sharing).put(share))
         .route("/api/v1/profiles", get(profiles))
         .route("/api/v1/usage", get(usage))
 }
@@ -94,9 +95,15 @@ impl FromRequestParts<AppState> for Bearer {
 }
 
 /// A server as the API shows it now.
-fn view(state: &AppState, server: &ComputeServer) -> ServerView {
+fn view(state: &AppState, user: &User, server: &ComputeServer) -> ServerView {
     let rules = lifecycle::rules(&state.cache, server);
-    ServerView::new(server, &rules, state.bastion.as_deref(), jiff::Timestamp::now())
+    ServerView::new(
+        server,
+        user,
+        &rules,
+        state.bastion.as_deref(),
+        jiff::Timestamp::now(),
+    )
 }
 
 fn ready(state: &AppState) -> Result<(), ApiError> {
@@ -110,18 +117,31 @@ fn ready(state: &AppState) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
-struct OwnerQuery {
+#[serde(deny_unknown_fields)]
+struct ListQuery {
     owner: Option<String>,
+    /// The servers shared with the caller (not their own) in place of their own.
+    #[serde(default)]
+    shared: bool,
 }
 
 async fn list(
     State(state): State<AppState>,
     Bearer(user): Bearer,
-    Query(query): Query<OwnerQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<ServerView>>, ApiError> {
     ready(&state)?;
-    let servers = servers::list(&state.cache, &user, query.owner.as_deref())?;
-    Ok(Json(servers.iter().map(|s| view(&state, s)).collect()))
+    let Query(query) = query.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
+    let servers = match query.shared {
+        true if query.owner.is_some() => {
+            return Err(ApiError(Problem::BadRequest(
+                "ask for ?shared=true or ?owner=, not both".into(),
+            )));
+        }
+        true => servers::shared_with(&state.cache, &user),
+        false => servers::list(&state.cache, &user, query.owner.as_deref())?,
+    };
+    Ok(Json(servers.iter().map(|s| view(&state, &user, s)).collect()))
 }
 
 async fn one(
@@ -131,7 +151,7 @@ async fn one(
 ) -> Result<Json<ServerView>, ApiError> {
     ready(&state)?;
     let server = servers::visible(&state.cache, &user, &name)?;
-    Ok(Json(view(&state, &server)))
+    Ok(Json(view(&state, &user, &server)))
 }
 
 async fn create(
@@ -142,7 +162,7 @@ async fn create(
     ready(&state)?;
     let Json(new) = body.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
     let server = servers::create(&state.servers, &state.leases, &state.cache, &user, new).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &server))))
+    Ok((StatusCode::CREATED, Json(view(&state, &user, &server))))
 }
 
 /// Stops or starts a server: the server as it is now.
@@ -157,7 +177,7 @@ async fn change(
     let changed = servers::act(&state.servers, &state.cache, user, name, action)
         .await?
         .ok_or(ApiError(Problem::Internal))?;
-    Ok(Json(view(state, &changed)))
+    Ok(Json(view(state, user, &changed)))
 }
 
 async fn stop(
@@ -212,7 +232,7 @@ async fn extend(
         }
     };
     let server = lifecycle::extend(&state.servers, &state.cache, &user, &name, asked).await?;
-    Ok(Json(view(&state, &server)))
+    Ok(Json(view(&state, &user, &server)))
 }
 
 /// `?snapshots=true`: the server's snapshots go with it (else they are kept).
@@ -309,7 +329,7 @@ async fn move_off(
         asked.snapshot.as_deref(),
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &moved))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &user, &moved))))
 }
 
 /// The snapshots of the caller's server, newest first.
@@ -360,4 +380,41 @@ async fn usage(
             "format must be json or csv, not {other:?}"
         )))),
     }
+}
+
+/// Whom a server is shared with: `{"sharedWith": [{"user": "bob", "role": "use"}, {"group": "staff", "role": "view"}]}`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Sharing {
+    shared_with: Vec<crate::api::Share>,
+}
+
+/// Whom the server is shared with (anyone who sees it may ask).
+async fn sharing(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+) -> Result<Json<Sharing>, ApiError> {
+    ready(&state)?;
+    let server = servers::visible(&state.cache, &user, &name)?;
+    Ok(Json(Sharing {
+        shared_with: server.spec.shared_with.clone(),
+    }))
+}
+
+/// Sets whom the server is shared with, the whole list: its owner, a compute-server admin, or a
+/// sharee with role admin (roles up to use, the admins' entries unchanged). Removing someone
+/// closes their open terminal, SSH and app sessions.
+async fn share(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    Path(name): Path<String>,
+    body: Result<Json<Sharing>, JsonRejection>,
+) -> Result<Json<Sharing>, ApiError> {
+    ready(&state)?;
+    let Json(body) = body.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
+    let changed = servers::share(&state.servers, &state.cache, &user, &name, body.shared_with).await?;
+    Ok(Json(Sharing {
+        shared_with: changed.spec.shared_with,
+    }))
 }

@@ -293,6 +293,9 @@ async fn proxy(
         server: &address,
         principal: crate::ssh_ca::server_principal(&server),
         purpose: &purpose,
+        groups: &session.user.groups,
+        // Whoever may only view it reaches its apps, never a shell: the bastion holds to that.
+        apps_only: !crate::api::access::may(&server, &session.user.person(), crate::api::access::Action::Use),
     };
     let key = (session.user.name.clone(), address.clone());
     let channel = state

@@ -124,7 +124,7 @@ pub async fn extend(
     name: &str,
     asked: Duration,
 ) -> Result<ComputeServer, Problem> {
-    let server = servers::visible(cache, user, name)?;
+    let server = servers::reach(cache, user, name, crate::api::access::Action::Use)?;
     if !servers::runs(&server) {
         return Err(Problem::Conflict(format!(
             "{name} is not running: start it instead (a start counts as use too)"

@@ -58,6 +58,17 @@ pub struct User {
     pub expires: u64,
 }
 
+impl User {
+    /// The user as the access rule ([`crate::api::access`]) takes them.
+    pub fn person(&self) -> crate::api::Person<'_> {
+        crate::api::Person {
+            name: &self.name,
+            groups: &self.groups,
+            admin: self.admin,
+        }
+    }
+}
+
 /// Why a token was refused. The text goes into logs and 401 answers; it holds no token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

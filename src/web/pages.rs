@@ -23,6 +23,7 @@ use super::cache::Change;
 use super::lifecycle;
 use super::servers::{self, Action, FieldError, NewResources, NewServer, Problem};
 use super::session::{MaybeSession, Session, SignedIn};
+use crate::api::access;
 use crate::api::lifecycle::Rules;
 use crate::api::{ComputeProfile, ComputeServer, EnvVar};
 
@@ -257,12 +258,24 @@ fn phase_badge(phase: &str) -> Markup {
 }
 
 fn servers_table(state: &AppState, list: &[Arc<ComputeServer>], with_owner: bool) -> Markup {
+    servers_table_for(state, list, with_owner, None)
+}
+
+/// The servers table; with `sharee`, the servers shared with them: an Owner and a Role column,
+/// and their own SSH command where their role lets them log in.
+fn servers_table_for(
+    state: &AppState,
+    list: &[Arc<ComputeServer>],
+    with_owner: bool,
+    sharee: Option<&super::oidc::User>,
+) -> Markup {
     let profiles = state.cache.profiles();
     html! {
         table.servers {
             thead { tr {
                 th { "Name" }
-                @if with_owner { th { "Owner" } }
+                @if with_owner || sharee.is_some() { th { "Owner" } }
+                @if sharee.is_some() { th { "Your role" } }
                 th { "Profile" } th { "Phase" } th { "Node" } th { "Size" } th { "Age" } th { "SSH" }
             } }
             tbody {
@@ -271,13 +284,19 @@ fn servers_table(state: &AppState, list: &[Arc<ComputeServer>], with_owner: bool
                     tr {
                         td { a href={ "/servers/" (name) } { (name) } }
                         @if with_owner { td { a href={ "/admin?owner=" (server.spec.owner) } { (server.spec.owner) } } }
+                        @if let Some(user) = sharee {
+                            td { (server.spec.owner) }
+                            td { (access::access(server, &user.person()).map_or("—", |a| a.as_str())) }
+                        }
                         td { (server.spec.profile.as_deref().unwrap_or("—")) }
                         td { (phase_badge(&servers::phase(server))) }
                         td { (server.status.as_ref().and_then(|s| s.node.as_deref()).unwrap_or("—")) }
                         td { (size(server, &profiles)) }
                         td { (age(server)) }
                         td {
-                            @match servers::ssh_command(server, state.bastion.as_deref(), &server.spec.owner) {
+                            @let ssh_user = sharee.map_or(server.spec.owner.as_str(), |u| u.name.as_str());
+                            @let may_log_in = sharee.is_none_or(|u| access::may(server, &u.person(), access::Action::Use));
+                            @match servers::ssh_command(server, state.bastion.as_deref(), ssh_user).filter(|_| may_log_in) {
                                 Some(cmd) => code.ssh { (cmd) },
                                 None => span.muted { "—" },
                             }
@@ -308,6 +327,7 @@ async fn home(
         );
     };
     let mine = state.cache.owned_by(&session.user.name);
+    let shared = servers::shared_with(&state.cache, &session.user);
     page(
         StatusCode::OK,
         "My servers",
@@ -326,6 +346,10 @@ async fn home(
                 }
             } @else {
                 (servers_table(&state, &mine, false))
+            }
+            @if !shared.is_empty() {
+                h2 #shared { "Shared with me" }
+                (servers_table_for(&state, &shared, false, Some(&session.user)))
             }
         },
     )
@@ -591,7 +615,14 @@ async fn detail(
         .unwrap_or_default();
     let status = server.status.clone().unwrap_or_default();
     let phase = servers::phase(&server);
-    let ssh = servers::ssh_command(&server, state.bastion.as_deref(), &server.spec.owner);
+    let ssh = servers::ssh_command(&server, state.bastion.as_deref(), &session.user.name);
+    let held =
+        access::access(&server, &session.user.person()).unwrap_or(access::Access::Shared(access::Role::View));
+    let (can_use, can_own, can_share) = (
+        held.allows(access::Action::Use),
+        held.allows(access::Action::Own),
+        held.allows(access::Action::Share),
+    );
     let profiles = state.cache.profiles();
     let running = servers::runs(&server).to_string();
     let rules = lifecycle::rules(&state.cache, &server);
@@ -611,6 +642,10 @@ async fn detail(
             div.heading data-events={ "/servers/" (name) "/events" } {
                 h1 { (name) " " (phase_badge(&phase)) }
                 div.actions {
+                    @if !matches!(held, access::Access::Owner) {
+                        span.muted.role title="What you may do with this server" { (shared_by(&server, held)) }
+                    }
+                    @if can_use {
                     form method="post" action={ "/servers/" (name) "/stop" } data-when-running="true" hidden[running != "true"] {
                         input type="hidden" name="csrf" value=(session.csrf);
                         button.button.secondary type="submit" { "Stop" }
@@ -619,6 +654,8 @@ async fn detail(
                         input type="hidden" name="csrf" value=(session.csrf);
                         button.button.secondary type="submit" { "Start" }
                     }
+                    }
+                    @if can_own {
                     form method="post" action={ "/servers/" (name) "/delete" } data-confirm={ "Delete " (name) " and its data?" } {
                         input type="hidden" name="csrf" value=(session.csrf);
                         @if !snapshots.is_empty() {
@@ -629,11 +666,14 @@ async fn detail(
                         }
                         button.button.danger type="submit" { "Delete" }
                     }
+                    }
                 }
             }
             @if browser {
                 nav.browser data-shown-by="reachable" hidden[!reachable] {
-                    a.button href={ "/servers/" (name) "/terminal" } target="_blank" rel="noopener" { "Open terminal" }
+                    @if can_use {
+                        a.button href={ "/servers/" (name) "/terminal" } target="_blank" rel="noopener" { "Open terminal" }
+                    }
                     @for app in &apps {
                         a.button.secondary href=(crate::api::app_path(&name, &app.name)) target="_blank" rel="noopener" {
                             "Open " (app.name)
@@ -644,7 +684,7 @@ async fn detail(
             p.message data-field="message" { (status.message.as_deref().unwrap_or("Waiting for the scheduler to choose a node.")) }
             div.stop-warning role="status" data-shown-by="warning" hidden[warning.is_none()] {
                 p { "This server " span data-field="warning" { (warning.as_deref().unwrap_or("")) } "." }
-                @match rules.max_extension {
+                @match rules.max_extension.filter(|_| can_use) {
                     Some(most) => form method="post" action={ "/servers/" (name) "/extend" } {
                         input type="hidden" name="csrf" value=(session.csrf);
                         input type="hidden" name="for" value={ (most.as_secs()) "s" };
@@ -666,7 +706,9 @@ async fn detail(
                     }
                     dt { "Node" } dd data-field="node" { (status.node.as_deref().unwrap_or("—")) }
                     dt { "Age" } dd { (age(&server)) }
-                    dt { "SSH" } dd { code.ssh data-field="ssh" { (ssh.as_deref().unwrap_or("—")) } }
+                    @if can_use {
+                        dt { "SSH" } dd { code.ssh data-field="ssh" { (ssh.as_deref().unwrap_or("—")) } }
+                    }
                     @if !apps.is_empty() {
                         dt { "Apps" } dd {
                             @for app in &apps {
@@ -676,6 +718,8 @@ async fn detail(
                     }
                 }
             }
+            (sharing(&session, &server, can_share, matches!(held, access::Access::Owner | access::Access::Admin)))
+            @if can_own {
             div.heading #snapshots {
                 h2 { "Snapshots" }
                 div.actions {
@@ -727,6 +771,7 @@ async fn detail(
                     }
                 }
             }
+            }
             h2 { "Events" }
             @if events.is_empty() {
                 p.muted { "No events yet." }
@@ -749,7 +794,124 @@ async fn detail(
     )
 }
 
-/// The status fields the detail page updates live: `warning` while a stop is near, else `stops`
+/// "Shared with you by alice: use": what a sharee (or an admin) holds.
+fn shared_by(server: &ComputeServer, held: access::Access) -> String {
+    match held {
+        access::Access::Shared(role) => {
+            format!("Shared with you by {}: {}", server.spec.owner, role.as_str())
+        }
+        _ => format!("{}'s; you are a compute-server admin", server.spec.owner),
+    }
+}
+
+/// Who has access: the owner and each entry of `sharedWith`; with Remove buttons and the
+/// Share form for those who may change it (`admin_roles`: and grant the role admin).
+fn sharing(session: &Session, server: &ComputeServer, can_share: bool, admin_roles: bool) -> Markup {
+    let name = server.name_any();
+    let roles: &[access::Role] = match admin_roles {
+        true => &[access::Role::View, access::Role::Use, access::Role::Admin],
+        false => &[access::Role::View, access::Role::Use],
+    };
+    html! {
+        section.card.sharing #sharing {
+            h2 { "Who has access" }
+            table.access {
+                thead { tr { th { "Who" } th { "Role" } th {} } }
+                tbody {
+                    tr { td { "user " (server.spec.owner) } td { "owner" } td {} }
+                    @for share in &server.spec.shared_with {
+                        tr data-share=(share.who()) {
+                            td { (share.who()) }
+                            td { (share.role.as_str()) }
+                            td {
+                                @if can_share && (admin_roles || share.role != access::Role::Admin) {
+                                    form.inline method="post" action={ "/servers/" (name) "/unshare" } {
+                                        input type="hidden" name="csrf" value=(session.csrf);
+                                        input type="hidden" name="kind" value=(if share.user.is_some() { "user" } else { "group" });
+                                        input type="hidden" name="who" value=(share.user.as_deref().or(share.group.as_deref()).unwrap_or(""));
+                                        button.link type="submit" { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if can_share {
+                details.share open[server.spec.shared_with.is_empty()] {
+                    summary { "Share…" }
+                    form.share method="post" action={ "/servers/" (name) "/share" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="share-kind" { "With" }
+                        select #share-kind name="kind" {
+                            option value="user" selected { "user" }
+                            option value="group" { "group" }
+                        }
+                        input #share-who type="text" name="who" required maxlength="253" placeholder="a Keycloak user or group name" aria-label="User or group name";
+                        label for="share-role" { "as" }
+                        select #share-role name="role" {
+                            @for role in roles {
+                                option value=(role.as_str()) selected[*role == access::Role::Use] { (role.as_str()) }
+                            }
+                        }
+                        button.button type="submit" { "Share" }
+                    }
+                    p.muted {
+                        "view: sees it and its web apps · use: also its terminal and SSH, start, stop, keep running"
+                        @if admin_roles { " · admin: also shares it, with roles up to use" }
+                        ". Only its owner deletes, resizes or snapshots it. Removing someone closes their open sessions."
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Share or unshare from the page's form: the whole new list goes through the one rule.
+async fn share(state: AppState, session: Session, name: String, form: ActionForm, add: bool) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    let server = match servers::visible(&state.cache, &session.user, &name) {
+        Ok(server) => server,
+        Err(problem) => return problem_page(&session, problem),
+    };
+    let who = form.who.trim().to_string();
+    let entry = |role| access::Share {
+        user: (form.kind != "group").then(|| who.clone()),
+        group: (form.kind == "group").then(|| who.trim_start_matches('/').to_string()),
+        role,
+    };
+    let role = match form.role.as_deref() {
+        None | Some("") if !add => access::Role::View,
+        Some("view") => access::Role::View,
+        Some("use") => access::Role::Use,
+        Some("admin") => access::Role::Admin,
+        _ => {
+            return problem_page(
+                &session,
+                Problem::BadRequest("choose a role: view, use or admin".into()),
+            );
+        }
+    };
+    let new_entry = entry(role);
+    let mut list: Vec<access::Share> = server
+        .spec
+        .shared_with
+        .iter()
+        .filter(|s| !s.same_subject(&new_entry))
+        .cloned()
+        .collect();
+    if add {
+        list.push(new_entry);
+    }
+    match servers::share(&state.servers, &state.cache, &session.user, &name, list).await {
+        Ok(_) => Redirect::to(&format!("/servers/{name}#sharing")).into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+/// The status fields the detail page updates live/// The status fields the detail page updates live: `warning` while a stop is near, else `stops`
 /// when one is coming ("" when not).
 fn status_json(server: &ComputeServer, bastion: Option<&str>, rules: &Rules) -> String {
     let status = server.status.clone().unwrap_or_default();
@@ -819,7 +981,7 @@ async fn live(
                     },
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 };
-                if !(user.admin || server.spec.owner == user.name) {
+                if !crate::api::access::may(&server, &user.person(), crate::api::access::Action::View) {
                     return None;
                 }
                 last = server;
@@ -849,6 +1011,13 @@ struct ActionForm {
     /// Delete only: its snapshots go too ("true").
     #[serde(default)]
     snapshots: Option<String>,
+    /// Share and unshare: "user" or "group", its name, and (share) the role.
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    who: String,
+    #[serde(default)]
+    role: Option<String>,
 }
 
 async fn act(
@@ -864,6 +1033,8 @@ async fn act(
         "extend" => return extend(state, session, name, form).await,
         "snapshot" => return snapshot(state, session, name, form).await,
         "move" => return move_off(state, session, name, form).await,
+        "share" => return share(state, session, name, form, true).await,
+        "unshare" => return share(state, session, name, form, false).await,
         _ => return problem_page(&session, Problem::NotFound(name)),
     };
     if !session.csrf_ok(&form.csrf) {

@@ -15,6 +15,7 @@ use tracing::{error, info};
 use super::cache::Cache;
 use super::limit::{self, Turn};
 use super::oidc::User;
+use crate::api::access;
 use crate::api::{
     ComputeProfile, ComputeServer, ComputeServerSpec, EnvVar, OWNER_LABEL, Resources, RestoreFrom,
     owner_label, size,
@@ -160,12 +161,90 @@ pub fn profiles_for(cache: &Cache, user: &User) -> Vec<Arc<ComputeProfile>> {
         .collect()
 }
 
-/// The server `name` if `user` may see it (theirs, or any for admins); else "not found".
+/// The server `name` if `user` may see it (theirs, shared with them, or any for admins); else
+/// "not found".
 pub fn visible(cache: &Cache, user: &User, name: &str) -> Result<Arc<ComputeServer>, Problem> {
-    cache
+    reach(cache, user, name, access::Action::View)
+}
+
+/// The server `name` if `user` may do `action` to it ([`access::may`]): "not found" when they
+/// may not even see it, "not allowed" with what their role is when they see it.
+pub fn reach(
+    cache: &Cache,
+    user: &User,
+    name: &str,
+    action: access::Action,
+) -> Result<Arc<ComputeServer>, Problem> {
+    let server = cache
         .server(name)
-        .filter(|s| user.admin || s.spec.owner == user.name)
-        .ok_or_else(|| Problem::NotFound(name.to_string()))
+        .ok_or_else(|| Problem::NotFound(name.to_string()))?;
+    match access::access(&server, &user.person()) {
+        None => Err(Problem::NotFound(name.to_string())),
+        Some(held) if held.allows(action) => Ok(server),
+        Some(held) => Err(Problem::Forbidden(format!(
+            "{name} is {}'s and shared with you to {}; {}",
+            server.spec.owner,
+            held.as_str(),
+            match action {
+                access::Action::Use => "its terminal, SSH, start, stop and keep running need the role use",
+                access::Action::Share => "only its owner or a sharee with role admin may share it",
+                _ => "only its owner or a compute-server admin may delete, resize, move or snapshot it",
+            }
+        ))),
+    }
+}
+
+/// The servers shared with `user` (not their own).
+pub fn shared_with(cache: &Cache, user: &User) -> Vec<Arc<ComputeServer>> {
+    let person = user.person();
+    cache
+        .all()
+        .into_iter()
+        .filter(|s| matches!(access::access(s, &person), Some(access::Access::Shared(_))))
+        .collect()
+}
+
+/// Sets whom server `name` is shared with to `shares`, if `user` may ([`access::check_shares`]).
+/// The change is made only if the server is still the one checked (its owner and its list).
+pub async fn share(
+    api: &Api<ComputeServer>,
+    cache: &Cache,
+    user: &User,
+    name: &str,
+    shares: Vec<access::Share>,
+) -> Result<ComputeServer, Problem> {
+    let server = reach(cache, user, name, access::Action::View)?;
+    access::check_shares(&server, &user.person(), &shares).map_err(|refusal| match refusal {
+        access::ShareRefusal::NotAllowed { .. } | access::ShareRefusal::AdminEntry(_) => {
+            Problem::Forbidden(refusal.to_string())
+        }
+        _ => Problem::Invalid(vec![FieldError {
+            field: "sharedWith",
+            message: refusal.to_string(),
+        }]),
+    })?;
+    let mut ops = vec![serde_json::json!({"op": "test", "path": "/spec/owner", "value": server.spec.owner})];
+    if !server.spec.shared_with.is_empty() {
+        // Changed by someone else since it was read: refused, not overwritten.
+        ops.push(
+            serde_json::json!({"op": "test", "path": "/spec/sharedWith", "value": server.spec.shared_with}),
+        );
+    }
+    ops.push(serde_json::json!({"op": "add", "path": "/spec/sharedWith", "value": shares}));
+    let patch: json_patch::Patch = serde_json::from_value(ops.into()).expect("a valid JSON patch");
+    let changed = api
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|e| change_failed(name, e))?;
+    let who: Vec<String> = changed
+        .spec
+        .shared_with
+        .iter()
+        .map(|s| format!("{} ({})", s.who(), s.role.as_str()))
+        .collect();
+    info!(target: "audit", event = "share", user = %user.name, server = %name,
+          owner = %server.spec.owner, shared_with = %who.join(", "), "shared");
+    Ok(changed)
 }
 
 /// The servers `user` sees: their own, or (admins) everyone's or one owner's.
@@ -391,6 +470,7 @@ pub fn build(
             node_selector: Default::default(),
             keep_running_until: None,
             restore_from: new.restore_from,
+            shared_with: vec![],
         },
     );
     server
@@ -521,7 +601,11 @@ pub async fn act(
     name: &str,
     action: Action,
 ) -> Result<Option<ComputeServer>, Problem> {
-    let server = visible(cache, user, name)?;
+    let need = match action {
+        Action::Delete => access::Action::Own,
+        Action::Stop | Action::Start => access::Action::Use,
+    };
+    let server = reach(cache, user, name, need)?;
     let result = match action {
         Action::Stop | Action::Start => {
             let set = |running: bool| {
@@ -600,6 +684,10 @@ pub struct ServerView {
     pub warning: Option<String>,
     /// What Keep running (extend) set.
     pub keep_running_until: Option<String>,
+    /// Whom it is shared with, and in what role.
+    pub shared_with: Vec<access::Share>,
+    /// What the caller holds: owner, compute-server admin, admin, use or view.
+    pub access: String,
     pub status: Option<crate::api::ComputeServerStatus>,
 }
 
@@ -642,14 +730,19 @@ pub fn ssh_command(server: &ComputeServer, bastion: Option<&str>, user: &str) ->
 }
 
 impl ServerView {
-    /// The view of `server`, whose profile's lifecycle is `rules`, at `now`.
+    /// The view of `server` for `caller`, whose profile's lifecycle is `rules`, at `now`. A
+    /// sharee sees no SSH keys, and an SSH command of their own where their role allows one.
     pub fn new(
         server: &ComputeServer,
+        caller: &User,
         rules: &crate::api::lifecycle::Rules,
         bastion: Option<&str>,
         now: jiff::Timestamp,
     ) -> ServerView {
         let stop = super::lifecycle::stop(server, rules, now);
+        let held = access::access(server, &caller.person());
+        let owns = held.is_some_and(|a| a.allows(access::Action::Own));
+        let uses = held.is_some_and(|a| a.allows(access::Action::Use));
         ServerView {
             name: server.name_any(),
             owner: server.spec.owner.clone(),
@@ -664,17 +757,22 @@ impl ServerView {
                 .as_ref()
                 .filter(|_| server.labels().get(crate::api::NODE_LABEL).is_none())
                 .and_then(|s| s.queue_position),
-            ssh: ssh_command(server, bastion, &server.spec.owner),
+            ssh: ssh_command(server, bastion, &caller.name).filter(|_| uses),
             created: server
                 .metadata
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.to_string()),
-            ssh_authorized_keys: server.spec.ssh_authorized_keys.clone(),
+            ssh_authorized_keys: match owns {
+                true => server.spec.ssh_authorized_keys.clone(),
+                false => vec![],
+            },
             stops_at: stop.as_ref().map(|s| s.at.to_string()),
             stop_reason: stop.as_ref().map(|s| s.reason.clone()),
             warning: stop.and_then(|s| s.warning),
             keep_running_until: server.spec.keep_running_until.as_ref().map(|t| t.0.to_string()),
+            shared_with: server.spec.shared_with.clone(),
+            access: held.map_or("none", |a| a.as_str()).to_string(),
             status: server.status.clone(),
         }
     }

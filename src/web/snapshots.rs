@@ -18,7 +18,7 @@ pub async fn take(
     user: &User,
     server: &str,
 ) -> Result<ComputeSnapshot, Problem> {
-    let found = servers::visible(cache, user, server)?;
+    let found = servers::reach(cache, user, server, crate::api::access::Action::Own)?;
     let owner = found.spec.owner.clone();
     let name = crate::api::snapshot_name(server, None, jiff::Timestamp::now());
     let snapshot = ComputeSnapshot::of(&name, server, &owner);
@@ -41,7 +41,7 @@ pub async fn of_server(
     user: &User,
     server: &str,
 ) -> Result<Vec<ComputeSnapshot>, Problem> {
-    let found = servers::visible(cache, user, server)?;
+    let found = servers::reach(cache, user, server, crate::api::access::Action::Own)?;
     let fields = format!("spec.server={server},spec.owner={}", found.spec.owner);
     let mut list = match api.list(&ListParams::default().fields(&fields)).await {
         Ok(list) => list.items,
@@ -65,7 +65,7 @@ pub async fn move_off(
     server: &str,
     snapshot: Option<&str>,
 ) -> Result<ComputeServer, Problem> {
-    let found = servers::visible(cache, user, server)?;
+    let found = servers::reach(cache, user, server, crate::api::access::Action::Own)?;
     let phase = found.status.as_ref().and_then(|s| s.phase);
     if phase != Some(Phase::NodeLost) {
         let now = phase

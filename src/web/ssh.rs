@@ -63,7 +63,18 @@ pub struct Target<'a> {
     pub principal: String,
     /// What for, in the certificate's key id: "terminal", "app jupyter".
     pub purpose: &'a str,
+    /// The user's Keycloak groups, for the bastion's access rule (servers shared with a group).
+    pub groups: &'a [String],
+    /// Web apps only, no shell: what a `view` sharee may have (the bastion checks it).
+    pub apps_only: bool,
 }
+
+/// The certificate extension that carries the user's groups to the bastion, comma-separated:
+/// the web front read them from a verified token, and the CA's signature vouches for them.
+pub const GROUPS_EXTENSION: &str = "groups@computeserver.io";
+/// The certificate extension of a link for web apps only: the bastion lets `view` sharees jump
+/// with it, and the web front opens no shell on it.
+pub const APPS_ONLY_EXTENSION: &str = "apps-only@computeserver.io";
 
 /// Why a browser session could not be opened, in words for the page.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +98,14 @@ fn ssh(error: impl std::fmt::Display) -> Failure {
 }
 
 /// A user certificate for `key`, signed by `ca`: valid from a minute ago (clocks differ) for
-/// [`VALIDITY`], for `principal` alone, with the given extensions and no critical options.
+/// [`VALIDITY`], for `principal` alone, with the given extensions (name, value) and no critical
+/// options.
 pub fn certificate(
     ca: &PrivateKey,
     key: &PublicKey,
     principal: &str,
     key_id: &str,
-    extensions: &[&str],
+    extensions: &[(&str, &str)],
     now: u64,
 ) -> Result<Certificate, russh::keys::ssh_key::Error> {
     let mut nonce = [0u8; 32];
@@ -109,8 +121,8 @@ pub fn certificate(
         .cert_type(CertType::User)?
         .key_id(key_id)?
         .valid_principal(principal)?;
-    for extension in extensions {
-        builder.extension(*extension, "")?;
+    for (name, value) in extensions {
+        builder.extension(*name, *value)?;
     }
     builder.sign(ca)
 }
@@ -202,21 +214,22 @@ pub async fn connect(config: &Config, target: &Target<'_>) -> Result<Link, Failu
     let key = Arc::new(key);
     let id = format!("web {} of {} on {}", target.purpose, target.user, target.server);
     let now = now();
-    let to_bastion = certificate(
-        &config.ca,
-        key.public_key(),
-        target.user,
-        &id,
-        &["permit-port-forwarding"],
-        now,
-    )
-    .map_err(ssh)?;
+    let groups = target.groups.join(",");
+    let mut extensions = vec![
+        ("permit-port-forwarding", ""),
+        (GROUPS_EXTENSION, groups.as_str()),
+    ];
+    if target.apps_only {
+        extensions.push((APPS_ONLY_EXTENSION, ""));
+    }
+    let to_bastion =
+        certificate(&config.ca, key.public_key(), target.user, &id, &extensions, now).map_err(ssh)?;
     let to_server = certificate(
         &config.ca,
         key.public_key(),
         &target.principal,
         &id,
-        &["permit-pty", "permit-port-forwarding"],
+        &[("permit-pty", ""), ("permit-port-forwarding", "")],
         now,
     )
     .map_err(ssh)?;
@@ -292,7 +305,7 @@ mod tests {
             key.public_key(),
             "alice",
             "web terminal of alice on dev",
-            &["permit-port-forwarding"],
+            &[("permit-port-forwarding", "")],
             now,
         )
         .unwrap();

@@ -65,7 +65,12 @@ async fn page(
     SignedIn(session): SignedIn,
     Path(name): Path<String>,
 ) -> Response {
-    let server = match servers::visible(&state.cache, &session.user, &name) {
+    let server = match servers::reach(
+        &state.cache,
+        &session.user,
+        &name,
+        crate::api::access::Action::Use,
+    ) {
         Ok(server) => server,
         Err(problem) => return pages::problem_page(&session, problem),
     };
@@ -150,6 +155,7 @@ async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let user = session.user.name.clone();
+    let groups = session.user.groups.clone();
     if !same_origin(&headers, &state.public_url) {
         info!(target: "audit", event = "terminal", outcome = "refused", user = ?user, server = ?name,
               reason = "the request does not come from a page of this site");
@@ -159,7 +165,12 @@ async fn socket(
         )
             .into_response();
     }
-    let server = match servers::visible(&state.cache, &session.user, &name) {
+    let server = match servers::reach(
+        &state.cache,
+        &session.user,
+        &name,
+        crate::api::access::Action::Use,
+    ) {
         Ok(server) => server,
         Err(problem) => return pages::problem_page(&session, problem),
     };
@@ -179,6 +190,8 @@ async fn socket(
             server: &address,
             principal,
             purpose: "terminal",
+            groups: &groups,
+            apps_only: false,
         };
         info!(target: "audit", event = "terminal", outcome = "opening", user = ?user, server = %address);
         let result = run(socket, &config, &target, cols, rows).await;
