@@ -197,6 +197,87 @@ fn people_create_servers_for_themselves_only_and_admins_for_anyone() {
 }
 
 #[test]
+fn sharees_change_only_what_their_role_allows_with_kubectl() {
+    let ns = namespace_for_people("id-share");
+    let n = &ns.name;
+    let (alice, bob, dan) = (As::person("alice"), As::person("bob"), As::person("dan"));
+    let carol = As {
+        user: format!("{PREFIX}carol"),
+        // students: the group the namespace's role binding names, so RBAC lets her try.
+        groups: vec![
+            format!("{PREFIX}staff"),
+            format!("{PREFIX}students"),
+            "system:authenticated".into(),
+        ],
+    };
+    alice
+        .apply(&server(n, "lab", "", "owner: alice, profile: tiny"))
+        .unwrap();
+    let shares = |list: &str| format!(r#"{{"spec":{{"sharedWith":[{list}]}}}}"#);
+
+    // Nobody but alice shares her server to begin with.
+    refused(
+        bob.patch(n, "lab", &shares(r#"{"user":"bob","role":"admin"}"#)),
+        "this server is alice's: only its owner or a compute-server admin may change spec.sharedWith",
+    );
+    // The API server's schema: a user or a group, each once.
+    refused(
+        alice.patch(n, "lab", &shares(r#"{"user":"bob","group":"staff","role":"use"}"#)),
+        "each sharedWith entry names a user or a group, not both",
+    );
+    refused(
+        alice.patch(
+            n,
+            "lab",
+            &shares(r#"{"user":"bob","role":"use"},{"user":"bob","role":"view"}"#),
+        ),
+        "sharedWith lists each user or group once",
+    );
+    let first = r#"{"user":"bob","role":"use"},{"user":"dan","role":"admin"},{"group":"staff","role":"view"}"#;
+    alice.patch(n, "lab", &shares(first)).unwrap();
+
+    // bob (use) starts and stops it, and changes nothing else.
+    bob.patch(n, "lab", r#"{"spec":{"running":false}}"#).unwrap();
+    assert_eq!(stored(n, "lab").unwrap()["spec"]["running"], false);
+    refused(
+        bob.patch(n, "lab", &shares(r#"{"user":"bob","role":"admin"}"#)),
+        "only its owner or a compute-server admin may change spec.sharedWith (and sharees with role admin, with roles up to use)",
+    );
+    refused(
+        bob.patch(n, "lab", r#"{"spec":{"resources":{"cpu":"2"}}}"#),
+        "only its owner or a compute-server admin may change its spec",
+    );
+    refused(
+        outcome(bob.kubectl(&["delete", "csrv", "lab", "-n", n], None)),
+        "only its owner or a compute-server admin may delete it",
+    );
+    // carol is in staff, which may only view: no start.
+    refused(
+        carol.patch(n, "lab", r#"{"spec":{"running":true}}"#),
+        "only its owner or a compute-server admin may start, stop or keep it running (and sharees with role use)",
+    );
+
+    // dan (admin) shares with roles up to use, and leaves the admins' entries as they are.
+    let more = format!(r#"{first},{{"user":"erin","role":"use"}}"#);
+    dan.patch(n, "lab", &shares(&more)).unwrap();
+    refused(
+        dan.patch(n, "lab", &shares(&format!(r#"{more},{{"user":"frank","role":"admin"}}"#))),
+        "share it with the role admin or change the admins' entries",
+    );
+    refused(
+        dan.patch(n, "lab", &shares(r#"{"user":"bob","role":"use"}"#)),
+        "share it with the role admin or change the admins' entries",
+    );
+    // A group's role comes from the groups the API server knows: staff now uses it.
+    let staff_use = more.replace(r#"{"group":"staff","role":"view"}"#, r#"{"group":"staff","role":"use"}"#);
+    dan.patch(n, "lab", &shares(&staff_use)).unwrap();
+    carol.patch(n, "lab", r#"{"spec":{"running":true}}"#).unwrap();
+    let stored = stored(n, "lab").unwrap();
+    assert_eq!(stored["spec"]["running"], true);
+    assert_eq!(stored["spec"]["sharedWith"].as_array().unwrap().len(), 4);
+}
+
+#[test]
 fn image_command_and_the_node_label_are_for_admins_only() {
     let ns = namespace_for_people("id-admin");
     let n = &ns.name;

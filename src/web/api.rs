@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/servers/{name}/snapshots", get(snapshots).post(snapshot))
         .route("/api/v1/servers/{name}/move", post(move_off))
         .route("/api/v1/servers/{name}/sharing", get(sharing).put(share))
+        .route("/api/v1/ssh-certificate", post(ssh_certificate))
         .route("/api/v1/profiles", get(profiles))
         .route("/api/v1/usage", get(usage))
 }
@@ -417,4 +418,28 @@ async fn share(
     Ok(Json(Sharing {
         shared_with: changed.spec.shared_with,
     }))
+}
+
+/// A key to sign: `{"publicKey": "ssh-ed25519 AAAA... bob@laptop"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeyToSign {
+    public_key: String,
+}
+
+/// Signs the caller's own public key for plain `ssh -J` to their servers and those shared with
+/// them to use: 200 with the certificate, the file name OpenSSH looks for, until when it is good.
+async fn ssh_certificate(
+    State(state): State<AppState>,
+    Bearer(user): Bearer,
+    body: Result<Json<KeyToSign>, JsonRejection>,
+) -> Result<Json<servers::PersonCertificate>, ApiError> {
+    ready(&state)?;
+    let Json(body) = body.map_err(|e| ApiError(Problem::BadRequest(e.body_text())))?;
+    Ok(Json(servers::certificate_for(
+        &state.cache,
+        state.ssh.as_deref(),
+        &user,
+        &body.public_key,
+    )?))
 }

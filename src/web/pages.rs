@@ -718,6 +718,9 @@ async fn detail(
                     }
                 }
             }
+            @if can_use && state.ssh.is_some() && !matches!(held, access::Access::Owner) {
+                (own_key_form(&session, &server, ssh.as_deref()))
+            }
             (sharing(&session, &server, can_share, matches!(held, access::Access::Owner | access::Access::Admin)))
             @if can_own {
             div.heading #snapshots {
@@ -792,6 +795,48 @@ async fn detail(
             }
         },
     )
+}
+
+/// A certificate for the person's own key, from the page's form: a file to save next to it.
+async fn certificate(state: AppState, session: Session, form: ActionForm) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return bad_csrf();
+    }
+    match servers::certificate_for(&state.cache, state.ssh.as_deref(), &session.user, &form.public_key) {
+        Ok(signed) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", signed.file_name),
+                ),
+            ],
+            format!("{}\n", signed.certificate),
+        )
+            .into_response(),
+        Err(problem) => problem_page(&session, problem),
+    }
+}
+
+/// For a sharee who may log in: how to, with their own key (a certificate the front signs).
+fn own_key_form(session: &Session, server: &ComputeServer, ssh: Option<&str>) -> Markup {
+    html! {
+        details.certificate #own-key {
+            summary { "SSH with your own key" }
+            p {
+                "Your key is not in this server: the web front signs a certificate for it, good for 8 hours, for "
+                "your servers and those shared with you. Save it next to your key (as "
+                code { "~/.ssh/id_ed25519-cert.pub" } " for " code { "~/.ssh/id_ed25519" } "), then: "
+                code.ssh { (ssh.unwrap_or("ssh -J …")) }
+            }
+            form method="post" action={ "/servers/" (server.name_any()) "/certificate" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label for="own-key-line" { "Your public key" }
+                textarea #own-key-line name="publicKey" rows="2" required placeholder="ssh-ed25519 AAAAC3Nza... you@laptop" {}
+                button.button.secondary type="submit" { "Get a certificate" }
+            }
+        }
+    }
 }
 
 /// "Shared with you by alice: use": what a sharee (or an admin) holds.
@@ -1011,6 +1056,9 @@ struct ActionForm {
     /// Delete only: its snapshots go too ("true").
     #[serde(default)]
     snapshots: Option<String>,
+    /// Certificate: the person's public key.
+    #[serde(default, rename = "publicKey")]
+    public_key: String,
     /// Share and unshare: "user" or "group", its name, and (share) the role.
     #[serde(default)]
     kind: String,
@@ -1034,6 +1082,7 @@ async fn act(
         "snapshot" => return snapshot(state, session, name, form).await,
         "move" => return move_off(state, session, name, form).await,
         "share" => return share(state, session, name, form, true).await,
+        "certificate" => return certificate(state, session, form).await,
         "unshare" => return share(state, session, name, form, false).await,
         _ => return problem_page(&session, Problem::NotFound(name)),
     };

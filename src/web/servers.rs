@@ -247,6 +247,81 @@ pub async fn share(
     Ok(changed)
 }
 
+/// A certificate for a person's own SSH key ([`super::ssh::for_person`]), as the JSON API and
+/// the page give it.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct PersonCertificate {
+    /// One line, as in a `-cert.pub` file.
+    pub certificate: String,
+    /// Where OpenSSH finds it by itself: next to the key, as `id_ed25519-cert.pub`.
+    pub file_name: String,
+    /// Until when it is good (RFC 3339).
+    pub valid_before: String,
+    /// The servers it logs in to (theirs, and those shared with them to use), as NAME.
+    pub servers: Vec<String>,
+}
+
+/// Signs `user`'s public key `line` for the servers they may log in to: their own and those
+/// shared with them with the role `use` or `admin`.
+pub fn certificate_for(
+    cache: &Cache,
+    config: Option<&super::ssh::Config>,
+    user: &User,
+    line: &str,
+) -> Result<PersonCertificate, Problem> {
+    let config = config.ok_or_else(|| {
+        Problem::Conflict("this installation signs no SSH certificates: the web front has no user CA (--user-ca-key)".into())
+    })?;
+    let invalid = |message: String| Problem::Invalid(vec![FieldError { field: "publicKey", message }]);
+    let line = line.trim();
+    if !is_ssh_key(line) {
+        return Err(invalid(
+            "must be one SSH public key line, such as \"ssh-ed25519 AAAAC3Nza... bob@laptop\" (the contents of ~/.ssh/id_ed25519.pub)".into(),
+        ));
+    }
+    let key = russh::keys::PublicKey::from_openssh(line).map_err(|e| invalid(format!("not a key this front can sign: {e}")))?;
+    let person = user.person();
+    let servers: Vec<Arc<ComputeServer>> = cache
+        .all()
+        .into_iter()
+        .filter(|s| match access::access(s, &person) {
+            Some(access::Access::Owner) => true,
+            Some(access::Access::Shared(role)) => role >= access::Role::Use,
+            _ => false,
+        })
+        .take(255)
+        .collect();
+    let principals: Vec<String> = servers.iter().map(|s| crate::ssh_ca::server_principal(s)).collect();
+    let now = jiff::Timestamp::now();
+    let cert = super::ssh::for_person(
+        &config.ca,
+        &key,
+        &user.name,
+        &user.groups,
+        &principals,
+        now.as_second().max(0) as u64,
+    )
+    .map_err(|e| internal("sign a certificate", e))?;
+    let file_name = match key.algorithm() {
+        russh::keys::Algorithm::Ed25519 => "id_ed25519-cert.pub",
+        russh::keys::Algorithm::Rsa { .. } => "id_rsa-cert.pub",
+        russh::keys::Algorithm::Ecdsa { .. } => "id_ecdsa-cert.pub",
+        russh::keys::Algorithm::SkEd25519 => "id_ed25519_sk-cert.pub",
+        russh::keys::Algorithm::SkEcdsaSha2NistP256 => "id_ecdsa_sk-cert.pub",
+        _ => "id-cert.pub",
+    };
+    let valid_before = now + super::ssh::PERSON_VALIDITY;
+    info!(target: "audit", event = "certificate", user = %user.name,
+          key = %key.fingerprint(russh::keys::HashAlg::Sha256), servers = principals.len(), "signed");
+    Ok(PersonCertificate {
+        certificate: cert.to_openssh().map_err(|e| internal("write a certificate", e))?,
+        file_name: file_name.into(),
+        valid_before: jiff::Timestamp::from_second(valid_before.as_second()).unwrap_or(valid_before).to_string(),
+        servers: servers.iter().map(|s| s.name_any()).collect(),
+    })
+}
+
 /// The servers `user` sees: their own, or (admins) everyone's or one owner's.
 pub fn list(cache: &Cache, user: &User, owner: Option<&str>) -> Result<Vec<Arc<ComputeServer>>, Problem> {
     match owner.filter(|o| !o.is_empty()) {

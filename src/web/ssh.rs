@@ -108,19 +108,61 @@ pub fn certificate(
     extensions: &[(&str, &str)],
     now: u64,
 ) -> Result<Certificate, russh::keys::ssh_key::Error> {
+    sign(ca, key, &[principal], key_id, extensions, now, VALIDITY)
+}
+
+/// How long a certificate for a person's own key is good for ([`for_person`]): a working day.
+pub const PERSON_VALIDITY: Duration = Duration::from_secs(8 * 3600);
+
+/// A certificate for a person's own `key`, for plain `ssh -J`: it logs them in to the bastion as
+/// `user` (with their `groups`, for servers shared with a group) and, through it, as root to
+/// each server of `servers` ([`crate::ssh_ca::server_principal`]), for [`PERSON_VALIDITY`].
+/// Their key is never written into a server. The bastion decides each jump from the cache, so a
+/// share removed ends their sessions whatever the certificate says.
+pub fn for_person(
+    ca: &PrivateKey,
+    key: &PublicKey,
+    user: &str,
+    groups: &[String],
+    servers: &[String],
+    now: u64,
+) -> Result<Certificate, russh::keys::ssh_key::Error> {
+    let mut principals = vec![user];
+    principals.extend(servers.iter().map(String::as_str));
+    let groups = groups.join(",");
+    let extensions = [
+        ("permit-pty", ""),
+        ("permit-port-forwarding", ""),
+        (GROUPS_EXTENSION, groups.as_str()),
+    ];
+    let id = format!("{user} via the web front");
+    sign(ca, key, &principals, &id, &extensions, now, PERSON_VALIDITY)
+}
+
+fn sign(
+    ca: &PrivateKey,
+    key: &PublicKey,
+    principals: &[&str],
+    key_id: &str,
+    extensions: &[(&str, &str)],
+    now: u64,
+    validity: Duration,
+) -> Result<Certificate, russh::keys::ssh_key::Error> {
     let mut nonce = [0u8; 32];
     rand::fill(&mut nonce);
     let mut builder = Builder::new(
         nonce,
         key.key_data().clone(),
         now.saturating_sub(60),
-        now + VALIDITY.as_secs(),
+        now + validity.as_secs(),
     )?;
     builder
         .serial(u64::from_le_bytes(nonce[..8].try_into().unwrap_or_default()))?
         .cert_type(CertType::User)?
-        .key_id(key_id)?
-        .valid_principal(principal)?;
+        .key_id(key_id)?;
+    for principal in principals {
+        builder.valid_principal(*principal)?;
+    }
     for (name, value) in extensions {
         builder.extension(*name, *value)?;
     }
