@@ -1087,3 +1087,150 @@ fn an_open_ssh_session_keeps_an_idle_server_running_and_it_stops_once_closed() {
     let _ = kubectl(&["delete", "computeprofile", &profile, "--wait=false"], None);
     drop(agent);
 }
+
+/// What ssh-audit warns of and why it stays: X25519 key exchange does not resist a quantum
+/// computer, but OpenSSH offers the hybrid mlkem768x25519-sha256 only from 9.9 and russh has no
+/// sntrup761x25519, so without it Debian 12, Ubuntu 24.04 or RHEL 9 clients could not log in. The
+/// hybrid comes first: every client that has it uses it.
+const SSH_AUDIT_WARNINGS_BY_DESIGN: [(&str, &str, &str); 2] = [
+    (
+        "kex",
+        "curve25519-sha256",
+        "does not provide protection against post-quantum attacks",
+    ),
+    (
+        "kex",
+        "curve25519-sha256@libssh.org",
+        "does not provide protection against post-quantum attacks",
+    ),
+];
+
+/// ssh-audit's threshold in its DHEat test: a server that lets one address open connections
+/// faster than this is "potentially vulnerable" (ssh_audit/dheat.py, MAX_SAFE_RATE).
+const DHEAT_MAX_SAFE_RATE: f64 = 20.0;
+
+/// The number after `label` in `text`, such as `14.0` in `...results: 14.0 connections`.
+fn figure_after(text: &str, label: &str) -> Option<f64> {
+    let (_, after) = text.split_once(label)?;
+    let figure: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    figure.trim_end_matches('.').parse().ok()
+}
+
+#[test]
+fn ssh_audit_finds_only_the_x25519_fallback_and_a_connection_flood_throttled() {
+    let ssh_audit = support::Stack::get().var("SSH_AUDIT").to_string();
+    install_crds();
+    let ns = TestNamespace::new("bastion-audit");
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults, as an install runs them.
+    let bastion = Bastion::start(&ns.name, &dir.path().join("host_key"));
+    let port = bastion.port.to_string();
+
+    // The audit, which ends with its DHEat test (key exchanges it can make costly are offered:
+    // X25519 is one): 3 sockets connecting as fast as they close, for 1.5 s or 38 banners.
+    // Debug lines (-d) carry that test's figures, the JSON report comes last.
+    let out = Command::new(&ssh_audit)
+        .args(["-j", "-d", "-p", &port, "127.0.0.1"])
+        .output()
+        .expect("run ssh-audit (tests/support/install-ssh-audit.sh)");
+    let text = stdout(&out);
+    let (debug, json) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
+    let report: Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("ssh-audit's JSON ({e}): {text}{}", stderr(&out)));
+    println!(
+        "ssh-audit on 127.0.0.1:{port} ({}):",
+        report["banner"]["raw"].as_str().unwrap_or_default()
+    );
+    let mut unexpected = vec![];
+    for kind in ["kex", "key", "enc", "mac"] {
+        for algorithm in report[kind].as_array().unwrap() {
+            let name = algorithm["algorithm"].as_str().unwrap();
+            let mut line = format!("  ({kind}) {name}");
+            for level in ["fail", "warn"] {
+                for note in algorithm["notes"][level].as_array().into_iter().flatten() {
+                    let note = note.as_str().unwrap();
+                    line += &format!(" -- [{level}] {note}");
+                    if level == "fail" || !SSH_AUDIT_WARNINGS_BY_DESIGN.contains(&(kind, name, note)) {
+                        unexpected.push(format!("({kind}) {name}: [{level}] {note}"));
+                    }
+                }
+            }
+            println!("{line}");
+        }
+    }
+    for note in report["additional_notes"].as_array().into_iter().flatten() {
+        println!("  (nfo) {}", note.as_str().unwrap());
+    }
+    // "DHEat.dh_rate_test() results: time elapsed: 1.500151; connections created: 21"
+    let dheat = debug
+        .lines()
+        .find(|l| l.starts_with("DHEat.dh_rate_test() results: time elapsed:"))
+        .unwrap_or_else(|| panic!("ssh-audit ran no DHEat test: {debug}"));
+    let elapsed = figure_after(dheat, "time elapsed:").unwrap();
+    let served = figure_after(dheat, "connections created:").unwrap();
+    let rate = served / elapsed;
+    println!(
+        "  (dheat) {served} connections served in {elapsed:.2} s to ssh-audit's 3 sockets: {rate:.1}/s \
+         (it finds a server safe below {DHEAT_MAX_SAFE_RATE}/s)"
+    );
+
+    assert!(
+        unexpected.is_empty(),
+        "ssh-audit fails or warns of: {unexpected:#?}"
+    );
+    assert_eq!(report["cves"], serde_json::json!([]), "ssh-audit lists CVEs");
+    let names = |kind: &str| -> Vec<String> {
+        report[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["algorithm"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let kex = names("kex");
+    assert_eq!(kex[0], "mlkem768x25519-sha256", "the post-quantum hybrid first");
+    assert!(
+        !kex.iter().any(|k| k.starts_with("diffie-hellman")),
+        "no finite-field Diffie-Hellman: {kex:?}"
+    );
+    assert!(kex.contains(&"kex-strict-s-v00@openssh.com".to_string()));
+    assert!(
+        names("mac").iter().all(|m| m.ends_with("-etm@openssh.com")),
+        "encrypt-then-MAC only: {:?}",
+        names("mac")
+    );
+
+    // Its DHEat test found the bastion throttling.
+    assert!(
+        rate < DHEAT_MAX_SAFE_RATE,
+        "ssh-audit opened {rate} connections a second (safe below {DHEAT_MAX_SAFE_RATE})"
+    );
+    assert!(
+        !report.to_string().contains("DHEat"),
+        "ssh-audit finds the bastion open to DHEat: {:#}",
+        report["additional_notes"]
+    );
+    // Counted; logged once for the burst, not once per connection.
+    let refused = metric(&bastion, "throttled_connections_total", "{reason=\"rate\"}");
+    assert!(refused >= 1.0, "no refusal counted");
+    let refusals = audit(&ns.name, "throttle");
+    assert_eq!(
+        refusals.len(),
+        1,
+        "one log line for {refused} refusals: {refusals:?}"
+    );
+    assert_eq!(refusals[0]["outcome"], "refused");
+    assert_eq!(refusals[0]["source"], "127.0.0.1");
+
+    // Once the flood stops, the address is served again within a token's time (half a second).
+    eventually("the bastion to answer again", 5, || {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", bastion.port)).ok()?;
+        let mut banner = [0u8; 4];
+        tcp.read_exact(&mut banner).ok()?;
+        (&banner == b"SSH-").then_some(())
+    });
+}

@@ -7,12 +7,13 @@ const ROLES: [&str; 4] = ["agent", "scheduler", "web", "bastion"];
 
 /// Modules that decide without doing: a snapshot in, what to do out. Every file of `src/api`
 /// is one too.
-const PURE: [&str; 12] = [
+const PURE: [&str; 13] = [
     "src/api/access.rs",
     "src/agent/plan.rs",
     "src/agent/decide.rs",
     "src/agent/diff.rs",
     "src/bastion/access.rs",
+    "src/bastion/throttle.rs",
     "src/scheduler/placement.rs",
     "src/scheduler/lifecycle.rs",
     "src/scheduler/plan.rs",

@@ -13,6 +13,13 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// Why the throttle refused a connection: `startups` or `rate`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// `startups` (too many not logged in yet from the address) or `rate` (too many new ones).
+    pub reason: &'static str,
+}
+
 /// What the bastion counts.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -28,6 +35,10 @@ pub struct Metrics {
     pub open_jumps: Gauge,
     /// Applies of servers' `ssh` activity entries by outcome.
     pub activity_reports: Family<Outcome, Counter>,
+    /// Connections the throttle closed at once, by reason.
+    pub throttled: Family<Reason, Counter>,
+    /// Source addresses whose connections are being refused now.
+    pub throttled_sources: Gauge,
 }
 
 impl Metrics {
@@ -60,7 +71,22 @@ impl Metrics {
             "Applies of servers' ssh activity entries (status.activity) by outcome (applied, gone: the server was deleted, failed)",
             metrics.activity_reports.clone(),
         );
+        registry.register(
+            "throttled_connections",
+            "Connections closed at once, before any key exchange, because their source address had too many not logged in yet (reason startups) or opened them too fast (reason rate)",
+            metrics.throttled.clone(),
+        );
+        registry.register(
+            "throttled_sources",
+            "Source addresses whose connections are being refused now (refused within the last minute)",
+            metrics.throttled_sources.clone(),
+        );
         metrics
+    }
+
+    /// Counts one connection the throttle refused, for `reason`.
+    pub fn throttled(&self, reason: &'static str) {
+        self.throttled.get_or_create(&Reason { reason }).inc();
     }
 
     /// Counts one authentication with `outcome`.

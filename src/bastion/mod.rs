@@ -14,17 +14,19 @@ pub mod activity;
 pub mod host_key;
 mod metrics;
 mod session;
+pub mod throttle;
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use russh::MethodKind;
-use russh::keys::HashAlg;
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
+use russh::{MethodKind, Preferred, cipher, kex, mac};
 use tracing::{debug, info, warn};
 
 use crate::api::ComputeServer;
@@ -32,6 +34,59 @@ use crate::runtime::watch;
 
 /// How long a client may take from connecting to logging in.
 const LOGIN_GRACE: Duration = Duration::from_secs(60);
+
+/// How often a connection that has not logged in yet looks whether it has (to stop counting
+/// against its source's limit).
+const LOGIN_POLL: Duration = Duration::from_millis(50);
+
+/// How often the throttle logs the bursts of refusals that are over and forgets idle sources.
+const SWEEP: Duration = Duration::from_secs(5);
+
+/// What a refused client reads before the connection closes (`ssh -v` shows it).
+const REFUSED: &[u8] = b"Too many connections from your address; try again shortly\r\n";
+
+/// What the bastion offers, as ssh-audit's hardening guides keep it: hybrid post-quantum and
+/// X25519 key exchange only (no finite-field Diffie-Hellman, the DHEat target), with strict key
+/// exchange against Terrapin; AEAD ciphers or CTR with encrypt-then-MAC MACs only. Host key
+/// algorithms are narrowed to the host key's own type when offered; RSA only with SHA-2.
+const PREFERRED: Preferred = Preferred {
+    kex: Cow::Borrowed(&[
+        kex::MLKEM768X25519_SHA256,
+        kex::CURVE25519,
+        kex::CURVE25519_PRE_RFC_8731,
+        kex::EXTENSION_SUPPORT_AS_SERVER,
+        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]),
+    key: Cow::Borrowed(&[
+        Algorithm::Ed25519,
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP384,
+        },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP521,
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256),
+        },
+    ]),
+    host_key_certificates: Cow::Borrowed(&[]),
+    cipher: Cow::Borrowed(&[
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_GCM,
+        cipher::AES_128_GCM,
+        cipher::AES_256_CTR,
+        cipher::AES_192_CTR,
+        cipher::AES_128_CTR,
+    ]),
+    mac: Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
+    compression: Preferred::DEFAULT.compression,
+};
 
 /// Flags of `compute-server bastion`.
 #[derive(clap::Args, Debug)]
@@ -88,6 +143,34 @@ pub struct Args {
     /// for up to this long, such as 10m; 0s: end them at once. A second SIGTERM or Ctrl-C ends them.
     #[arg(long, env = "COMPUTE_SERVER_DRAIN_TIMEOUT", default_value = "10m", value_parser = duration)]
     pub drain_timeout: Duration,
+
+    /// Connections one address may have open that have not logged in yet (as OpenSSH's
+    /// MaxStartups, per address); more are closed at once, before any key exchange. 0: no limit.
+    #[arg(long, env = "COMPUTE_SERVER_MAX_STARTUPS_PER_SOURCE",
+          default_value_t = throttle::Limits::DEFAULT.startups)]
+    pub max_startups_per_source: u32,
+
+    /// New connections a second one address may open, over time (the DHEat denial of service,
+    /// CVE-2002-20001, needs many); more are closed at once. A connection that logs in gives its
+    /// share back. 0: no limit.
+    #[arg(long, env = "COMPUTE_SERVER_CONNECTION_RATE_PER_SOURCE",
+          default_value_t = throttle::Limits::DEFAULT.rate, value_parser = rate)]
+    pub connection_rate_per_source: f64,
+
+    /// New connections one address may open at once before --connection-rate-per-source applies.
+    #[arg(long, env = "COMPUTE_SERVER_CONNECTION_BURST_PER_SOURCE",
+          default_value_t = throttle::Limits::DEFAULT.burst)]
+    pub connection_burst_per_source: u32,
+}
+
+/// A rate flag: a number of connections a second, such as 2 or 0.5; 0 turns the limit off.
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "\"{text}\" is not a rate; write connections a second, such as 2 or 0.5 (0: no limit)"
+        )),
+    }
 }
 
 /// What a client idle for `limit` is told as it is disconnected.
@@ -188,6 +271,7 @@ pub async fn run(args: Args) -> Result<()> {
     let config = Arc::new(russh::server::Config {
         methods: (&[MethodKind::PublicKey][..]).into(),
         keys: vec![host_key],
+        preferred: PREFERRED,
         // OpenSSH's first "none" probe is answered at once; real refusals take a second.
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
@@ -204,7 +288,18 @@ pub async fn run(args: Args) -> Result<()> {
             addr: args.listen,
             source,
         })?;
-    info!(listen = %args.listen, host_key = %host_fingerprint, "bastion ready for ssh -J USER@HOST:PORT root@SERVER");
+    let limits = throttle::Limits {
+        startups: args.max_startups_per_source,
+        rate: args.connection_rate_per_source,
+        burst: args.connection_burst_per_source,
+    };
+    info!(listen = %args.listen, host_key = %host_fingerprint,
+          max_startups_per_source = limits.startups, connection_rate_per_source = limits.rate,
+          connection_burst_per_source = limits.burst,
+          "bastion ready for ssh -J USER@HOST:PORT root@SERVER");
+    let throttle = Arc::new(Mutex::new(throttle::Throttle::new(limits)));
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut shutdown = std::pin::pin!(crate::runtime::health::shutdown());
     let mut connections = tokio::task::JoinSet::new();
@@ -219,7 +314,23 @@ pub async fn run(args: Args) -> Result<()> {
                     continue;
                 }
             },
+            _ = sweep.tick() => {
+                sweep_throttle(&throttle, &metrics);
+                continue;
+            }
             () = &mut shutdown => break,
+        };
+        // Decided before anything is read or written: a refused client costs no key exchange.
+        let source = peer.ip().to_canonical();
+        let verdict = lock(&throttle).admit(source, Instant::now());
+        if let throttle::Verdict::Refuse { why, first } = verdict {
+            refuse(tcp, source, why, first, &metrics);
+            continue;
+        }
+        let startup = Startup {
+            throttle: throttle.clone(),
+            source,
+            counted: true,
         };
         connections.spawn(serve_connection(
             tcp,
@@ -227,6 +338,7 @@ pub async fn run(args: Args) -> Result<()> {
             config.clone(),
             shared.clone(),
             args.idle_timeout,
+            startup,
         ));
     }
     // Draining: no new connections (and not ready, so the Service sends none), open sessions go on.
@@ -237,6 +349,74 @@ pub async fn run(args: Args) -> Result<()> {
     reporter.abort();
     health.abort();
     Ok(())
+}
+
+/// The throttle, whichever thread held it last (its state stays consistent: every change is one
+/// step).
+fn lock(
+    throttle: &Mutex<throttle::Throttle<IpAddr>>,
+) -> std::sync::MutexGuard<'_, throttle::Throttle<IpAddr>> {
+    throttle.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Closes a refused connection at once, with a line for the client; counted, and logged when it
+/// is the first of a burst from its source.
+fn refuse(
+    tcp: tokio::net::TcpStream,
+    source: IpAddr,
+    why: throttle::Refusal,
+    first: bool,
+    metrics: &metrics::Metrics,
+) {
+    metrics.throttled(why.label());
+    if first {
+        warn!(target: "audit", event = "throttle", outcome = "refused", %source, reason = why.describe(),
+              "refusing connections from {source} before any key exchange ({}); further refusals are counted \
+               in compute_server_bastion_throttled_connections_total, and logged once it has been quiet for {} s",
+              why.describe(), throttle::QUIET.as_secs());
+    }
+    // A fresh socket's send buffer is empty: this does not block, and a failure changes nothing.
+    let _ = tcp.try_write(REFUSED);
+}
+
+/// Logs the bursts of refusals that are over, and sets the gauge of sources being refused.
+fn sweep_throttle(throttle: &Mutex<throttle::Throttle<IpAddr>>, metrics: &metrics::Metrics) {
+    let (over, refusing) = {
+        let mut throttle = lock(throttle);
+        (throttle.sweep(Instant::now()), throttle.refusing())
+    };
+    for burst in over {
+        info!(target: "audit", event = "throttle", outcome = "over", source = %burst.source,
+              refused = burst.refused, seconds = (burst.last - burst.first).as_secs(),
+              "no longer refusing connections from {}: {} refused", burst.source, burst.refused);
+    }
+    metrics
+        .throttled_sources
+        .set(i64::try_from(refusing).unwrap_or(i64::MAX));
+}
+
+/// A connection that has not logged in yet, as its source's throttle counts it: it stops counting
+/// when it logs in ([`Startup::logged_in`]) or ends (dropped).
+struct Startup {
+    throttle: Arc<Mutex<throttle::Throttle<IpAddr>>>,
+    source: IpAddr,
+    counted: bool,
+}
+
+impl Startup {
+    fn logged_in(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            lock(&self.throttle).logged_in(&self.source, Instant::now());
+        }
+    }
+}
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        if self.counted {
+            lock(&self.throttle).ended(&self.source);
+        }
+    }
 }
 
 /// Waits for the open connections to end, up to `limit` or a second SIGTERM or Ctrl-C; then ends
@@ -270,12 +450,14 @@ fn read_user_cas(path: &std::path::Path) -> Result<Vec<russh::keys::ssh_key::Fin
 
 /// Runs one client connection to its end; a client that has not logged in within
 /// [`LOGIN_GRACE`], or that has been idle for `idle_timeout` (unless zero), is disconnected.
+/// `startup` stops counting against its source once the client logs in.
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     config: Arc<russh::server::Config>,
     shared: Arc<session::Shared>,
     idle_timeout: Duration,
+    mut startup: Startup,
 ) {
     let metrics = shared.metrics.clone();
     metrics.connections.inc();
@@ -285,7 +467,15 @@ async fn serve_connection(
     let activity = Arc::new(session::Activity::new());
     let connection = session::Connection::new(shared, peer, local, activity.clone());
     let logged_in = connection.logged_in();
-    let result = async {
+    let login_seen = logged_in.clone();
+    let watch_login = async {
+        while !login_seen.load(Ordering::Relaxed) {
+            tokio::time::sleep(LOGIN_POLL).await;
+        }
+        startup.logged_in();
+        std::future::pending::<()>().await;
+    };
+    let served = async {
         let session = tokio::time::timeout(LOGIN_GRACE, russh::server::run_stream(config, tcp, connection))
             .await
             .map_err(|_| russh::Error::ConnectionTimeout)??;
@@ -327,8 +517,12 @@ async fn serve_connection(
             idle.abort();
         }
         result
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = served => result,
+        () = watch_login => unreachable!("watching for the login never ends"),
+    };
+    drop(startup);
     metrics.open_connections.dec();
     if let Err(error) = result {
         debug!(%peer, %error, "connection ended with an error");

@@ -334,12 +334,13 @@ run_tests() {
   # The GPU tests give node 3's engine a stand-in for the NVIDIA Container Toolkit's hook.
   export NODES=3 NODE_IMAGES=busybox NODE_GPU_HOOK=3
   install
-  # What only the whole suite needs (not `make chaos`): a real node (tests/cluster.rs) and
-  # checkov (tests/helm.rs).
-  local checkov=""
+  # What only the whole suite needs (not `make chaos`): a real node (tests/cluster.rs),
+  # checkov (tests/helm.rs) and ssh-audit (tests/bastion.rs).
+  local checkov="" ssh_audit=""
   if [[ ${CS_NO_IMAGE:-} != 1 ]]; then
     bash "$SUPPORT_DIR/cluster.sh" install
     checkov="$(bash "$SUPPORT_DIR/install-checkov.sh" | tail -n 1)"
+    ssh_audit="$(bash "$SUPPORT_DIR/install-ssh-audit.sh" | tail -n 1)"
   fi
   cargo_build
   # Throwaway state: the servers' networks and firewall rules go too; and the tests' cluster.
@@ -349,6 +350,7 @@ run_tests() {
   export ETCD_NO_FSYNC=1
   up "$state"
   [[ -z $checkov ]] || set_env "$state" CHECKOV "$checkov"
+  [[ -z $ssh_audit ]] || set_env "$state" SSH_AUDIT "$ssh_audit"
   # Made here from the tests' own build (a `cargo build --bin` alone would compile again: without
   # the dev-dependencies, crates' features differ); tests/image.rs makes it again (and shows any
   # failure).
