@@ -16,8 +16,8 @@ use support::chromium::{
     ChromeDriver, keycloak_login, screenshot, sign_in, terminal_connected, text, type_and_wait,
 };
 use support::{
-    Agent, Scheduler, TestNamespace, TestProfile, WebFront, eventually, eventually_async, free_port,
-    install_crds, kubectl, kubectl_ok, ssh, ssh_keypair, unique,
+    Agent, BrowserStack, Scheduler, TestNamespace, TestProfile, WebFront, eventually, eventually_async,
+    free_port, install_crds, kubectl, kubectl_ok, ssh, ssh_keypair, unique,
 };
 
 /// Waits until the detail page (not reloaded) shows `phase`; returns the phases it saw.
@@ -397,72 +397,6 @@ async fn alice_is_warned_of_a_coming_stop_and_keeps_her_server_running() {
     assert_eq!(server["status"]["phase"], "Running");
     alice.close().await.unwrap();
     drop(agent);
-}
-
-/// The roles a browser session goes through: an agent, the scheduler, a bastion and a web
-/// front sharing one user CA (as `make up` runs them), for servers of one namespace.
-struct BrowserStack {
-    _agent: Agent,
-    _scheduler: Scheduler,
-    bastion: support::Bastion,
-    web: WebFront,
-    _keys: tempfile::TempDir,
-}
-
-impl BrowserStack {
-    fn start(ns: &str) -> BrowserStack {
-        let keys = tempfile::tempdir().unwrap();
-        let dir = |name: &str| {
-            let dir = keys.path().join(name);
-            std::fs::create_dir(&dir).unwrap();
-            dir
-        };
-        let (ca, ca_public) = ssh_keypair(&dir("ca"), "user-ca");
-        let ca_file = keys.path().join("user_ca_keys");
-        std::fs::write(&ca_file, format!("{ca_public}\n")).unwrap();
-        let ca_file = ca_file.display().to_string();
-        let (host_key, host_public) = ssh_keypair(&dir("host"), "bastion");
-        let agent_flags = [
-            "--lease-namespace",
-            ns,
-            "--lease-seconds",
-            "6",
-            "--user-ca-keys",
-            &ca_file,
-        ];
-        let agent = Agent::start_with(&unique("browser-node"), 1, &agent_flags);
-        let scheduler = Scheduler::start(&unique("sched"), ns, ns);
-        let bastion = support::Bastion::start_with(
-            ns,
-            &[
-                "--host-key-file".into(),
-                host_key.display().to_string(),
-                "--user-ca-keys".into(),
-                ca_file.clone(),
-            ],
-        );
-        let address = format!("127.0.0.1:{}", bastion.port);
-        let ca = ca.display().to_string();
-        let web = WebFront::start(
-            ns,
-            "compute-server",
-            &[
-                "--bastion-address",
-                &address,
-                "--user-ca-key",
-                &ca,
-                "--bastion-host-key",
-                &host_public,
-            ],
-        );
-        BrowserStack {
-            _agent: agent,
-            _scheduler: scheduler,
-            bastion,
-            web,
-            _keys: keys,
-        }
-    }
 }
 
 #[tokio::test]

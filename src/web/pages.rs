@@ -802,7 +802,12 @@ async fn certificate(state: AppState, session: Session, form: ActionForm) -> Res
     if !session.csrf_ok(&form.csrf) {
         return bad_csrf();
     }
-    match servers::certificate_for(&state.cache, state.ssh.as_deref(), &session.user, &form.public_key) {
+    match servers::certificate_for(
+        &state.cache,
+        state.ssh.as_deref(),
+        &session.user,
+        &form.public_key,
+    ) {
         Ok(signed) => (
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),

@@ -271,16 +271,25 @@ pub fn certificate_for(
     line: &str,
 ) -> Result<PersonCertificate, Problem> {
     let config = config.ok_or_else(|| {
-        Problem::Conflict("this installation signs no SSH certificates: the web front has no user CA (--user-ca-key)".into())
+        Problem::Conflict(
+            "this installation signs no SSH certificates: the web front has no user CA (--user-ca-key)"
+                .into(),
+        )
     })?;
-    let invalid = |message: String| Problem::Invalid(vec![FieldError { field: "publicKey", message }]);
+    let invalid = |message: String| {
+        Problem::Invalid(vec![FieldError {
+            field: "publicKey",
+            message,
+        }])
+    };
     let line = line.trim();
     if !is_ssh_key(line) {
         return Err(invalid(
             "must be one SSH public key line, such as \"ssh-ed25519 AAAAC3Nza... bob@laptop\" (the contents of ~/.ssh/id_ed25519.pub)".into(),
         ));
     }
-    let key = russh::keys::PublicKey::from_openssh(line).map_err(|e| invalid(format!("not a key this front can sign: {e}")))?;
+    let key = russh::keys::PublicKey::from_openssh(line)
+        .map_err(|e| invalid(format!("not a key this front can sign: {e}")))?;
     let person = user.person();
     let servers: Vec<Arc<ComputeServer>> = cache
         .all()
@@ -292,7 +301,10 @@ pub fn certificate_for(
         })
         .take(255)
         .collect();
-    let principals: Vec<String> = servers.iter().map(|s| crate::ssh_ca::server_principal(s)).collect();
+    let principals: Vec<String> = servers
+        .iter()
+        .map(|s| crate::ssh_ca::server_principal(s))
+        .collect();
     let now = jiff::Timestamp::now();
     let cert = super::ssh::for_person(
         &config.ca,
@@ -315,9 +327,13 @@ pub fn certificate_for(
     info!(target: "audit", event = "certificate", user = %user.name,
           key = %key.fingerprint(russh::keys::HashAlg::Sha256), servers = principals.len(), "signed");
     Ok(PersonCertificate {
-        certificate: cert.to_openssh().map_err(|e| internal("write a certificate", e))?,
+        certificate: cert
+            .to_openssh()
+            .map_err(|e| internal("write a certificate", e))?,
         file_name: file_name.into(),
-        valid_before: jiff::Timestamp::from_second(valid_before.as_second()).unwrap_or(valid_before).to_string(),
+        valid_before: jiff::Timestamp::from_second(valid_before.as_second())
+            .unwrap_or(valid_before)
+            .to_string(),
         servers: servers.iter().map(|s| s.name_any()).collect(),
     })
 }

@@ -1,0 +1,269 @@
+//! Sharing a server, as two researchers would: alice shares her running server with bob (`use`)
+//! and carol (`view`) through the JSON API; bob logs in with plain `ssh -J` and his own key
+//! (a certificate the web front signs, never written into alice's server), stops and starts it,
+//! but cannot delete or share it; carol sees it but gets no shell; removing bob ends his open
+//! SSH session within seconds; a group share reaches its members. Real agent, scheduler,
+//! bastion, web front, Keycloak tokens and OpenSSH.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{
+    BrowserStack, SshUser, TestNamespace, access_token, eventually, eventually_async, install_crds,
+    wait_phase,
+};
+
+/// One person at the JSON API with their Keycloak token.
+struct Caller {
+    token: String,
+    base: String,
+}
+
+impl Caller {
+    async fn new(user: &str, web: &support::WebFront) -> Caller {
+        Caller {
+            token: access_token("compute-server", user).await,
+            base: web.url.clone(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn share(&self, name: &str, with: Value) -> (StatusCode, Value) {
+        let path = format!("/api/v1/servers/{name}/sharing");
+        self.call(reqwest::Method::PUT, &path, Some(json!({"sharedWith": with})))
+            .await
+    }
+
+    /// Asks for a certificate of `person`'s key and saves it where OpenSSH looks for it.
+    async fn certificate(&self, person: &SshUser) -> Value {
+        let body = json!({"publicKey": format!("{}\n", person.public)});
+        let (status, signed) = self
+            .call(reqwest::Method::POST, "/api/v1/ssh-certificate", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{signed}");
+        assert_eq!(signed["fileName"], "id_ed25519-cert.pub");
+        let path = person.dir.path().join("id_ed25519-cert.pub");
+        std::fs::write(path, format!("{}\n", signed["certificate"].as_str().unwrap())).unwrap();
+        signed
+    }
+}
+
+/// `ssh -J NAME@127.0.0.1:PORT root@TARGET COMMAND`, as the server's page tells people.
+fn jump(person: &SshUser, bastion: &support::Bastion, target: &str, command: &str) -> Command {
+    let via = format!("{}@127.0.0.1:{}", person.name, bastion.port);
+    person.command(&["-J", &via, &format!("root@{target}"), command])
+}
+
+fn run(mut command: Command) -> Output {
+    command.output().expect("run ssh")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
+}
+
+#[tokio::test]
+async fn alice_shares_her_server_with_bob_to_use_and_carol_to_view_and_a_revoke_ends_bobs_ssh() {
+    install_crds();
+    let ns = TestNamespace::new("sharing");
+    let stack = BrowserStack::start(&ns.name);
+    let (alice_ssh, bob_ssh, carol_ssh) = (SshUser::new("alice"), SshUser::new("bob"), SshUser::new("carol"));
+    let alice = Caller::new("alice", &stack.web).await;
+    let bob = Caller::new("bob", &stack.web).await;
+    let carol = Caller::new("carol", &stack.web).await;
+
+    let new = json!({"name": "lab", "profile": "debian", "sshAuthorizedKeys": [alice_ssh.public]});
+    let (status, made) = alice
+        .call(reqwest::Method::POST, "/api/v1/servers", Some(new))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    wait_phase(&ns.name, "lab", "Running");
+
+    // Not shared yet: to bob it does not exist.
+    assert_eq!(bob.get("/api/v1/servers/lab").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(bob.get("/api/v1/servers?shared=true").await.1, json!([]));
+
+    let (status, shared) = alice
+        .share(
+            "lab",
+            json!([{"user": "bob", "role": "use"}, {"user": "carol", "role": "view"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shared}");
+
+    // "Shared with me": each sees it with their role; a sharee sees no one's keys.
+    let listed = eventually_async("lab shared with bob", 10, || async {
+        let listed = bob.get("/api/v1/servers?shared=true").await.1;
+        (listed.as_array().is_some_and(|l| !l.is_empty())).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed[0]["name"], "lab");
+    assert_eq!(listed[0]["owner"], "alice");
+    assert_eq!(listed[0]["access"], "use");
+    assert_eq!(listed[0]["sshAuthorizedKeys"], json!([]));
+    let ssh = listed[0]["ssh"].as_str().unwrap();
+    assert!(ssh.starts_with("ssh -J bob@"), "bob's own command: {ssh}");
+    let (status, seen) = carol.get("/api/v1/servers/lab").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["access"], "view");
+    assert_eq!(seen["ssh"], Value::Null, "no SSH command for a viewer");
+    assert_eq!(
+        bob.get("/api/v1/servers").await.1,
+        json!([]),
+        "his own list is his own"
+    );
+
+    // What bob's role does not allow: refused, with why; nothing changes.
+    let (status, refusal) = bob
+        .call(reqwest::Method::DELETE, "/api/v1/servers/lab", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refusal}");
+    assert_eq!(
+        refusal["message"],
+        "lab is alice's and shared with you to use; only its owner or a compute-server admin may delete, resize, move or snapshot it"
+    );
+    let (status, refusal) = bob.share("lab", json!([{"user": "bob", "role": "admin"}])).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refusal}");
+    let (status, refusal) = carol
+        .call(reqwest::Method::POST, "/api/v1/servers/lab/stop", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refusal}");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("need the role use"),
+        "{refusal}"
+    );
+
+    // bob logs in with his own key: the front signs it, alice's server never holds it.
+    let signed = bob.certificate(&bob_ssh).await;
+    assert_eq!(signed["servers"], json!(["lab"]));
+    let out = run(jump(&bob_ssh, &stack.bastion, "lab", "hostname"));
+    assert!(out.status.success(), "bob's ssh -J: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "lab");
+    let out = run(jump(
+        &alice_ssh,
+        &stack.bastion,
+        "lab",
+        "cat /root/.ssh/authorized_keys",
+    ));
+    assert!(out.status.success(), "alice's ssh -J: {}", text(&out.stderr));
+    let key_data = bob_ssh.public.split(' ').nth(1).unwrap();
+    assert!(
+        !text(&out.stdout).contains(key_data),
+        "bob's key was written into alice's server"
+    );
+
+    // carol may look, not log in.
+    let signed = carol.certificate(&carol_ssh).await;
+    assert_eq!(signed["servers"], json!([]));
+    let out = run(jump(&carol_ssh, &stack.bastion, "lab", "hostname"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("server lab is shared with you to view only (its web apps), not to log in; ask alice for the role use"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // bob stops and starts it.
+    let (status, _) = bob
+        .call(reqwest::Method::POST, "/api/v1/servers/lab/stop", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_phase(&ns.name, "lab", "Stopped");
+    let (status, _) = bob
+        .call(reqwest::Method::POST, "/api/v1/servers/lab/start", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_phase(&ns.name, "lab", "Running");
+
+    // Revoking: bob's open session ends within seconds, and he cannot come back.
+    let mut session = eventually("bob's session to open", 30, || {
+        let mut child = jump(&bob_ssh, &stack.bastion, "lab", "echo started; sleep 300")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        match line.trim() == "started" {
+            true => Some(child),
+            false => {
+                let _ = child.wait();
+                None
+            }
+        }
+    });
+    let revoked = Instant::now();
+    let (status, _) = alice
+        .share("lab", json!([{"user": "carol", "role": "view"}]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = eventually("bob's session to end", 10, || session.try_wait().unwrap());
+    let took = revoked.elapsed();
+    println!(
+        "bob's open SSH session ended {:.2} s after alice removed him",
+        took.as_secs_f64()
+    );
+    assert!(!ended.success(), "ended by the bastion, not by itself");
+    assert!(took < Duration::from_secs(5), "revoked in {took:?}");
+    let out = run(jump(&bob_ssh, &stack.bastion, "lab", "hostname"));
+    assert!(
+        text(&out.stderr).contains("no server named lab of yours"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(bob.get("/api/v1/servers/lab").await.0, StatusCode::NOT_FOUND);
+    let log = std::fs::read_to_string(format!(
+        "{}/target/test-logs/bastion-{}.log",
+        env!("CARGO_MANIFEST_DIR"),
+        ns.name
+    ))
+    .unwrap();
+    let audited = log.lines().any(|l| {
+        l.contains(r#""outcome":"revoked""#)
+            && l.contains(r#""user":"\"bob\"""#)
+            && l.contains(r#""owner":"\"alice\"""#)
+    });
+    assert!(
+        audited,
+        "no audited revoke of bob's jump to alice's server:\n{log}"
+    );
+
+    // A group share: carol is in staff, and her new certificate logs her in.
+    let (status, _) = alice
+        .share("lab", json!([{"group": "staff", "role": "use"}]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let signed = eventually_async("lab shared with staff", 10, || async {
+        let signed = carol.certificate(&carol_ssh).await;
+        (signed["servers"] == json!(["lab"])).then_some(signed)
+    })
+    .await;
+    assert_eq!(signed["servers"], json!(["lab"]));
+    let out = eventually("carol's ssh -J as one of staff", 10, || {
+        let out = run(jump(&carol_ssh, &stack.bastion, "lab", "hostname"));
+        out.status.success().then_some(out)
+    });
+    assert_eq!(text(&out.stdout), "lab");
+}
