@@ -222,7 +222,11 @@ fn sharees_change_only_what_their_role_allows_with_kubectl() {
     );
     // The API server's schema: a user or a group, each once.
     refused(
-        alice.patch(n, "lab", &shares(r#"{"user":"bob","group":"staff","role":"use"}"#)),
+        alice.patch(
+            n,
+            "lab",
+            &shares(r#"{"user":"bob","group":"staff","role":"use"}"#),
+        ),
         "each sharedWith entry names a user or a group, not both",
     );
     refused(
@@ -233,7 +237,8 @@ fn sharees_change_only_what_their_role_allows_with_kubectl() {
         ),
         "sharedWith lists each user or group once",
     );
-    let first = r#"{"user":"bob","role":"use"},{"user":"dan","role":"admin"},{"group":"staff","role":"view"}"#;
+    let first =
+        r#"{"user":"bob","role":"use"},{"user":"dan","role":"admin"},{"group":"staff","role":"view"}"#;
     alice.patch(n, "lab", &shares(first)).unwrap();
 
     // bob (use) starts and stops it, and changes nothing else.
@@ -261,7 +266,11 @@ fn sharees_change_only_what_their_role_allows_with_kubectl() {
     let more = format!(r#"{first},{{"user":"erin","role":"use"}}"#);
     dan.patch(n, "lab", &shares(&more)).unwrap();
     refused(
-        dan.patch(n, "lab", &shares(&format!(r#"{more},{{"user":"frank","role":"admin"}}"#))),
+        dan.patch(
+            n,
+            "lab",
+            &shares(&format!(r#"{more},{{"user":"frank","role":"admin"}}"#)),
+        ),
         "share it with the role admin or change the admins' entries",
     );
     refused(
@@ -269,7 +278,10 @@ fn sharees_change_only_what_their_role_allows_with_kubectl() {
         "share it with the role admin or change the admins' entries",
     );
     // A group's role comes from the groups the API server knows: staff now uses it.
-    let staff_use = more.replace(r#"{"group":"staff","role":"view"}"#, r#"{"group":"staff","role":"use"}"#);
+    let staff_use = more.replace(
+        r#"{"group":"staff","role":"view"}"#,
+        r#"{"group":"staff","role":"use"}"#,
+    );
     dan.patch(n, "lab", &shares(&staff_use)).unwrap();
     carol.patch(n, "lab", r#"{"spec":{"running":true}}"#).unwrap();
     let stored = stored(n, "lab").unwrap();
