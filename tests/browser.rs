@@ -635,6 +635,93 @@ async fn alice_types_in_a_terminal_in_her_browser_and_bob_cannot_open_it() {
 }
 
 #[tokio::test]
+async fn alice_shares_her_server_on_its_page_bob_opens_its_terminal_and_loses_it_when_removed() {
+    install_crds();
+    let ns = TestNamespace::new("browser-share");
+    let stack = BrowserStack::start(&ns.name);
+    alices_server(&ns.name, "lab", "debian");
+    let driver = ChromeDriver::start();
+
+    // alice shares it with bob, to use, from its page.
+    let alice = signed_in(&driver, &stack.web, "alice", "/servers/lab").await;
+    let who = alice.find(Locator::Id("share-who")).await.unwrap();
+    who.send_keys("bob").await.unwrap();
+    screenshot(&alice, "11-share-dialog").await;
+    alice
+        .find(Locator::Css("form.share button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice
+        .wait()
+        .for_element(Locator::Css("tr[data-share='user bob']"))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&alice, "tr[data-share='user bob'] td:nth-child(2)").await,
+        "use"
+    );
+
+    // bob finds it under "Shared with me", with alice as its owner and his role.
+    let bob = signed_in(&driver, &stack.web, "bob", "/servers/new").await;
+    bob.goto(&format!("{}/", stack.web.url)).await.unwrap();
+    assert_eq!(text(&bob, "h2#shared").await, "Shared with me");
+    let row = text(&bob, "h2#shared + table tbody tr").await;
+    assert!(row.starts_with("lab alice use"), "{row}");
+    assert!(row.contains("ssh -J bob@"), "his own ssh command: {row}");
+    screenshot(&bob, "12-shared-with-me").await;
+
+    // His terminal opens on alice's server, through the bastion as bob.
+    bob.goto(&format!("{}/servers/lab", stack.web.url)).await.unwrap();
+    assert_eq!(
+        text(&bob, ".actions .role").await,
+        "Shared with you by alice: use"
+    );
+    assert!(
+        bob.find(Locator::Css("form[action='/servers/lab/delete']"))
+            .await
+            .is_err(),
+        "no Delete for bob"
+    );
+    bob.goto(&format!("{}/servers/lab/terminal", stack.web.url))
+        .await
+        .unwrap();
+    terminal_connected(&bob, 30).await;
+    type_and_wait(&bob, "hostname", "the host name", |l| (l == "lab").then_some(())).await;
+    assert_eq!(
+        support::metric(&stack.bastion.health_url, "compute_server_bastion_open_jumps"),
+        1
+    );
+
+    // alice removes him: his terminal's session ends at once, and the server is gone for him.
+    alice.refresh().await.unwrap();
+    alice
+        .find(Locator::Css("tr[data-share='user bob'] form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let removed = std::time::Instant::now();
+    eventually("bob's terminal's jump to close", 10, || {
+        (support::metric(&stack.bastion.health_url, "compute_server_bastion_open_jumps") == 0).then_some(())
+    });
+    let took = removed.elapsed();
+    println!(
+        "bob's terminal closed {:.2} s after alice removed him",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    bob.goto(&format!("{}/servers/lab", stack.web.url)).await.unwrap();
+    assert_eq!(text(&bob, "h1").await, "Not found");
+    for browser in [alice, bob] {
+        browser.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn alice_opens_jupyter_through_the_front_and_its_kernel_answers_over_websockets() {
     install_crds();
     let ns = TestNamespace::new("browser-app");
@@ -697,6 +784,42 @@ async fn alice_opens_jupyter_through_the_front_and_its_kernel_answers_over_webso
     let bob = signed_in(&driver, &stack.web, "bob", "/servers/new").await;
     bob.goto(&app).await.unwrap();
     assert_eq!(text(&bob, "h1").await, "Not found");
+
+    // Shared with carol to view: she opens the app (the bastion lets her web front's link for
+    // apps through), and gets no terminal.
+    kubectl_ok(
+        &[
+            "patch",
+            "csrv",
+            "nb",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"sharedWith":[{"user":"carol","role":"view"}]}}"#,
+        ],
+        None,
+    );
+    let carol = signed_in(&driver, &stack.web, "carol", "/servers/nb").await;
+    assert!(
+        carol.find(Locator::LinkText("Open terminal")).await.is_err(),
+        "a viewer is offered no terminal"
+    );
+    eventually_async("Jupyter's page for carol", 30, || {
+        let (carol, app) = (carol.clone(), app.clone());
+        async move {
+            carol.goto(&app).await.ok()?;
+            let title = carol.title().await.ok()?;
+            title.contains("Home").then_some(())
+        }
+    })
+    .await;
+    carol
+        .goto(&format!("{}/servers/nb/terminal", stack.web.url))
+        .await
+        .unwrap();
+    assert_eq!(text(&carol, "h1").await, "Not allowed");
+    carol.close().await.unwrap();
     let nobody = driver.session("nobody").await;
     nobody.goto(&app).await.unwrap();
     nobody
