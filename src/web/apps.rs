@@ -285,6 +285,9 @@ async fn proxy(
             &reason.to_string(),
         );
     }
+    if let Err(missing) = super::terminal::has_sshd(&server, &state.cache.profiles()) {
+        return pages::message(StatusCode::BAD_GATEWAY, "Cannot reach the app", &missing);
+    }
     let namespace = server.metadata.namespace.clone().unwrap_or_default();
     let address = format!("{name}.{namespace}");
     let purpose = format!("app {port_name}");

@@ -54,14 +54,14 @@ fn profile() -> ComputeProfile {
     .unwrap()
 }
 
-/// alice's server `lab`, Running.
+/// alice's server `lab`, Running, shared with carol to view.
 fn lab() -> ComputeServer {
     serde_json::from_value(json!({
         "apiVersion": "computeserver.io/v1alpha1", "kind": "ComputeServer",
         "metadata": {"name": "lab", "namespace": "compute", "uid": "uid-lab", "resourceVersion": "3",
                      "labels": {crate::api::OWNER_LABEL: crate::api::owner_label("alice")},
                      "creationTimestamp": "2026-12-01T00:00:00Z"},
-        "spec": {"owner": "alice", "profile": "small"},
+        "spec": {"owner": "alice", "profile": "small", "sharedWith": [{"user": "carol", "role": "view"}]},
         "status": {"phase": "Running", "node": "n1"},
     }))
     .unwrap()
@@ -606,4 +606,118 @@ async fn usage_as_csv_from_the_page_holds_only_the_persons_own_rows() {
         answer.body,
         "day,user,groups,cpu_hours,memory_gib_hours,gpu_hours\n2026-12-03,alice,students,12,24,3\n"
     );
+}
+
+#[tokio::test]
+async fn a_sharee_gets_what_their_role_allows_and_only_the_owner_shares() {
+    let (app, mut api, _) = front(false);
+    // carol, who may view: she sees it, with her role, and no one's keys.
+    let seen = send(&app, api_call("GET", "/api/v1/servers/lab", "carol", Value::Null)).await;
+    assert_eq!(seen.status, StatusCode::OK, "{}", seen.body);
+    assert_eq!(seen.json()["access"], "view");
+    assert_eq!(seen.json()["ssh"], Value::Null);
+    let shared = send(
+        &app,
+        api_call("GET", "/api/v1/servers?shared=true", "carol", Value::Null),
+    )
+    .await;
+    assert_eq!(
+        shared.json().as_array().map(|a| a.len()),
+        Some(1),
+        "{}",
+        shared.body
+    );
+    assert_eq!(
+        send(&app, api_call("GET", "/api/v1/servers", "carol", Value::Null))
+            .await
+            .json(),
+        json!([]),
+        "her own list is her own"
+    );
+    // ... and may not stop it, share it, or sign a certificate that reaches it.
+    let stop = send(
+        &app,
+        api_call("POST", "/api/v1/servers/lab/stop", "carol", Value::Null),
+    )
+    .await;
+    assert_eq!(stop.status, StatusCode::FORBIDDEN, "{}", stop.body);
+    assert_eq!(
+        stop.json()["message"],
+        "lab is alice's and shared with you to view; its terminal, SSH, start, stop and keep running need the role use"
+    );
+    let share = send(
+        &app,
+        api_call(
+            "PUT",
+            "/api/v1/servers/lab/sharing",
+            "carol",
+            json!({"sharedWith": [{"user": "carol", "role": "admin"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(share.status, StatusCode::FORBIDDEN, "{}", share.body);
+    // Someone it is not shared with: not found, whatever they ask.
+    let sharing = send(
+        &app,
+        api_call("GET", "/api/v1/servers/lab/sharing", "bob", Value::Null),
+    )
+    .await;
+    assert_eq!(sharing.status, StatusCode::NOT_FOUND, "{}", sharing.body);
+    // Bad lists are refused before the API server is asked.
+    let twice = send(
+        &app,
+        api_call(
+            "PUT",
+            "/api/v1/servers/lab/sharing",
+            "alice",
+            json!({"sharedWith": [{"user": "bob", "role": "use"}, {"user": "bob", "role": "view"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", twice.body);
+    assert_eq!(
+        twice.json()["fields"][0]["message"],
+        "user bob is listed twice; give each user or group one role"
+    );
+    let unknown = send(
+        &app,
+        api_call(
+            "PUT",
+            "/api/v1/servers/lab/sharing",
+            "alice",
+            json!({"sharedWith": [{"user": "bob", "role": "owner"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
+    api.silent(Duration::from_millis(50)).await;
+
+    // alice shares: one patch, that holds only if the server is still hers and the list as read.
+    let app2 = app.clone();
+    let request = api_call(
+        "PUT",
+        "/api/v1/servers/lab/sharing",
+        "alice",
+        json!({"sharedWith": [{"user": "bob", "role": "use"}]}),
+    );
+    let shared = tokio::spawn(async move { send(&app2, request).await });
+    let call = api.next().await.expect("PATCH", &format!("{SERVERS}/lab"));
+    assert_eq!(
+        call.body,
+        json!([
+            {"op": "test", "path": "/spec/owner", "value": "alice"},
+            {"op": "test", "path": "/spec/sharedWith", "value": [{"user": "carol", "role": "view"}]},
+            {"op": "add", "path": "/spec/sharedWith", "value": [{"user": "bob", "role": "use"}]},
+        ])
+    );
+    let mut after = serde_json::to_value(lab()).unwrap();
+    after["spec"]["sharedWith"] = json!([{"user": "bob", "role": "use"}]);
+    call.answer(&after);
+    let shared = shared.await.unwrap();
+    assert_eq!(shared.status, StatusCode::OK, "{}", shared.body);
+    assert_eq!(
+        shared.json(),
+        json!({"sharedWith": [{"user": "bob", "role": "use"}]})
+    );
+    api.silent(Duration::from_millis(50)).await;
 }

@@ -60,6 +60,29 @@ pub fn reachable(server: &ComputeServer) -> Result<(), NotReachable> {
     }
 }
 
+/// Whether the server declares an SSH port (22), which web apps and the terminal go through;
+/// else what to tell the person.
+pub fn has_sshd(
+    server: &ComputeServer,
+    profiles: &[std::sync::Arc<crate::api::ComputeProfile>],
+) -> Result<(), String> {
+    let profile = server.spec.profile.as_deref().and_then(|name| {
+        profiles
+            .iter()
+            .find(|p| kube::ResourceExt::name_any(p.as_ref()) == name)
+    });
+    let ports = crate::api::ports(server, profile.map(|p| p.as_ref()));
+    match ports.iter().any(|p| p.container_port == 22) {
+        true => Ok(()),
+        false => Err(format!(
+            "Web apps and the terminal reach a server through an SSH daemon inside it (port 22), and {} declares none \
+             (profile {}): its image runs no sshd. Ask the admins for a profile whose image runs sshd.",
+            kube::ResourceExt::name_any(server),
+            server.spec.profile.as_deref().unwrap_or("none")
+        )),
+    }
+}
+
 async fn page(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
@@ -83,6 +106,9 @@ async fn page(
     }
     if let Err(reason) = reachable(&server) {
         return pages::message(StatusCode::CONFLICT, "Not running", &reason.to_string());
+    }
+    if let Err(missing) = has_sshd(&server, &state.cache.profiles()) {
+        return pages::message(StatusCode::CONFLICT, "No terminal for this server", &missing);
     }
     let head = html! {
         link rel="stylesheet" href="/static/vendor/xterm.css";
