@@ -10,7 +10,9 @@
 use std::path::Path;
 
 use kube::ResourceExt;
-use russh::keys::PublicKey;
+use russh::keys::ssh_key::Fingerprint;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, HashAlg, PublicKey};
 
 use crate::api::ComputeServer;
 use crate::{Error, Result};
@@ -40,6 +42,34 @@ fn parse_public_keys(text: &str) -> Result<Vec<PublicKey>, String> {
                 .map_err(|e| format!("key {} is not an SSH public key line ({e})", n + 1))
         })
         .collect()
+}
+
+/// Whether `cert` lets `user` log in at `now` (seconds since 1970): a user certificate signed
+/// by one of the trusted `cas`, valid now, naming `user` among its principals, with no
+/// critical options (this bastion enforces none, so it accepts none). The reason otherwise.
+///
+/// The client's possession of the certified key is checked by russh before this is asked.
+pub fn check_certificate(
+    cert: &Certificate,
+    user: &str,
+    cas: &[Fingerprint],
+    now: u64,
+) -> Result<(), &'static str> {
+    if cert.cert_type() != CertType::User {
+        return Err("a host certificate, not a user certificate");
+    }
+    if !cas.contains(&cert.signature_key().fingerprint(HashAlg::Sha256)) {
+        return Err("certificate signed by a CA not trusted here");
+    }
+    cert.validate_at(now, cas)
+        .map_err(|_| "certificate expired, not yet valid, or badly signed")?;
+    if !cert.valid_principals().iter().any(|principal| principal == user) {
+        return Err("certificate is not for this user (not among its principals)");
+    }
+    if !cert.critical_options().is_empty() {
+        return Err("certificate has critical options, which this bastion does not enforce");
+    }
+    Ok(())
 }
 
 /// The principal that lets a certificate log in as root to `server`, and to no other: its uid.

@@ -267,3 +267,127 @@ async fn alice_shares_her_server_with_bob_to_use_and_carol_to_view_and_a_revoke_
     });
     assert_eq!(text(&out.stdout), "lab");
 }
+
+/// A profile of the test's own: busybox serving a page with its httpd on port 8080, as web app
+/// `web`, and a second app `idle` on 9090 where nothing listens; no sshd, no port 22.
+fn plain_httpd_profile() -> support::TestProfile {
+    let profile = support::TestProfile {
+        name: support::unique("plain-httpd"),
+    };
+    // The app is served under its base URL, which the front passes on unchanged.
+    let script = "mkdir -p /tmp/www$COMPUTE_SERVER_BASE_URL && \
+                  echo hello from $(hostname) > /tmp/www${COMPUTE_SERVER_BASE_URL}index.html && \
+                  exec httpd -f -p 8080 -h /tmp/www";
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeProfile\nmetadata: {{name: {}}}\n\
+         spec: {{image: 'computeserver/busybox:local', command: [sh, -c, '{script}'], \
+         defaultResources: {{cpu: 100m, memory: 32Mi}}, \
+         ports: [{{name: web, containerPort: 8080, appProtocol: http}}, {{name: idle, containerPort: 9090, appProtocol: http}}]}}\n",
+        profile.name
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    profile
+}
+
+/// Signs `user` in through Keycloak's pages with a cookie-keeping client, landing on `path`.
+async fn signed_in(web: &support::WebFront, user: &str, path: &str) -> support::signin::FormClient {
+    let client = support::signin::FormClient::new(None);
+    let login = client.get(&format!("{}{path}", web.url)).await;
+    client.log_in(&login, user).await;
+    client
+}
+
+#[tokio::test]
+async fn a_plain_image_without_sshd_serves_its_app_and_terminal_through_the_nodes_gateway() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    install_crds();
+    let ns = TestNamespace::new("sharing-plain");
+    let stack = BrowserStack::start(&ns.name);
+    let profile = plain_httpd_profile();
+    let yaml = format!(
+        "apiVersion: computeserver.io/v1alpha1\nkind: ComputeServer\nmetadata:\n  name: plain\n  namespace: {}\n  \
+         labels: {{computeserver.io/owner: alice}}\nspec: {{owner: alice, profile: {}, \
+         sharedWith: [{{user: carol, role: view}}]}}\n",
+        ns.name, profile.name
+    );
+    support::kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    let server = wait_phase(&ns.name, "plain", "Running");
+    assert_eq!(
+        server["status"]["endpoints"],
+        Value::Null,
+        "nothing published: {server}"
+    );
+    assert_eq!(server["status"]["gateway"]["name"], "gateway", "{server}");
+
+    // alice, its owner, opens its app: busybox's httpd, reached from the node's side.
+    let app = format!("{}/servers/plain/apps/web/", stack.web.url);
+    let alice = signed_in(&stack.web, "alice", "/servers/plain/apps/web/").await;
+    let page = eventually_async("the app's page", 30, || async {
+        let page = alice.get(&app).await;
+        (page.status == StatusCode::OK).then_some(page)
+    })
+    .await;
+    assert_eq!(page.html.trim(), "hello from plain");
+
+    // carol (view) opens it too; bob gets "not found".
+    let carol = signed_in(&stack.web, "carol", "/servers/plain/apps/web/").await;
+    let page = carol.get(&app).await;
+    assert_eq!(
+        (page.status, page.html.trim()),
+        (StatusCode::OK, "hello from plain")
+    );
+    let bob = signed_in(&stack.web, "bob", "/servers/plain/apps/web/").await;
+    assert_eq!(bob.get(&app).await.status, StatusCode::NOT_FOUND);
+
+    // An app where nothing listens: a page that says what, not an empty 502.
+    let idle = alice
+        .get(&format!("{}/servers/plain/apps/idle/", stack.web.url))
+        .await;
+    assert_eq!(idle.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        idle.html
+            .contains("Nothing answers on port 9090 inside plain: is the app running?"),
+        "{}",
+        idle.html
+    );
+
+    // alice's terminal: a shell in the container through Docker's exec, no sshd.
+    let terminal = |client: &support::signin::FormClient| {
+        let url = format!(
+            "{}/servers/plain/terminal/socket?cols=80&rows=24",
+            stack.web.url.replace("http://", "ws://")
+        );
+        let mut request = url.into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert("cookie", client.cookies(&stack.web.url).parse().unwrap());
+        headers.insert("origin", stack.web.url.parse().unwrap());
+        request
+    };
+    let (mut socket, _) = tokio_tungstenite::connect_async(terminal(&alice))
+        .await
+        .expect("alice's terminal socket");
+    socket
+        .send(Message::Binary(b"echo on-$(hostname)-$((6*7))\n".to_vec().into()))
+        .await
+        .unwrap();
+    let mut shown = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&shown).contains("on-plain-42") {
+        assert!(
+            Instant::now() < deadline,
+            "no answer: {}",
+            String::from_utf8_lossy(&shown)
+        );
+        match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => shown.extend_from_slice(&bytes),
+            Ok(Some(Ok(Message::Text(text)))) => panic!("the terminal said {text}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the socket ended: {other:?}: {}", String::from_utf8_lossy(&shown)),
+        }
+    }
+    // carol, a viewer, gets no terminal.
+    let refused = tokio_tungstenite::connect_async(terminal(&carol)).await;
+    assert!(refused.is_err(), "a viewer opened a terminal");
+}

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod diff;
 mod docker;
 mod error;
+pub mod gateway;
 pub mod gpu;
 mod metrics;
 pub mod network;
@@ -123,6 +124,12 @@ pub struct Args {
     #[arg(long, env = "COMPUTE_SERVER_USER_CA_KEYS")]
     pub user_ca_keys: Option<std::path::PathBuf>,
 
+    /// Port of the node's SSH gateway on the publish address, served when --user-ca-keys is
+    /// given: the bastion's way into servers whose image runs no sshd (their web apps and
+    /// terminal). 0: any free port; each server's status.gateway says which.
+    #[arg(long, env = "COMPUTE_SERVER_GATEWAY_PORT", default_value_t = 0)]
+    pub gateway_port: u16,
+
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "COMPUTE_SERVER_METRICS_ADDRESS", default_value = "0.0.0.0:8081")]
     pub metrics_address: std::net::SocketAddr,
@@ -193,6 +200,8 @@ pub struct Context {
     claims: gpu::Claims,
     /// Where snapshots are kept (None: not set up on this install).
     pub store: Option<crate::storage::Store>,
+    /// The port of the node's SSH gateway ([`gateway`]), when it serves one.
+    pub gateway: Option<u16>,
 }
 
 impl Context {
@@ -235,6 +244,24 @@ pub async fn run(args: Args) -> Result<()> {
             None => Vec::new(),
         },
     };
+    let gateway = match host.user_cas.is_empty() {
+        true => None,
+        false => Some(
+            gateway::bind(publish_address, args.gateway_port)
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "the gateway cannot listen on {publish_address}:{}: {e}",
+                        args.gateway_port
+                    ))
+                })?,
+        ),
+    };
+    let gateway_cas: Vec<_> = host
+        .user_cas
+        .iter()
+        .map(|ca| ca.fingerprint(russh::keys::HashAlg::Sha256))
+        .collect();
     let mut registry = prometheus_client::registry::Registry::with_prefix("compute_server_agent");
     let metrics = metrics::Metrics::register(&mut registry);
     let selector = format!("{NODE_LABEL}={node}");
@@ -268,7 +295,12 @@ pub async fn run(args: Args) -> Result<()> {
         failures: Default::default(),
         samples: Default::default(),
         store,
+        gateway: gateway
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port()),
     });
+    let gateway = gateway.map(|listener| tokio::spawn(gateway::serve(listener, ctx.clone(), gateway_cas)));
     info!(%node, %selector, "agent starting");
     let ready: crate::runtime::health::ReadyCheck = {
         let docker = ctx.docker.clone();
@@ -328,6 +360,9 @@ pub async fn run(args: Args) -> Result<()> {
     }
     heartbeat.abort();
     health.abort();
+    if let Some(gateway) = gateway {
+        gateway.abort();
+    }
     Ok(())
 }
 

@@ -54,6 +54,7 @@ fn context_with(docker: bollard::Docker) -> (Arc<Context>, ApiServer) {
         failures: Default::default(),
         samples: Default::default(),
         store: None,
+        gateway: None,
     };
     (Arc::new(ctx), api)
 }

@@ -136,9 +136,15 @@ pub fn observed(
         .then(|| state.started_at.as_deref().and_then(|t| t.parse().ok()).map(Time))
         .flatten();
     let condition = ready(server, running, reason, &message);
+    let gateway = ctx.gateway.filter(|_| running).map(|port| Endpoint {
+        name: "gateway".into(),
+        host: ctx.address.clone(),
+        port: i32::from(port),
+    });
     ComputeServerStatus {
         container_id: container.id.clone(),
         endpoints,
+        gateway,
         started_at,
         ..base(server, ctx, phase, message, condition)
     }

@@ -304,6 +304,12 @@ pub struct ComputeServerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
 
+    /// Where the node's SSH gateway answers for this server while it runs: the bastion's way in
+    /// when the image runs no sshd (web apps and the browser terminal), by the user CA's
+    /// certificates for this server only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Endpoint>,
+
     /// When the container last started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

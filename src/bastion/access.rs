@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use russh::keys::ssh_key::Fingerprint;
-use russh::keys::ssh_key::certificate::CertType;
-use russh::keys::{Certificate, HashAlg, PublicKey};
+use russh::keys::{Certificate, PublicKey};
 
 use crate::api::access::{self, Action, Person};
 use crate::api::{ComputeServer, Phase};
@@ -34,33 +33,7 @@ pub fn user_is_known(servers: &[Arc<ComputeServer>], user: &str) -> bool {
     servers.iter().any(|server| server.spec.owner == user)
 }
 
-/// Whether `cert` lets `user` log in at `now` (seconds since 1970): a user certificate signed
-/// by one of the trusted `cas`, valid now, naming `user` among its principals, with no
-/// critical options (this bastion enforces none, so it accepts none). The reason otherwise.
-///
-/// The client's possession of the certified key is checked by russh before this is asked.
-pub fn check_certificate(
-    cert: &Certificate,
-    user: &str,
-    cas: &[Fingerprint],
-    now: u64,
-) -> Result<(), &'static str> {
-    if cert.cert_type() != CertType::User {
-        return Err("a host certificate, not a user certificate");
-    }
-    if !cas.contains(&cert.signature_key().fingerprint(HashAlg::Sha256)) {
-        return Err("certificate signed by a CA this bastion does not trust");
-    }
-    cert.validate_at(now, cas)
-        .map_err(|_| "certificate expired, not yet valid, or badly signed")?;
-    if !cert.valid_principals().iter().any(|principal| principal == user) {
-        return Err("certificate is not for this user (not among its principals)");
-    }
-    if !cert.critical_options().is_empty() {
-        return Err("certificate has critical options, which this bastion does not enforce");
-    }
-    Ok(())
-}
+pub use crate::ssh_ca::check_certificate;
 
 /// The certificate extension with the user's groups, comma-separated (signed by the web front,
 /// which read them from a verified token).
@@ -274,7 +247,8 @@ pub fn authorize(
             });
         }
     }
-    // The endpoint named "ssh", or the one of the declared port 22 under another name.
+    // The endpoint named "ssh", or the one of the declared port 22 under another name; for an
+    // image without sshd, the node's SSH gateway.
     let port_22_name = server
         .spec
         .ports
@@ -291,6 +265,7 @@ pub fn authorize(
                 .iter()
                 .find(|e| Some(e.name.as_str()) == port_22_name)
         })
+        .or(status.gateway.as_ref())
         .ok_or_else(|| Refusal::NoSshEndpoint(host.to_string()))?;
     let port = u16::try_from(endpoint.port).map_err(|_| Refusal::NoSshEndpoint(host.to_string()))?;
     Ok(Target {
@@ -304,6 +279,9 @@ pub fn authorize(
 
 #[cfg(test)]
 mod tests {
+    use russh::keys::HashAlg;
+    use russh::keys::ssh_key::certificate::CertType;
+
     use super::*;
 
     /// A jump that needs `use`, by someone in no group.
@@ -499,7 +477,7 @@ mod tests {
         let untrusted = certificate(&alice, &other_ca, &["alice"], hours, CertType::User);
         assert_eq!(
             check_certificate(&untrusted, "alice", &trusted, now),
-            Err("certificate signed by a CA this bastion does not trust")
+            Err("certificate signed by a CA not trusted here")
         );
         let anyone = certificate(&alice, &ca, &[], hours, CertType::User);
         assert!(
@@ -664,6 +642,28 @@ mod tests {
                 .to_string(),
             "server web has no ssh port"
         );
+    }
+
+    #[test]
+    fn a_server_without_sshd_is_reached_through_its_nodes_gateway() {
+        let servers = vec![server(
+            "compute",
+            "web",
+            "alice",
+            ", ports: [{name: http, containerPort: 8080, appProtocol: http}]",
+            "phase: Running, gateway: {name: gateway, host: node-a, port: 41000}",
+        )];
+        let target = authorize(&servers, "alice", false, "web", 22).unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("node-a", 41000));
+        let with_sshd = vec![server(
+            "compute",
+            "dev",
+            "alice",
+            "",
+            "phase: Running, endpoints: [{name: ssh, host: node-a, port: 32768}], gateway: {name: gateway, host: node-a, port: 41000}",
+        )];
+        let target = authorize(&with_sshd, "alice", false, "dev", 22).unwrap();
+        assert_eq!(target.port, 32768, "its own sshd first");
     }
 
     #[test]

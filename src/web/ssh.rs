@@ -266,12 +266,17 @@ pub async fn connect(config: &Config, target: &Target<'_>) -> Result<Link, Failu
     }
     let to_bastion =
         certificate(&config.ca, key.public_key(), target.user, &id, &extensions, now).map_err(ssh)?;
+    // A link for web apps only gets no pty: the node's gateway then runs nothing on it.
+    let server_extensions: &[(&str, &str)] = match target.apps_only {
+        true => &[("permit-port-forwarding", "")],
+        false => &[("permit-pty", ""), ("permit-port-forwarding", "")],
+    };
     let to_server = certificate(
         &config.ca,
         key.public_key(),
         &target.principal,
         &id,
-        &[("permit-pty", ""), ("permit-port-forwarding", "")],
+        server_extensions,
         now,
     )
     .map_err(ssh)?;

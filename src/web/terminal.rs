@@ -60,8 +60,8 @@ pub fn reachable(server: &ComputeServer) -> Result<(), NotReachable> {
     }
 }
 
-/// Whether the server declares an SSH port (22), which web apps and the terminal go through;
-/// else what to tell the person.
+/// Whether web apps and the terminal can reach the server: through its own sshd (a declared
+/// port 22) or its node's SSH gateway (`status.gateway`); else what to tell the person.
 pub fn has_sshd(
     server: &ComputeServer,
     profiles: &[std::sync::Arc<crate::api::ComputeProfile>],
@@ -72,11 +72,13 @@ pub fn has_sshd(
             .find(|p| kube::ResourceExt::name_any(p.as_ref()) == name)
     });
     let ports = crate::api::ports(server, profile.map(|p| p.as_ref()));
-    match ports.iter().any(|p| p.container_port == 22) {
+    let gateway = server.status.as_ref().is_some_and(|s| s.gateway.is_some());
+    match gateway || ports.iter().any(|p| p.container_port == 22) {
         true => Ok(()),
         false => Err(format!(
-            "Web apps and the terminal reach a server through an SSH daemon inside it (port 22), and {} declares none \
-             (profile {}): its image runs no sshd. Ask the admins for a profile whose image runs sshd.",
+            "Web apps and the terminal reach a server through an SSH daemon inside it (port 22) or its node's SSH \
+             gateway, and {} has neither (profile {}): its image runs no sshd and its node's agent serves no gateway \
+             (it needs --user-ca-keys). Ask the admins.",
             kube::ResourceExt::name_any(server),
             server.spec.profile.as_deref().unwrap_or("none")
         )),
