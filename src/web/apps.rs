@@ -285,8 +285,12 @@ async fn proxy(
             &reason.to_string(),
         );
     }
-    if let Err(missing) = super::terminal::has_sshd(&server, &state.cache.profiles()) {
-        return pages::message(StatusCode::BAD_GATEWAY, "Cannot reach the app", &missing);
+    if let Err(missing) = super::terminal::way_in(&server, &state.cache.profiles()) {
+        return pages::message(
+            StatusCode::BAD_GATEWAY,
+            "Cannot reach the app",
+            &missing.to_string(),
+        );
     }
     let namespace = server.metadata.namespace.clone().unwrap_or_default();
     let address = format!("{name}.{namespace}");

@@ -60,12 +60,24 @@ pub fn reachable(server: &ComputeServer) -> Result<(), NotReachable> {
     }
 }
 
+/// Neither an sshd in the server nor its node's gateway: web apps and the terminal cannot reach it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Web apps and the terminal reach a server through an SSH daemon inside it (port 22) or its node's SSH \
+     gateway, and {server} has neither (profile {profile}): its image runs no sshd and its node's agent serves \
+     no gateway (it needs --user-ca-keys). Ask the admins."
+)]
+pub struct NoWayIn {
+    server: String,
+    profile: String,
+}
+
 /// Whether web apps and the terminal can reach the server: through its own sshd (a declared
-/// port 22) or its node's SSH gateway (`status.gateway`); else what to tell the person.
-pub fn has_sshd(
+/// port 22) or its node's SSH gateway (`status.gateway`).
+pub fn way_in(
     server: &ComputeServer,
     profiles: &[std::sync::Arc<crate::api::ComputeProfile>],
-) -> Result<(), String> {
+) -> Result<(), NoWayIn> {
     let profile = server.spec.profile.as_deref().and_then(|name| {
         profiles
             .iter()
@@ -75,13 +87,10 @@ pub fn has_sshd(
     let gateway = server.status.as_ref().is_some_and(|s| s.gateway.is_some());
     match gateway || ports.iter().any(|p| p.container_port == 22) {
         true => Ok(()),
-        false => Err(format!(
-            "Web apps and the terminal reach a server through an SSH daemon inside it (port 22) or its node's SSH \
-             gateway, and {} has neither (profile {}): its image runs no sshd and its node's agent serves no gateway \
-             (it needs --user-ca-keys). Ask the admins.",
-            kube::ResourceExt::name_any(server),
-            server.spec.profile.as_deref().unwrap_or("none")
-        )),
+        false => Err(NoWayIn {
+            server: kube::ResourceExt::name_any(server),
+            profile: server.spec.profile.clone().unwrap_or_else(|| "none".into()),
+        }),
     }
 }
 
@@ -109,8 +118,12 @@ async fn page(
     if let Err(reason) = reachable(&server) {
         return pages::message(StatusCode::CONFLICT, "Not running", &reason.to_string());
     }
-    if let Err(missing) = has_sshd(&server, &state.cache.profiles()) {
-        return pages::message(StatusCode::CONFLICT, "No terminal for this server", &missing);
+    if let Err(missing) = way_in(&server, &state.cache.profiles()) {
+        return pages::message(
+            StatusCode::CONFLICT,
+            "No terminal for this server",
+            &missing.to_string(),
+        );
     }
     let head = html! {
         link rel="stylesheet" href="/static/vendor/xterm.css";
