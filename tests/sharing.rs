@@ -266,6 +266,116 @@ async fn alice_shares_her_server_with_bob_to_use_and_carol_to_view_and_a_revoke_
         out.status.success().then_some(out)
     });
     assert_eq!(text(&out.stdout), "lab");
+
+    // Someone who joins staff afterwards reaches it too, with no change to the server.
+    let newcomer = Newcomer::join("staff").await;
+    let (newcomer_ssh, caller) = (
+        SshUser::new(&newcomer.name),
+        Caller::new(&newcomer.name, &stack.web).await,
+    );
+    let (status, seen) = caller.get("/api/v1/servers/lab").await;
+    assert_eq!(
+        (status, seen["access"].as_str()),
+        (StatusCode::OK, Some("use")),
+        "{seen}"
+    );
+    caller.certificate(&newcomer_ssh).await;
+    let out = run(jump(&newcomer_ssh, &stack.bastion, "lab", "hostname"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "lab");
+    newcomer.leave().await;
+}
+
+/// A Keycloak user made for one test, in one group (password = name), through the admin API.
+struct Newcomer {
+    name: String,
+    id: String,
+    admin: String,
+    token: String,
+}
+
+impl Newcomer {
+    async fn join(group: &str) -> Newcomer {
+        let issuer = support::Stack::get().keycloak_issuer().to_string();
+        let base = issuer.trim_end_matches("/realms/compute").to_string();
+        let client = reqwest::Client::new();
+        let token: Value = client
+            .post(format!("{base}/realms/master/protocol/openid-connect/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", "admin"),
+                ("password", "admin"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = token["access_token"]
+            .as_str()
+            .expect("an admin token")
+            .to_string();
+        let admin = format!("{base}/admin/realms/compute");
+        let name = support::unique("newcomer").replace('_', "-");
+        let user = json!({
+            "username": name, "enabled": true, "emailVerified": true,
+            "firstName": "New", "lastName": "Comer", "email": format!("{name}@example.org"),
+            "credentials": [{"type": "password", "value": name, "temporary": false}],
+        });
+        let made = client
+            .post(format!("{admin}/users"))
+            .bearer_auth(&token)
+            .json(&user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            made.status(),
+            StatusCode::CREATED,
+            "{}",
+            made.text().await.unwrap()
+        );
+        let id = made.headers()["location"]
+            .to_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let groups: Value = client
+            .get(format!("{admin}/groups?search={group}&exact=true"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let group_id = groups[0]["id"].as_str().expect("the group").to_string();
+        let joined = client
+            .put(format!("{admin}/users/{id}/groups/{group_id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(joined.status().is_success(), "{}", joined.status());
+        Newcomer {
+            name,
+            id,
+            admin,
+            token,
+        }
+    }
+
+    async fn leave(self) {
+        let _ = reqwest::Client::new()
+            .delete(format!("{}/users/{}", self.admin, self.id))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+    }
 }
 
 /// A profile of the test's own: busybox serving a page with its httpd on port 8080, as web app
