@@ -633,7 +633,7 @@ fn a_certificate_from_the_trusted_ca_admits_its_user_without_a_registered_key() 
             .iter()
             .any(|a| a["user"] == "\"dave\"" && a["outcome"] == "refused")
     );
-    assert!(reasons.contains(&"certificate signed by a CA this bastion does not trust"));
+    assert!(reasons.contains(&"certificate signed by a CA not trusted here"));
 }
 
 #[test]
