@@ -285,7 +285,7 @@ mod tests {
     use super::*;
 
     /// A jump that needs `use`, by someone in no group.
-    fn authorize(
+    pub(super) fn authorize(
         servers: &[Arc<ComputeServer>],
         user: &str,
         admin: bool,
@@ -702,21 +702,7 @@ mod properties {
 
     use super::*;
 
-    /// A jump that needs `use`, by someone in no group.
-    fn authorize(
-        servers: &[Arc<ComputeServer>],
-        user: &str,
-        admin: bool,
-        host: &str,
-        port: u32,
-    ) -> Result<Target, Refusal> {
-        let who = Person {
-            name: user,
-            groups: &[],
-            admin,
-        };
-        super::authorize(servers, &who, Action::Use, host, port)
-    }
+    use super::tests::authorize;
 
     const PHASES: [&str; 5] = ["Running", "Pending", "Stopped", "Failed", "Creating"];
 
