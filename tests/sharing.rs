@@ -156,8 +156,17 @@ async fn alice_shares_her_server_with_bob_to_use_and_carol_to_view_and_a_revoke_
     // bob logs in with his own key: the front signs it, alice's server never holds it.
     let signed = bob.certificate(&bob_ssh).await;
     assert_eq!(signed["servers"], json!(["lab"]));
-    let out = run(jump(&bob_ssh, &stack.bastion, "lab", "hostname"));
-    assert!(out.status.success(), "bob's ssh -J: {}", text(&out.stderr));
+    // (The server's sshd may still be starting when the server is first Running.)
+    let out = eventually("bob's ssh -J", 30, || {
+        let out = run(jump(&bob_ssh, &stack.bastion, "lab", "hostname"));
+        match out.status.success() {
+            true => Some(out),
+            false => {
+                eprintln!("bob's ssh -J, not yet: {}", text(&out.stderr));
+                None
+            }
+        }
+    });
     assert_eq!(text(&out.stdout), "lab");
     let out = run(jump(
         &alice_ssh,

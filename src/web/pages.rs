@@ -624,6 +624,16 @@ async fn detail(
         held.allows(access::Action::Share),
     );
     let profiles = state.cache.profiles();
+    let declares_ssh = {
+        let profile = server
+            .spec
+            .profile
+            .as_deref()
+            .and_then(|p| profiles.iter().find(|q| q.name_any() == p));
+        crate::api::ports(&server, profile.map(|p| p.as_ref()))
+            .iter()
+            .any(|p| p.container_port == 22)
+    };
     let running = servers::runs(&server).to_string();
     let rules = lifecycle::rules(&state.cache, &server);
     let now = jiff::Timestamp::now();
@@ -718,7 +728,9 @@ async fn detail(
                     }
                 }
             }
-            @if can_use && state.ssh.is_some() && !matches!(held, access::Access::Owner) {
+            // Sharees, and owners of a server whose image runs no sshd (its node's gateway takes
+            // certificates only), log in with a certificate for their own key.
+            @if can_use && state.ssh.is_some() && (!matches!(held, access::Access::Owner) || !declares_ssh) {
                 (own_key_form(&session, &server, ssh.as_deref()))
             }
             (sharing(&session, &server, can_share, matches!(held, access::Access::Owner | access::Access::Admin)))
@@ -829,8 +841,8 @@ fn own_key_form(session: &Session, server: &ComputeServer, ssh: Option<&str>) ->
         details.certificate #own-key {
             summary { "SSH with your own key" }
             p {
-                "Your key is not in this server: the web front signs a certificate for it, good for 8 hours, for "
-                "your servers and those shared with you. Save it next to your key (as "
+                "Log in with a certificate for your own key: the web front signs it, good for 8 hours, for "
+                "your servers and those shared with you, and your key is written into no server. Save it next to your key (as "
                 code { "~/.ssh/id_ed25519-cert.pub" } " for " code { "~/.ssh/id_ed25519" } "), then: "
                 code.ssh { (ssh.unwrap_or("ssh -J …")) }
             }
