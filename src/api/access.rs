@@ -67,6 +67,16 @@ impl Share {
         }
     }
 
+    /// The entry as it is stored: names without the spaces a paste brings, a group without
+    /// Keycloak's leading `/`.
+    pub fn normalized(self) -> Share {
+        Share {
+            user: self.user.map(|u| u.trim().to_string()),
+            group: self.group.map(|g| g.trim().trim_start_matches('/').to_string()),
+            role: self.role,
+        }
+    }
+
     /// Whether this entry names the same user or group as `other`.
     pub fn same_subject(&self, other: &Share) -> bool {
         self.user == other.user && self.group.as_deref().map(bare) == other.group.as_deref().map(bare)
@@ -339,10 +349,20 @@ mod tests {
                 .to_string(),
             "alice is the owner: the server is theirs already"
         );
+        let pasted = Share {
+            user: None,
+            group: Some(" /staff\n".into()),
+            role: Role::View,
+        };
+        assert_eq!(pasted.normalized().group.as_deref(), Some("staff"));
         assert_eq!(
-            check_shares(&s, &alice, &[share("bob", Role::Use), share("bob", Role::View)])
-                .unwrap_err()
-                .to_string(),
+            check_shares(
+                &s,
+                &alice,
+                &[share("bob ", Role::Use).normalized(), share("bob", Role::View)]
+            )
+            .unwrap_err()
+            .to_string(),
             "user bob is listed twice; give each user or group one role"
         );
     }

@@ -214,6 +214,7 @@ pub async fn share(
     shares: Vec<access::Share>,
 ) -> Result<ComputeServer, Problem> {
     let server = reach(cache, user, name, access::Action::View)?;
+    let shares: Vec<access::Share> = shares.into_iter().map(access::Share::normalized).collect();
     access::check_shares(&server, &user.person(), &shares).map_err(|refusal| match refusal {
         access::ShareRefusal::NotAllowed { .. } | access::ShareRefusal::AdminEntry(_) => {
             Problem::Forbidden(refusal.to_string())
