@@ -72,9 +72,8 @@ pub fn needs(credential: &Credential) -> Action {
     }
 }
 
-/// Decides a jump of `user` (logged in with `credential`) to `host:port` at `now`: the login
-/// still good, and the server one they may reach ([`authorize`]). Asked when the jump opens and
-/// again while it is open, so that a revoked share ends it.
+/// Decides a new jump of `user` (logged in with `credential`) to `host:port` at `now`: the
+/// login still good ([`may_still_jump`]), and the server one they may reach ([`still_allowed`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decide(
     servers: &[Arc<ComputeServer>],
@@ -87,6 +86,21 @@ pub fn decide(
     port: u32,
 ) -> Result<Target, Refusal> {
     may_still_jump(servers, user, credential, cas, now)?;
+    still_allowed(servers, user, admin, credential, host, port)
+}
+
+/// Whether `user` (logged in with `credential`) may reach `host:port` by the access rule
+/// ([`authorize`]): asked for a new jump, and again while one is open, so that a share removed
+/// ends it. The login's own validity is not asked again for an open jump: as with sshd, a
+/// certificate that expires (the web front's last two minutes) ends no session.
+pub fn still_allowed(
+    servers: &[Arc<ComputeServer>],
+    user: &str,
+    admin: bool,
+    credential: &Credential,
+    host: &str,
+    port: u32,
+) -> Result<Target, Refusal> {
     let groups = groups(servers, user, credential);
     let who = Person {
         name: user,
@@ -588,6 +602,21 @@ mod tests {
             )
         };
         assert!(decide_at("carol", &app_link).is_ok(), "a viewer's app link");
+        // Past its certificate's validity: no new jump, but the open one stands while shared.
+        let later = |user: &str, credential: &Credential| {
+            decide(
+                &servers,
+                user,
+                false,
+                credential,
+                &trusted,
+                1_800_020_000,
+                "dev",
+                22,
+            )
+        };
+        assert!(matches!(later("carol", &app_link), Err(Refusal::Certificate(_))));
+        assert!(still_allowed(&servers, "carol", false, &app_link, "dev", 22).is_ok());
         assert!(matches!(
             decide_at("carol", &shell_link),
             Err(Refusal::ViewOnly { .. })

@@ -227,8 +227,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// How often an open jump is checked against the cache: a share removed, a server stopped or
-/// deleted, a key taken off ends it within this (plus the watch's delay).
+/// How often an open jump is checked against the cache: a share removed or a server deleted
+/// ends it within this (plus the watch's delay).
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// Resolves when `login` may no longer jump to `target`, with why.
@@ -239,13 +239,11 @@ async fn revoked(shared: &Shared, login: &Login, target: &access::Target) -> acc
     loop {
         tick.tick().await;
         let servers = shared.servers.state();
-        let decision = access::decide(
+        let decision = access::still_allowed(
             &servers,
             &login.user,
             admin,
             &login.credential,
-            &shared.user_cas,
-            unix_now(),
             &address,
             access::SSH_PORT,
         );
