@@ -1,5 +1,5 @@
 //! The user CA that browser sessions go through, as the bastion, the agents and the web front
-//! share it: the CA's public keys (a file as sshd's `TrustedUserCAKeys`), and the principal a
+//! share it, and the SSH server settings of the bastion and the nodes' gateways ([`server_config`]): the CA's public keys (a file as sshd's `TrustedUserCAKeys`), and the principal a
 //! certificate must name to log in to one server's sshd as root.
 //!
 //! The web front signs short-lived certificates with the CA's private key (`web::ssh`); the
@@ -70,6 +70,68 @@ pub fn check_certificate(
         return Err("certificate has critical options, which this bastion does not enforce");
     }
     Ok(())
+}
+
+/// What the bastion and the nodes' SSH gateways offer, as ssh-audit's hardening guides keep it: hybrid post-quantum and
+/// X25519 key exchange only (no finite-field Diffie-Hellman, the DHEat target), with strict key
+/// exchange against Terrapin; AEAD ciphers or CTR with encrypt-then-MAC MACs only. Host key
+/// algorithms are narrowed to the host key's own type when offered; RSA only with SHA-2.
+pub const PREFERRED: russh::Preferred = russh::Preferred {
+    kex: std::borrow::Cow::Borrowed(&[
+        russh::kex::MLKEM768X25519_SHA256,
+        russh::kex::CURVE25519,
+        russh::kex::CURVE25519_PRE_RFC_8731,
+        russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+        russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]),
+    key: std::borrow::Cow::Borrowed(&[
+        russh::keys::Algorithm::Ed25519,
+        russh::keys::Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP256,
+        },
+        russh::keys::Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP384,
+        },
+        russh::keys::Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP521,
+        },
+        russh::keys::Algorithm::Rsa {
+            hash: Some(russh::keys::HashAlg::Sha512),
+        },
+        russh::keys::Algorithm::Rsa {
+            hash: Some(russh::keys::HashAlg::Sha256),
+        },
+    ]),
+    host_key_certificates: std::borrow::Cow::Borrowed(&[]),
+    cipher: std::borrow::Cow::Borrowed(&[
+        russh::cipher::CHACHA20_POLY1305,
+        russh::cipher::AES_256_GCM,
+        russh::cipher::AES_128_GCM,
+        russh::cipher::AES_256_CTR,
+        russh::cipher::AES_192_CTR,
+        russh::cipher::AES_128_CTR,
+    ]),
+    mac: std::borrow::Cow::Borrowed(&[russh::mac::HMAC_SHA512_ETM, russh::mac::HMAC_SHA256_ETM]),
+    compression: russh::Preferred::DEFAULT.compression,
+};
+
+/// The SSH server settings the bastion and the nodes' SSH gateways share, with `host_key`:
+/// public keys only, [`PREFERRED`] algorithms, OpenSSH's first "none" probe answered at once
+/// and real refusals after a second, no inactivity timeout (a quiet session through a jump is
+/// fine) but keepalives that find a dead client.
+pub fn server_config(host_key: russh::keys::PrivateKey) -> russh::server::Config {
+    russh::server::Config {
+        methods: (&[russh::MethodKind::PublicKey][..]).into(),
+        keys: vec![host_key],
+        preferred: PREFERRED,
+        auth_rejection_time: std::time::Duration::from_secs(1),
+        auth_rejection_time_initial: Some(std::time::Duration::ZERO),
+        inactivity_timeout: None,
+        keepalive_interval: Some(std::time::Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    }
 }
 
 /// The principal that lets a certificate log in as root to `server`, and to no other: its uid.

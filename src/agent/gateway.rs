@@ -27,7 +27,7 @@ use kube::ResourceExt;
 use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Certificate, HashAlg};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, Pty};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -60,17 +60,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, cas: Vec<Fingerprin
             return;
         }
     };
-    let config = Arc::new(russh::server::Config {
-        methods: (&[MethodKind::PublicKey][..]).into(),
-        keys: vec![key],
-        auth_rejection_time: Duration::from_secs(1),
-        auth_rejection_time_initial: Some(Duration::ZERO),
-        inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 3,
-        nodelay: true,
-        ..Default::default()
-    });
+    let config = Arc::new(crate::ssh_ca::server_config(key));
     let cas = Arc::new(cas);
     if let Ok(address) = listener.local_addr() {
         info!(%address, "the node's SSH gateway listens (web apps and terminals of servers without sshd)");
@@ -90,6 +80,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, cas: Vec<Fingerprin
             cas: cas.clone(),
             peer,
             login: None,
+            address: None,
             ptys: HashMap::new(),
             inputs: HashMap::new(),
         };
@@ -147,6 +138,9 @@ struct Connection {
     cas: Arc<Vec<Fingerprint>>,
     peer: SocketAddr,
     login: Option<Login>,
+    /// The container's address on its network, once looked up (the app proxy opens a channel
+    /// per request; the address holds while the container runs).
+    address: Option<std::net::IpAddr>,
     /// The terminals asked for, per session channel.
     ptys: HashMap<ChannelId, PtySize>,
     /// What the client types, per channel with a running exec.
@@ -160,15 +154,19 @@ fn now() -> u64 {
 }
 
 impl Connection {
-    /// The container's address on its network.
-    async fn address(&self, container: &str) -> Option<std::net::IpAddr> {
-        let inspected = self.ctx.docker.inspect_container(container, None).await.ok()?;
-        inspected
-            .network_settings?
-            .networks?
-            .values()
-            .filter_map(|n| n.ip_address.as_deref())
-            .find_map(|ip| ip.parse().ok())
+    /// The container's address on its network: asked of Docker on the connection's first
+    /// forward, then kept.
+    async fn address(&mut self, container: &str) -> Option<std::net::IpAddr> {
+        if self.address.is_none() {
+            let inspected = self.ctx.docker.inspect_container(container, None).await.ok()?;
+            self.address = inspected
+                .network_settings?
+                .networks?
+                .values()
+                .filter_map(|n| n.ip_address.as_deref())
+                .find_map(|ip| ip.parse().ok());
+        }
+        self.address
     }
 
     /// Runs `command` (a shell when None) in the login's container, its output to `channel`.
@@ -427,32 +425,34 @@ impl russh::server::Handler for Connection {
             reply.reject(why).await;
             Ok(())
         };
-        let Some(login) = &self.login else {
+        let Some((server, container, forwarding)) =
+            (self.login.as_ref()).map(|l| (l.server.clone(), l.container.clone(), l.forwarding))
+        else {
             return refuse(reply, ChannelOpenFailure::AdministrativelyProhibited).await;
         };
         let local = matches!(host, "127.0.0.1" | "localhost" | "::1");
         let port = u16::try_from(port).ok().filter(|p| *p > 0);
-        let (true, true, Some(port)) = (login.forwarding, local, port) else {
-            info!(target: "audit", event = "gateway-forward", outcome = "refused", server = %login.server,
+        let (true, true, Some(port)) = (forwarding, local, port) else {
+            info!(target: "audit", event = "gateway-forward", outcome = "refused", server = %server,
                   target = ?format!("{host}:{port:?}"), peer = %self.peer,
                   reason = "only ports of the server itself (127.0.0.1), with permit-port-forwarding");
             return refuse(reply, ChannelOpenFailure::AdministrativelyProhibited).await;
         };
-        let Some(address) = self.address(&login.container).await else {
-            warn!(server = %login.server, "the gateway found no address of the container");
+        let Some(address) = self.address(&container).await else {
+            warn!(server = %server, "the gateway found no address of the container");
             return refuse(reply, ChannelOpenFailure::ConnectFailed).await;
         };
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((address, port))).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(error)) => {
-                debug!(server = %login.server, port, %error, "nothing answers on that port of the server");
+                debug!(server = %server, port, %error, "nothing answers on that port of the server");
                 return refuse(reply, ChannelOpenFailure::ConnectFailed).await;
             }
             Err(_) => return refuse(reply, ChannelOpenFailure::ConnectFailed).await,
         };
         reply.accept().await;
         let _ = tcp.set_nodelay(true);
-        debug!(server = %login.server, port, "forwarding into the server");
+        debug!(server = %server, port, "forwarding into the server");
         tokio::spawn(async move {
             let mut tcp = tcp;
             let mut stream = channel.into_stream();

@@ -16,7 +16,6 @@ mod metrics;
 mod session;
 pub mod throttle;
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +24,7 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
-use russh::{MethodKind, Preferred, cipher, kex, mac};
+use russh::keys::HashAlg;
 use tracing::{debug, info, warn};
 
 use crate::api::ComputeServer;
@@ -44,49 +42,6 @@ const SWEEP: Duration = Duration::from_secs(5);
 
 /// What a refused client reads before the connection closes (`ssh -v` shows it).
 const REFUSED: &[u8] = b"Too many connections from your address; try again shortly\r\n";
-
-/// What the bastion offers, as ssh-audit's hardening guides keep it: hybrid post-quantum and
-/// X25519 key exchange only (no finite-field Diffie-Hellman, the DHEat target), with strict key
-/// exchange against Terrapin; AEAD ciphers or CTR with encrypt-then-MAC MACs only. Host key
-/// algorithms are narrowed to the host key's own type when offered; RSA only with SHA-2.
-const PREFERRED: Preferred = Preferred {
-    kex: Cow::Borrowed(&[
-        kex::MLKEM768X25519_SHA256,
-        kex::CURVE25519,
-        kex::CURVE25519_PRE_RFC_8731,
-        kex::EXTENSION_SUPPORT_AS_SERVER,
-        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
-    ]),
-    key: Cow::Borrowed(&[
-        Algorithm::Ed25519,
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP256,
-        },
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP384,
-        },
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP521,
-        },
-        Algorithm::Rsa {
-            hash: Some(HashAlg::Sha512),
-        },
-        Algorithm::Rsa {
-            hash: Some(HashAlg::Sha256),
-        },
-    ]),
-    host_key_certificates: Cow::Borrowed(&[]),
-    cipher: Cow::Borrowed(&[
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_GCM,
-        cipher::AES_128_GCM,
-        cipher::AES_256_CTR,
-        cipher::AES_192_CTR,
-        cipher::AES_128_CTR,
-    ]),
-    mac: Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
-    compression: Preferred::DEFAULT.compression,
-};
 
 /// Flags of `compute-server bastion`.
 #[derive(clap::Args, Debug)]
@@ -268,20 +223,7 @@ pub async fn run(args: Args) -> Result<()> {
         user_cas,
         activity,
     });
-    let config = Arc::new(russh::server::Config {
-        methods: (&[MethodKind::PublicKey][..]).into(),
-        keys: vec![host_key],
-        preferred: PREFERRED,
-        // OpenSSH's first "none" probe is answered at once; real refusals take a second.
-        auth_rejection_time: Duration::from_secs(1),
-        auth_rejection_time_initial: Some(Duration::ZERO),
-        // A quiet interactive session through the jump is fine; a dead client is not.
-        inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 3,
-        nodelay: true,
-        ..Default::default()
-    });
+    let config = Arc::new(crate::ssh_ca::server_config(host_key));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| crate::Error::Listen {
