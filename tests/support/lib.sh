@@ -39,6 +39,23 @@ with_progress() {
   info "$label: done in $((SECONDS - start)) s"
 }
 
+# A command from PyPI: PACKAGE at VERSION in a virtualenv of its own in $CS_CACHE, made once per
+# version (FIRST_TIME: how long that takes, for the message). Prints the command's path last.
+pypi_tool() {
+  local package="$1" version="$2" first_time="$3"
+  local venv="$CS_CACHE/$package-$version"
+  if [[ -f $venv/.installed ]]; then
+    info "$package $version: cached"
+  else
+    step "Installing $package $version from PyPI into $venv ($first_time, once)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    with_progress "pip install $package" "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version"
+    touch "$venv/.installed"
+  fi
+  echo "$venv/bin/$package"
+}
+
 # A free TCP port on the loopback interface (or on address $BIND_HOST).
 free_port() {
   python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' \
