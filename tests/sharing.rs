@@ -308,24 +308,7 @@ impl Newcomer {
         let issuer = support::Stack::get().keycloak_issuer().to_string();
         let base = issuer.trim_end_matches("/realms/compute").to_string();
         let client = reqwest::Client::new();
-        let token: Value = client
-            .post(format!("{base}/realms/master/protocol/openid-connect/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("client_id", "admin-cli"),
-                ("username", "admin"),
-                ("password", "admin"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = token["access_token"]
-            .as_str()
-            .expect("an admin token")
-            .to_string();
+        let token = support::keycloak_admin_token().await;
         let admin = format!("{base}/admin/realms/compute");
         let name = support::unique("newcomer").replace('_', "-");
         let user = json!({

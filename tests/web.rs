@@ -365,26 +365,7 @@ async fn the_api_refuses_tokens_it_cannot_trust() {
     let other_client = access_token("admin-cli", "alice").await;
     let (_, other_claims) = parts(&other_client);
     assert_ne!(other_claims["azp"], "compute-server");
-    let other_realm = {
-        let url = Stack::get()
-            .keycloak_issuer()
-            .replace("/realms/compute", "/realms/master/protocol/openid-connect/token");
-        let body: Value = reqwest::Client::new()
-            .post(url)
-            .form(&[
-                ("grant_type", "password"),
-                ("client_id", "admin-cli"),
-                ("username", "admin"),
-                ("password", "admin"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["access_token"].as_str().unwrap().to_string()
-    };
+    let other_realm = support::keycloak_admin_token().await;
 
     for (what, token, expect) in [
         (

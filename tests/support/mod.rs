@@ -700,6 +700,32 @@ pub async fn access_token(client_id: &str, user: &str) -> String {
         .to_string()
 }
 
+/// An access token of Keycloak's own admin (admin/admin, realm master): its admin API, and a
+/// token of another realm than the front's.
+pub async fn keycloak_admin_token() -> String {
+    let url = Stack::get()
+        .keycloak_issuer()
+        .replace("/realms/compute", "/realms/master/protocol/openid-connect/token");
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "admin-cli"),
+            ("username", "admin"),
+            ("password", "admin"),
+        ])
+        .send()
+        .await
+        .expect("Keycloak answers")
+        .json()
+        .await
+        .expect("JSON from Keycloak");
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no admin token: {body}"))
+        .to_string()
+}
+
 /// A ComputeProfile of the test's own (they are cluster-wide), deleted when dropped.
 pub struct TestProfile {
     pub name: String,
